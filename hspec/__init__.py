@@ -1,0 +1,16 @@
+"""hspec: the full eigenvalue spectrum of deep-network Hessians at scale.
+
+Reproduces Papyan, "The Full Spectrum of Deep Net Hessians At Scale: Dynamics with
+Sample Size": matrix-free curvature operators (Hessian, covariance of gradients,
+averaged Hessian of predictions) and the paper's algorithms — FASTLANCZOS,
+NORMALIZATION, LOWRANKDEFLATION, LANCZOSAPPROXSPEC (Algs. 1–5) and KPM.
+"""
+
+from hspec.errors import HspecError
+from hspec.operators import COMPONENTS, CurvatureOperator, curvature_operator
+from hspec.spectrum import METHODS, SpectralDensity, spectral_density
+
+__version__ = "0.1.0"
+
+__all__ = ["COMPONENTS", "METHODS", "CurvatureOperator", "HspecError", "SpectralDensity",
+           "__version__", "curvature_operator", "spectral_density"]

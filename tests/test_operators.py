@@ -1,0 +1,151 @@
+"""Curvature operators against dense matrices from an independent code path (float64)."""
+
+import pytest
+import torch
+from torch import nn
+
+from hspec import HspecError, curvature_operator
+from hspec.exact import dense_matrices
+from hspec.operators import COMPONENTS
+
+N = 20
+
+
+class TinyCNN(nn.Module):
+    """Conv + BatchNorm (eval mode: running statistics) + a frozen and an unused layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3)
+        self.bn = nn.BatchNorm2d(3)
+        self.fc = nn.Linear(3 * 4 * 4, 4)
+        self.frozen = nn.Linear(4, 4)
+        self.frozen.requires_grad_(False)
+        self.unused = nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.frozen(self.fc(torch.tanh(self.bn(self.conv(x))).flatten(1)))
+
+
+def tiny_mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(36, 7), nn.Tanh(), nn.Linear(7, 4))
+
+
+@pytest.fixture(scope="module", params=["mlp", "cnn"])
+def problem(request):
+    torch.manual_seed(0)
+    model = (tiny_mlp() if request.param == "mlp" else TinyCNN()).double()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 2.0)
+    model.train()  # the operator must switch to eval mode itself
+    x = torch.randn(N, 1, 6, 6, dtype=torch.float64)
+    y = torch.randint(0, 4, (N,))
+    op = curvature_operator(model, (x, y), "hessian", dtype=torch.float64)
+    return model, x, y, dense_matrices(op)
+
+
+def rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+@pytest.mark.parametrize("batch_size", [1, 7, N])
+def test_matvec_equals_dense(problem, component, batch_size):
+    model, x, y, dense = problem
+    op = curvature_operator(model, (x, y), component, batch_size=batch_size,
+                            dtype=torch.float64)
+    v = torch.randn(op.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert rel(op.matvec(v), dense[component] @ v) <= 1e-10
+    assert model.training, "the model's training flag must be restored"
+
+
+def test_hessian_is_sum_of_components(problem):
+    _, _, _, dense = problem
+    assert rel(dense["gradient_covariance"] + dense["prediction_hessian"],
+               dense["hessian"]) <= 1e-10
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_batch_size_does_not_change_the_average(problem, component):
+    model, x, y, _ = problem
+    v = torch.randn(sum(p.numel() for p in model.parameters() if p.requires_grad),
+                    dtype=torch.float64)
+    results = [curvature_operator(model, (x, y), component, batch_size=b,
+                                  dtype=torch.float64).matvec(v) for b in (1, 7, N)]
+    assert rel(results[0], results[2]) <= 1e-12
+    assert rel(results[1], results[2]) <= 1e-12
+
+
+def test_matmat_equals_columns(problem):
+    model, x, y, _ = problem
+    op = curvature_operator(model, (x, y), "gradient_covariance", dtype=torch.float64)
+    V = torch.randn(op.dim, 3, dtype=torch.float64)
+    expected = torch.stack([op.matvec(c) for c in V.T], 1)
+    assert rel(op.matmat(V), expected) <= 1e-14
+
+
+def test_frozen_and_unused_parameters():
+    model = TinyCNN().double()
+    x, y = torch.randn(5, 1, 6, 6, dtype=torch.float64), torch.randint(0, 4, (5,))
+    op = curvature_operator(model, (x, y), "hessian", dtype=torch.float64)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert op.dim == sum(p.numel() for p in trainable)
+    assert "frozen.weight" not in op.params
+    hv = op.matvec(torch.ones(op.dim, dtype=torch.float64))
+    tail = model.unused.weight.numel() + model.unused.bias.numel()
+    assert torch.all(hv[-tail:] == 0), "an unused parameter must give zeros"
+    assert hv[:-tail].abs().sum() > 0
+
+
+def test_dataset_and_dataloader_give_the_same_result(problem):
+    model, x, y, dense = problem
+    dataset = torch.utils.data.TensorDataset(x, y)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=6, shuffle=True)
+    v = torch.randn(dense["hessian"].shape[0], dtype=torch.float64)
+    for data in (dataset, loader):
+        kwargs = {} if data is loader else {"batch_size": 3}
+        op = curvature_operator(model, data, "prediction_hessian", dtype=torch.float64,
+                                **kwargs)
+        assert rel(op.matvec(v), dense["prediction_hessian"] @ v) <= 1e-10
+
+
+def test_float32_is_the_default():
+    model = tiny_mlp()
+    x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 4, (8,))
+    op = curvature_operator(model, (x, y))
+    assert op.dtype == torch.float32
+    assert op.matvec(torch.randn(op.dim)).dtype == torch.float32
+
+
+@pytest.mark.parametrize("kwargs, culprit", [
+    ({"component": "fisher"}, "component"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"dtype": torch.int64}, "dtype"),
+])
+def test_bad_arguments_name_the_culprit(kwargs, culprit):
+    x, y = torch.randn(4, 1, 6, 6), torch.randint(0, 4, (4,))
+    with pytest.raises(HspecError, match=culprit):
+        curvature_operator(tiny_mlp(), (x, y), **kwargs)
+
+
+@pytest.mark.parametrize("data, culprit", [
+    ((torch.randn(4, 1, 6, 6), torch.randint(0, 4, (5,))), "4 inputs but 5 targets"),
+    ((torch.randn(4, 1, 6, 6), torch.rand(4)), "int64"),
+    ([1, 2, 3], "data"),
+])
+def test_bad_data(data, culprit):
+    with pytest.raises(HspecError, match=culprit):
+        curvature_operator(tiny_mlp(), data)
+
+
+def test_vectors_of_the_wrong_kind_are_refused():
+    x, y = torch.randn(4, 1, 6, 6), torch.randint(0, 4, (4,))
+    op = curvature_operator(tiny_mlp(), (x, y))
+    with pytest.raises(HspecError, match="dtype"):
+        op.matvec(torch.randn(op.dim, dtype=torch.float64))
+    with pytest.raises(HspecError, match="shape"):
+        op.matvec(torch.randn(op.dim + 1))
+    with pytest.raises(HspecError, match="device"):
+        op.matvec(torch.randn(op.dim, device="meta"))
