@@ -14,12 +14,14 @@ stochastic algorithms can be checked against them:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import torch
 from torch import Tensor
 from torch.func import hessian, jacrev, vmap
 
-from hspec.operators import CurvatureOperator, Params, eval_mode
+from hspec.operators import COMPONENTS, CurvatureOperator, Params, eval_mode
 
 
 def _flat_hessian(op: CurvatureOperator, scalar) -> Tensor:
@@ -46,11 +48,12 @@ def _factors(probs: Tensor) -> Tensor:
     return torch.diag_embed(sqrt_p) - probs[:, :, None] * sqrt_p[:, None, :]
 
 
-def dense_matrices(op: CurvatureOperator) -> dict[str, Tensor]:
-    """Dense H, G and R (keys ``hessian``, ``gradient_covariance``,
+def dense_matrices(op: CurvatureOperator, components: Iterable[str] = COMPONENTS
+                   ) -> dict[str, Tensor]:
+    """Dense H, G and/or R (keys ``hessian``, ``gradient_covariance``,
     ``prediction_hessian``) of the operator's model and data, averaged over the split."""
     total = {name: torch.zeros(op.dim, op.dim, dtype=op.dtype, device=op.device)
-             for name in ("hessian", "gradient_covariance", "prediction_hessian")}
+             for name in components}
     count = 0
     with eval_mode(op.model):
         for x, y in op._iter_batches():
@@ -66,11 +69,15 @@ def dense_matrices(op: CurvatureOperator) -> dict[str, Tensor]:
             def weighted(params: Params, x=x, g=g) -> Tensor:
                 return (op.logits(params, x) * g).sum()
 
-            total["hessian"] += _flat_hessian(op, loss)
-            total["prediction_hessian"] += _flat_hessian(op, weighted)
-            jac = _jacobians(op, x)
-            outer = torch.diag_embed(probs) - probs[:, :, None] * probs[:, None, :]
-            total["gradient_covariance"] += torch.einsum("ncp,ncd,ndq->pq", jac, outer, jac)
+            if "hessian" in total:
+                total["hessian"] += _flat_hessian(op, loss)
+            if "prediction_hessian" in total:
+                total["prediction_hessian"] += _flat_hessian(op, weighted)
+            if "gradient_covariance" in total:
+                jac = _jacobians(op, x)
+                outer = torch.diag_embed(probs) - probs[:, :, None] * probs[:, None, :]
+                total["gradient_covariance"] += torch.einsum("ncp,ncd,ndq->pq", jac, outer,
+                                                             jac)
     return {name: m / count for name, m in total.items()}
 
 
