@@ -16,7 +16,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	# one thread per process: the suite runs many small ops and subprocesses, where
+	# OpenMP spin-waiting on a shared 2-core machine costs 10-50x
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 clean-venv:
 	rm -rf $(VENV)

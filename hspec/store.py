@@ -1,0 +1,123 @@
+"""Results as Zarr (format 3) groups, written atomically.
+
+A *spectrum* group holds the arrays ``grid``, ``density``, ``outliers``, ``nodes``,
+``weights`` (and ``moments`` for KPM) with attributes describing what was measured
+(component, split, dataset, arch, n_per_class, n_params, n_samples, lambda_min,
+lambda_max, hvp_count, seconds, the settings, the hspec version). A *history* group holds
+per-epoch training curves.
+
+Every group is written into a temporary sibling directory and renamed into place, and its
+attributes carry ``complete: true`` last, so a killed job never leaves a group that looks
+complete; readers check the kind, the arrays and that flag, and name the path in one
+clear error otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from hspec.errors import HspecError
+
+SPECTRUM_ARRAYS = ("grid", "density", "outliers", "nodes", "weights")
+SPECTRUM_ATTRS = ("component", "split", "dataset", "arch", "n_per_class", "n_params",
+                  "n_samples", "lambda_min", "lambda_max", "hvp_count", "seconds",
+                  "settings", "hspec_version")
+HISTORY_ARRAYS = ("epoch", "lr", "train_loss", "train_accuracy", "test_loss",
+                  "test_accuracy")
+
+
+@contextlib.contextmanager
+def atomic_directory(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to fill; on success it replaces ``path``
+    (an older ``path`` is moved aside first and deleted after); on failure it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _jsonable(value):
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def write_group(path: Path, kind: str, arrays: Mapping[str, np.ndarray],
+                attrs: Mapping) -> None:
+    """Write a Zarr v3 group of 1-D float arrays and JSON attributes, atomically."""
+    with atomic_directory(path) as tmp:
+        group = zarr.open_group(tmp, mode="w", zarr_format=3)
+        for name, values in arrays.items():
+            group.create_array(name, data=np.asarray(values))
+        group.attrs.update(_jsonable({**attrs, "kind": kind}))
+        group.attrs["complete"] = True
+
+
+def read_group(path: Path, kind: str, arrays: tuple[str, ...]
+               ) -> tuple[dict[str, np.ndarray], dict]:
+    """Read a group written by :func:`write_group`, checking that it is complete."""
+    path = Path(path)
+    try:
+        group = zarr.open_group(path, mode="r", zarr_format=3)
+        attrs = dict(group.attrs)
+        if attrs.get("kind") != kind or attrs.get("complete") is not True:
+            raise ValueError(f"not a complete {kind} group")
+        data = {name: np.asarray(group[name][:]) for name in arrays}
+    except Exception as error:  # any failure here means a truncated or foreign group
+        raise HspecError(f"{path}: not a readable {kind} result ({error}); delete it and "
+                         "rerun the step that writes it") from error
+    return data, attrs
+
+
+def write_spectrum(path: Path, result, attrs: Mapping) -> None:
+    """Store a :class:`hspec.SpectralDensity` with the attributes describing it."""
+    from hspec import __version__
+
+    arrays = {name: getattr(result, name) for name in SPECTRUM_ARRAYS}
+    arrays["moments"] = result.moments
+    attrs = {**attrs, "n_params": result.dim, "lambda_min": result.lambda_min,
+             "lambda_max": result.lambda_max, "hvp_count": result.hvp_count,
+             "seconds": result.seconds, "settings": result.settings,
+             "bulk_c": result.bulk.c, "bulk_d": result.bulk.d,
+             "hspec_version": __version__}
+    missing = [name for name in SPECTRUM_ATTRS if name not in attrs]
+    if missing:
+        raise HspecError(f"attrs: missing {', '.join(missing)}")
+    write_group(path, "spectrum", arrays, attrs)
+
+
+def read_spectrum(path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    """The arrays and attributes of a spectrum group (clear error if incomplete)."""
+    return read_group(path, "spectrum", SPECTRUM_ARRAYS + ("moments",))
+
+
+def write_history(path: Path, history: Mapping[str, list], attrs: Mapping) -> None:
+    """Store per-epoch training curves (arrays named as in HISTORY_ARRAYS)."""
+    write_group(path, "history", {name: history[name] for name in HISTORY_ARRAYS}, attrs)
+
+
+def read_history(path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    return read_group(path, "history", HISTORY_ARRAYS)
