@@ -1,0 +1,125 @@
+# Paths and the per-figure choice of spectra. Every output lives under config["results"].
+import yaml
+
+from hspec.data import num_classes, smallest_train_class
+
+RESULTS = config["results"]
+FIGURE_FILES = ("ipynb", "html", "png", "pdf")
+NOTEBOOKS = {
+    "fig1": "notebooks/fig1_train_hessian.ipynb",
+    "fig2": "notebooks/fig2_test_hessian.ipynb",
+    "fig3": "notebooks/fig3_deflation.ipynb",
+    "fig4": "notebooks/fig4_components.ipynb",
+    "fig5": "notebooks/fig5_sample_size.ipynb",
+}
+
+
+wildcard_constraints:
+    arch="[a-z0-9]+",
+    dataset="[a-z0-9]+",
+    n=r"full|\d+",
+    lr=r"[0-9.e-]+",
+    split="train|test",
+    component="hessian|gradient_covariance|prediction_hessian",
+    variant="plain|deflated|log",
+    fig="fig[1-5]",
+
+
+def check_config():
+    """What the schema cannot see: datasets without a learning-rate grid, sample sizes
+    larger than the smallest class of the train split."""
+    for fig, spec in config["figures"].items():
+        for dataset in spec["datasets"]:
+            if dataset not in config["datasets"]:
+                raise ValueError(f"config: figures.{fig} uses dataset {dataset!r}, which has "
+                                 f"no entry under datasets (lrs, epochs)")
+            largest = smallest_train_class(dataset)
+            too_many = [n for n in spec["per_class"] if n != "full" and n > largest]
+            if too_many:
+                raise ValueError(f"config: figures.{fig}.per_class {too_many} exceeds the "
+                                 f"{largest} examples of the smallest {dataset} class")
+
+
+check_config()
+
+
+def run_dir(arch, dataset, n, lr):
+    return f"{RESULTS}/runs/{arch}/{dataset}/n{n}/lr{lr}"
+
+
+def model_path(arch, dataset, n):
+    return f"{RESULTS}/models/{arch}/{dataset}/n{n}/model.pt"
+
+
+def spectrum_path(arch, dataset, n, split, component, variant):
+    return f"{RESULTS}/spectra/{arch}/{dataset}/n{n}/{split}-{component}-{variant}.zarr"
+
+
+def indices_path(dataset, n):
+    return f"{RESULTS}/subsets/{dataset}/n{n}.npy"
+
+
+def figure_stem(fig):
+    return f"{RESULTS}/figures/{fig}/{fig}"
+
+
+def figure_outputs(fig):
+    return [f"{figure_stem(fig)}.{ext}" for ext in FIGURE_FILES] + [
+        f"{RESULTS}/figures/{fig}/numbers.json"
+    ]
+
+
+def all_figure_targets():
+    return [path for fig in config["figures"] for path in figure_outputs(fig)]
+
+
+def figure_parameters(fig):
+    """The notebook's parameters: which spectrum group goes where."""
+    spec = config["figures"][fig]
+    arch, datasets, sizes = spec["arch"], spec["datasets"], spec["per_class"]
+    path = lambda d, n, split, comp, var: spectrum_path(arch, d, n, split, comp, var)
+    d, n = datasets[0], sizes[0]
+    if fig in ("fig1", "fig2"):
+        split = "train" if fig == "fig1" else "test"
+        label = lambda d, n: d if len(sizes) == 1 else f"{d} n={n}"
+        return {"spectra": {label(d, n): path(d, n, split, "hessian", "plain")
+                            for d in datasets for n in sizes}}
+    if fig == "fig3":
+        return {"deflated": path(d, n, "train", "hessian", "deflated"),
+                "plain": path(d, n, "train", "hessian", "plain")}
+    if fig == "fig4":
+        return {
+            "spectra": {"hessian": path(d, n, "test", "hessian", "deflated"),
+                        "gradient_covariance": path(d, n, "test", "gradient_covariance",
+                                                    "deflated"),
+                        "prediction_hessian": path(d, n, "test", "prediction_hessian",
+                                                   "plain")},
+            "log_spectra": {c: path(d, n, "test", c, "log")
+                            for c in ("hessian", "gradient_covariance",
+                                      "prediction_hessian")},
+        }
+    return {split: {size: path(d, size, split, "gradient_covariance", "plain")
+                    for size in sizes} for split in ("train", "test")}
+
+
+def figure_inputs(wildcards):
+    """The spectrum groups a figure reads (every path among its parameters)."""
+    found = []
+
+    def walk(value):
+        if isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        else:
+            found.append(value)
+
+    walk(figure_parameters(wildcards.fig))
+    return found
+
+
+def figure_yaml(wildcards):
+    """papermill -y: the parameters plus where to write the figure and its numbers."""
+    params = figure_parameters(wildcards.fig)
+    params.update(figure=figure_stem(wildcards.fig),
+                  numbers=f"{RESULTS}/figures/{wildcards.fig}/numbers.json")
+    return yaml.safe_dump(params, default_flow_style=True, width=1_000_000).strip()

@@ -1,0 +1,37 @@
+# Dataset download (torchvision layout under data_dir) and per-class subsampling.
+
+
+rule download:
+    output:
+        f"{RESULTS}/data/{{dataset}}.json",
+    params:
+        data_dir=config["data_dir"],
+        download="--download" if config["download"] else "",
+    log:
+        f"{RESULTS}/logs/download/{{dataset}}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    shell:
+        "hspec download --dataset {wildcards.dataset} --data-dir {params.data_dir} "
+        "{params.download} --out {output} > {log} 2>&1"
+
+
+rule subsample:
+    input:
+        f"{RESULTS}/data/{{dataset}}.json",
+    output:
+        f"{RESULTS}/subsets/{{dataset}}/n{{n}}.npy",
+    params:
+        data_dir=config["data_dir"],
+        seed=config["seed"],
+    log:
+        f"{RESULTS}/logs/subsample/{{dataset}}-n{{n}}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    shell:
+        "hspec subsample --dataset {wildcards.dataset} --data-dir {params.data_dir} "
+        "--per-class {wildcards.n} --seed {params.seed} --out {output} > {log} 2>&1"

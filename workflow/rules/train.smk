@@ -1,0 +1,73 @@
+# Training with the paper's recipe (one job per initial learning rate, Table 1), then the
+# choice of the best rate by test accuracy (Section 3.1).
+
+GPU = 1 if config["device"].startswith("cuda") else 0
+
+
+def train_inputs(wildcards):
+    inputs = {"data": f"{RESULTS}/data/{wildcards.dataset}.json"}
+    if wildcards.n != "full":
+        inputs["indices"] = indices_path(wildcards.dataset, wildcards.n)
+    return inputs
+
+
+def indices_option(wildcards):
+    if wildcards.n == "full":
+        return ""
+    return f"--indices {indices_path(wildcards.dataset, wildcards.n)}"
+
+
+rule train:
+    input:
+        unpack(train_inputs),
+    output:
+        model=f"{RESULTS}/runs/{{arch}}/{{dataset}}/n{{n}}/lr{{lr}}/model.pt",
+        history=directory(f"{RESULTS}/runs/{{arch}}/{{dataset}}/n{{n}}/lr{{lr}}/history.zarr"),
+    params:
+        data_dir=config["data_dir"],
+        indices=indices_option,
+        epochs=lambda w: config["datasets"][w.dataset]["epochs"],
+        seed=config["seed"],
+        device=config["device"],
+        batch_size=config["training"]["batch_size"],
+        momentum=config["training"]["momentum"],
+        weight_decay=config["training"]["weight_decay"],
+    log:
+        f"{RESULTS}/logs/train/{{arch}}-{{dataset}}-n{{n}}-lr{{lr}}.log",
+    threads: config["training"]["threads"]
+    resources:
+        mem_mb=config["training"]["mem_mb"],
+        runtime=config["training"]["runtime"],
+        gpu=GPU,
+    shell:
+        "hspec train --dataset {wildcards.dataset} --data-dir {params.data_dir} "
+        "--arch {wildcards.arch} {params.indices} --lr {wildcards.lr} "
+        "--epochs {params.epochs} --seed {params.seed} --batch-size {params.batch_size} "
+        "--momentum {params.momentum} --weight-decay {params.weight_decay} "
+        "--device {params.device} --quiet --out $(dirname {output.model}) > {log} 2>&1"
+
+
+def lr_runs(wildcards):
+    return [
+        f"{run_dir(wildcards.arch, wildcards.dataset, wildcards.n, lr)}/model.pt"
+        for lr in config["datasets"][wildcards.dataset]["lrs"]
+    ]
+
+
+rule select:
+    input:
+        lr_runs,
+    output:
+        model=f"{RESULTS}/models/{{arch}}/{{dataset}}/n{{n}}/model.pt",
+        choice=f"{RESULTS}/models/{{arch}}/{{dataset}}/n{{n}}/selection.json",
+    params:
+        runs=lambda w, input: " ".join(os.path.dirname(path) for path in input),
+    log:
+        f"{RESULTS}/logs/select/{{arch}}-{{dataset}}-n{{n}}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "hspec select {params.runs} --out {output.choice} --model-out {output.model} "
+        "> {log} 2>&1"
