@@ -11,6 +11,8 @@ of the subspace error, and eigenvectors Q s_c. T iterations cost T·C products.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -21,21 +23,32 @@ from hspec.linear_operator import LinearOperator
 
 
 def low_rank_deflation(op: LinearOperator, rank: int, iterations: int = 256, *,
-                       generator: torch.Generator | None = None,
-                       progress: bool = False) -> tuple[np.ndarray, Tensor]:
+                       generator: torch.Generator | None = None, progress: bool = False,
+                       resume: dict | None = None,
+                       snapshot: Callable[[dict], None] | None = None
+                       ) -> tuple[np.ndarray, Tensor]:
     """The ``rank`` eigenvalues of largest magnitude (descending, signed) and their
-    orthonormal eigenvectors (dim, rank), by Alg. 5 with a final Rayleigh–Ritz step."""
+    orthonormal eigenvectors (dim, rank), by Alg. 5 with a final Rayleigh–Ritz step.
+
+    ``snapshot`` receives the state after each iteration (t and the block Q); pass it
+    back as ``resume`` to continue an interrupted run."""
     if not isinstance(rank, int) or not 1 <= rank < op.dim:
         raise HspecError(f"deflate: must be an integer in [1, dim) = [1, {op.dim}), "
                          f"got {rank!r}")
     if not isinstance(iterations, int) or iterations < 1:
         raise HspecError(f"iterations: must be a positive integer, got {iterations!r}")
-    q = torch.linalg.qr(op.randn(rank, generator=generator))[0]
-    for t in tqdm(range(iterations), desc="Deflation", disable=not progress, leave=False):
+    if resume is not None:
+        first, q = resume["t"], resume["q"]
+    else:
+        first, q = 0, torch.linalg.qr(op.randn(rank, generator=generator))[0]
+    for t in tqdm(range(first, iterations), desc="Deflation", disable=not progress,
+                  leave=False):
         op.context = f"deflation iteration {t + 1}"
         v = op.matmat(q)
         if t < iterations - 1:
             q = torch.linalg.qr(v)[0]
+            if snapshot is not None:
+                snapshot({"t": t + 1, "q": q})
     op.context = ""
     projected = (q.T @ v).to(torch.float64).cpu()
     values, rotation = torch.linalg.eigh((projected + projected.T) / 2)

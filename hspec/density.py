@@ -19,11 +19,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 from hspec.errors import HspecError
-from hspec.lanczos import LanczosRun, fast_lanczos
-from hspec.linear_operator import LinearOperator
+from hspec.lanczos import LanczosRun
 from hspec.normalization import Normalization
 
 KERNEL_CUTOFF = 1e-8  # kernel values below this are dropped, as in the released code
@@ -43,23 +41,6 @@ def gaussian_density(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray,
     kernel = np.exp(-0.5 * z * z) / (sigma * math.sqrt(2 * math.pi))
     kernel[kernel < KERNEL_CUTOFF] = 0.0
     return kernel @ np.asarray(weights)
-
-
-def lanczos_runs(op: LinearOperator, steps: int, n_vec: int, *,
-                 generator: torch.Generator, progress: bool = False,
-                 start_projection=None) -> list[LanczosRun]:
-    """``n_vec`` FASTLANCZOS runs of ``steps`` steps from independent Gaussian starts;
-    ``start_projection`` (e.g. the deflation projector) is applied to each start."""
-    if not isinstance(n_vec, int) or n_vec < 1:
-        raise HspecError(f"n_vec: must be a positive integer, got {n_vec!r}")
-    runs = []
-    for index in range(n_vec):
-        start = op.randn(generator=generator)
-        if start_projection is not None:
-            start = start_projection(start)
-        runs.append(fast_lanczos(op, steps, start=start, progress=progress,
-                                 desc=f"Lanczos {index + 1}/{n_vec}"))
-    return runs
 
 
 def quadrature(runs: list[LanczosRun]) -> tuple[np.ndarray, np.ndarray]:

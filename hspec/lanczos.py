@@ -19,6 +19,7 @@ when LAPACK fails (the paper reports occasional failures, Section 2.5).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,7 +82,9 @@ def _breakdown_tolerance(dtype: torch.dtype) -> float:
 
 def fast_lanczos(op: LinearOperator, steps: int, *, reorth: str = "none",
                  start: Tensor | None = None, generator: torch.Generator | None = None,
-                 progress: bool = False, desc: str = "Lanczos") -> LanczosRun:
+                 progress: bool = False, desc: str = "Lanczos",
+                 resume: dict | None = None,
+                 snapshot: Callable[[dict], None] | None = None) -> LanczosRun:
     """FASTLANCZOS (paper Alg. 2): ``steps`` products with A, O(dim) memory.
 
     Args:
@@ -91,21 +94,30 @@ def fast_lanczos(op: LinearOperator, steps: int, *, reorth: str = "none",
             basis and re-orthogonalize every step, as SLOWLANCZOS, Alg. 1).
         start: the start vector (normalized here); default a Gaussian from ``generator``.
         progress: show a tqdm bar.
+        resume: a state given to ``snapshot`` by an interrupted run: continue it.
+        snapshot: called after every step with the state needed to resume (α, β and the
+            current and previous vectors; the basis too with ``reorth="full"``).
     """
     if not isinstance(steps, int) or steps < 2:
         raise HspecError(f"steps: must be an integer ≥ 2, got {steps!r}")
     if reorth not in REORTH:
         raise HspecError(f"reorth: must be one of {REORTH}, got {reorth!r}")
     steps = min(steps, op.dim)
-    v = op.randn(generator=generator) if start is None else start
-    v = v / v.norm()
-    v_prev = torch.zeros_like(v)
-    basis = torch.empty(op.dim, steps, dtype=op.dtype, device=op.device) \
-        if reorth == "full" else None
-    alpha, beta = [], []
+    if resume is not None:
+        alpha, beta = resume["alpha"].tolist(), resume["beta"].tolist()
+        v, v_prev, basis = resume["v"], resume["v_prev"], resume["basis"]
+    else:
+        v = op.randn(generator=generator) if start is None else start
+        v = v / v.norm()
+        v_prev = torch.zeros_like(v)
+        basis = torch.empty(op.dim, steps, dtype=op.dtype, device=op.device) \
+            if reorth == "full" else None
+        alpha, beta = [], []
     tol = _breakdown_tolerance(op.dtype)
-    scale = 0.0
-    for m in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
+    scale = max((abs(a) + b for a, b in zip(alpha, beta)), default=0.0)
+    broke_down = bool(beta) and beta[-1] == 0.0
+    for m in tqdm(range(len(alpha), 0 if broke_down else steps), desc=desc,
+                  disable=not progress, leave=False):
         if basis is not None:
             basis[:, m] = v
         op.context = f"{desc} iteration {m + 1}"
@@ -123,6 +135,10 @@ def fast_lanczos(op: LinearOperator, steps: int, *, reorth: str = "none",
             beta[-1] = 0.0
             break
         v_prev, v = v, w / beta[-1]
+        if snapshot is not None:
+            snapshot({"alpha": torch.tensor(alpha, dtype=torch.float64),
+                      "beta": torch.tensor(beta, dtype=torch.float64),
+                      "v": v, "v_prev": v_prev, "basis": basis})
     op.context = ""
     m = len(alpha)
     return LanczosRun(np.array(alpha), np.array(beta),

@@ -17,16 +17,19 @@ The bulk density integrates to (dim − C)/dim, so ∫ density dt + len(outliers
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from hspec.checkpoint import SpectrumCheckpoint
 from hspec.deflation import low_rank_deflation
-from hspec.density import lanczos_approx_spec, lanczos_runs, log_density, quadrature
+from hspec.density import lanczos_approx_spec, log_density, quadrature
 from hspec.errors import HspecError
 from hspec.kpm import kpm_density, kpm_moments
+from hspec.lanczos import LanczosRun, fast_lanczos
 from hspec.linear_operator import Deflated, LinearOperator, Normalized
 from hspec.normalization import Normalization, bounds_from_runs, normalization
 
@@ -84,6 +87,32 @@ class SpectralDensity:
                            steps=self.settings["steps"], k=self.settings["k"])
 
 
+def _no_checkpoint(stage, compute, encode=None, decode=None):
+    return compute(None, None)
+
+
+def _start(op, generator: torch.Generator, project):
+    start = op.randn(generator=generator)
+    return start if project is None else project(start)
+
+
+def _encode_norm(norm: Normalization) -> torch.Tensor:
+    return torch.tensor([norm.lambda_min, norm.lambda_max, norm.c, norm.d],
+                        dtype=torch.float64)
+
+
+def _decode_norm(values: torch.Tensor) -> Normalization:
+    return Normalization(*values.tolist())
+
+
+def _encode_run(run: LanczosRun) -> dict:
+    return {"alpha": torch.from_numpy(run.alpha), "beta": torch.from_numpy(run.beta)}
+
+
+def _decode_run(saved: dict) -> LanczosRun:
+    return LanczosRun(saved["alpha"].cpu().numpy(), saved["beta"].cpu().numpy())
+
+
 def _check_int(name: str, value, low: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         raise HspecError(f"{name}: must be an integer ≥ {low}, got {value!r}")
@@ -95,8 +124,9 @@ def spectral_density(matvec, dim: int | None = None, *, method: str = "lanczos",
                      iterations: int = 256, k: float = 1.25, seed: int = 0,
                      dtype: torch.dtype | None = None,
                      device: torch.device | str | None = None,
-                     check_symmetric: bool = True, progress: bool = False
-                     ) -> SpectralDensity:
+                     check_symmetric: bool = True, progress: bool = False,
+                     checkpoint: str | os.PathLike | None = None,
+                     checkpoint_interval: float = 60.0) -> SpectralDensity:
     """Estimate the spectral density of a symmetric operator (paper Section 3.2).
 
     Args:
@@ -111,6 +141,10 @@ def spectral_density(matvec, dim: int | None = None, *, method: str = "lanczos",
         seed: seeds every random vector (drawn on the CPU, so devices agree).
         dtype, device: of the vectors (default: the operator's, else float32 on CPU).
         check_symmetric: probe symmetry first (two products).
+        checkpoint: a file where the computation saves its state (every
+            ``checkpoint_interval`` seconds and after each stage) and from which a rerun
+            with the same settings resumes (the Lanczos part of ``method="kpm"`` too, not
+            its Chebyshev moments); delete it once the result is stored.
     """
     start_time = time.perf_counter()
     op = LinearOperator.wrap(matvec, dim, dtype=dtype, device=device)
@@ -127,41 +161,62 @@ def spectral_density(matvec, dim: int | None = None, *, method: str = "lanczos",
     if not k > 1:
         raise HspecError(f"k: the smoothing constant must be > 1, got {k!r}")
 
+    settings = dict(method=method, deflate=deflate, steps=steps, bound_steps=bound_steps,
+                    margin=margin, points=points, n_vec=n_vec, iterations=iterations, k=k,
+                    seed=seed, dtype=str(op.dtype).removeprefix("torch."))
     generator = torch.Generator().manual_seed(seed)
+    stage = _no_checkpoint
+    if checkpoint is not None:
+        saved = SpectrumCheckpoint(checkpoint, settings, op.dim, device=op.device,
+                                   interval=checkpoint_interval)
+        op.hvp_count = saved.restore(generator)
+        stage = saved.stage_runner(generator, op)
+
     if check_symmetric:
-        op.check_symmetric(generator)
-    full = normalization(op, bound_steps, margin, generator=generator, progress=progress)
+        stage("probe", lambda resume, snapshot: op.check_symmetric(generator) or True)
+    full = stage("normalization", lambda resume, snapshot: normalization(
+        op, bound_steps, margin, generator=generator, progress=progress, resume=resume,
+        snapshot=snapshot), encode=_encode_norm, decode=_decode_norm)
 
     outliers, target, project = np.empty(0), op, None
     if deflate:
-        outliers, basis = low_rank_deflation(op, deflate, iterations, generator=generator,
-                                             progress=progress)
+        found = stage("deflation", lambda resume, snapshot: low_rank_deflation(
+            op, deflate, iterations, generator=generator, progress=progress,
+            resume=resume, snapshot=snapshot),
+            encode=lambda r: {"values": torch.from_numpy(r[0]), "basis": r[1]},
+            decode=lambda d: (d["values"].cpu().numpy(), d["basis"]))
+        outliers, basis = found
         target = Deflated(op, basis)
         project = target.project
     share = (op.dim - deflate) / op.dim
 
     nodes = weights = moments = np.empty(0)
     if method == "lanczos":
-        runs = lanczos_runs(target, steps, n_vec, generator=generator, progress=progress,
-                            start_projection=project)
+        def lanczos(resume, snapshot):
+            start = None if resume is not None else _start(target, generator, project)
+            return fast_lanczos(target, steps, start=start, progress=progress,
+                                resume=resume, snapshot=snapshot, desc="Lanczos")
+
+        runs = [stage(f"lanczos{index}", lanczos, encode=_encode_run, decode=_decode_run)
+                for index in range(n_vec)]
         bulk = bounds_from_runs(runs, margin) if deflate else full
         nodes, weights = quadrature(runs)
         weights = weights * share
         grid, density = lanczos_approx_spec(nodes, weights, bulk, steps=steps,
                                             points=points, k=k)
     else:
-        bulk = full if not deflate else normalization(
-            target, bound_steps, margin, generator=generator, progress=progress,
-            start=project(op.randn(generator=generator)))
+        bulk = full if not deflate else stage(
+            "bulk_normalization", lambda resume, snapshot: normalization(
+                target, bound_steps, margin, generator=generator, progress=progress,
+                start=None if resume is not None else _start(target, generator, project),
+                resume=resume, snapshot=snapshot),
+            encode=_encode_norm, decode=_decode_norm)
         moments = kpm_moments(Normalized(target, bulk.c, bulk.d), steps, n_vec,
                               generator=generator, progress=progress,
                               start_projection=project)
         t = np.linspace(-1.0, 1.0, points)
         grid, density = bulk.to_original(t), kpm_density(moments, t) * share / bulk.d
 
-    settings = dict(method=method, deflate=deflate, steps=steps, bound_steps=bound_steps,
-                    margin=margin, points=points, n_vec=n_vec, iterations=iterations, k=k,
-                    seed=seed, dtype=str(op.dtype).removeprefix("torch."))
     return SpectralDensity(grid=grid, density=density, outliers=outliers, nodes=nodes,
                            weights=weights, moments=moments, lambda_min=full.lambda_min,
                            lambda_max=full.lambda_max, bulk=bulk,
