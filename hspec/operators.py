@@ -20,7 +20,8 @@ The average is over every example of the split: per-batch results are summed and
 by the number of examples, so the result does not depend on the batch size. The model is
 evaluated in eval mode (BatchNorm uses its running statistics, so the loss is a sum of
 per-example terms); parameters with ``requires_grad=False`` are held fixed and left out.
-Memory is O(p + one batch of activations).
+Memory is O(p + one batch of activations). With ``distributed=True`` each rank of a
+torch.distributed job holds a shard of the split and the sums are all-reduced.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp
 from torch.utils.data import DataLoader, Dataset
@@ -65,7 +67,11 @@ class CurvatureOperator:
     """
 
     def __init__(self, model: nn.Module, batches: Callable[[], Iterable], *,
-                 dtype: torch.dtype, device: torch.device) -> None:
+                 dtype: torch.dtype, device: torch.device, distributed: bool = False) -> None:
+        if distributed and not dist.is_initialized():
+            raise HspecError("distributed: torch.distributed is not initialized (launch "
+                             "with torchrun and call hspec.distributed.init_from_env())")
+        self.distributed = distributed
         self.model = model
         self.dtype = dtype
         self.device = device
@@ -133,6 +139,11 @@ class CurvatureOperator:
                 count += x.shape[0]
                 for j, tangent in enumerate(tangents):
                     out[:, j] += self._flatten(self._batch_product(tangent, x, y))
+        if self.distributed:  # every rank holds a shard: sum the sums and the counts
+            totals = torch.tensor([float(count)], dtype=torch.float64, device=out.device)
+            dist.all_reduce(out)
+            dist.all_reduce(totals)
+            count = int(totals.item())
         if count == 0:
             raise HspecError("data: the split has no examples")
         return out / count
@@ -218,7 +229,8 @@ def _batch_source(data, batch_size: int | None) -> Callable[[], Iterable]:
 
 def curvature_operator(model: nn.Module, data, component: str = "hessian", *,
                        batch_size: int | None = None, dtype: torch.dtype | None = None,
-                       device: torch.device | str | None = None) -> CurvatureOperator:
+                       device: torch.device | str | None = None,
+                       distributed: bool = False) -> CurvatureOperator:
     """The averaged curvature matrix of ``model`` on ``data`` as a linear operator.
 
     Args:
@@ -232,6 +244,9 @@ def curvature_operator(model: nn.Module, data, component: str = "hessian", *,
             same average.
         dtype: floating dtype of the whole computation (default float32).
         device: where the products run (default: the device of the model's parameters).
+        distributed: ``data`` is this rank's shard of the split (see
+            :mod:`hspec.distributed`); products are summed over all ranks with an
+            all-reduce and divided by the total count, so every rank gets A v.
 
     Returns:
         A :class:`CurvatureOperator` with ``.dim``, ``.matvec(v)`` and ``.matmat(V)``.
@@ -247,4 +262,4 @@ def curvature_operator(model: nn.Module, data, component: str = "hessian", *,
         device = first.device if first is not None else torch.device("cpu")
     device = torch.empty(0, device=device).device  # "cuda" -> "cuda:0", as tensors report
     return _OPERATORS[component](model, _batch_source(data, batch_size),
-                                 dtype=dtype, device=device)
+                                 dtype=dtype, device=device, distributed=distributed)
