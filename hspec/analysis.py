@@ -10,34 +10,45 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from hspec.density import KERNEL_CUTOFF
 from hspec.errors import HspecError
 
 
-def _components(positive: np.ndarray) -> list[tuple[int, int]]:
-    """Index ranges [start, stop) of the runs of True in a boolean array."""
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], positive.astype(int), [0]])))
-    return list(zip(edges[::2], edges[1::2]))
+def kernel_reach(sigma: float, cutoff: float = KERNEL_CUTOFF) -> float:
+    """Distance at which the Gaussian kernel g_σ (normalized axis, as in Alg. 3) falls
+    below ``cutoff``: beyond it a node adds nothing to the smoothed density."""
+    return sigma * math.sqrt(2 * math.log(1 / (cutoff * sigma * math.sqrt(2 * math.pi))))
 
 
-def separated_outliers(grid: np.ndarray, density: np.ndarray, nodes: np.ndarray,
-                       outliers: np.ndarray = np.empty(0)) -> np.ndarray:
-    """Eigenvalue estimates lying above the bulk, descending.
+def separated_outliers(values: np.ndarray, masses: np.ndarray, reach: float, *,
+                       min_mass: float = 0.0, tolerance: float = 0.0) -> np.ndarray:
+    """Eigenvalue estimates isolated above the bulk, descending, each counted once.
 
-    The bulk is the connected part of {density > 0} that carries the most mass; every
-    Ritz value beyond its upper end, and every deflated outlier beyond it, counts.
+    ``values``/``masses`` are the estimated distribution as atoms (Ritz nodes and
+    weights, deflated outliers with mass 1/p). The smoothed density is positive exactly
+    within ``reach`` of an atom, so atoms closer than 2·reach form one connected part;
+    the bulk is the part with the most mass, and every atom above it counts. Atoms
+    lighter than ``min_mass`` (Lanczos ghosts and unconverged copies, whose weights are
+    near rounding level) are ignored, and estimates closer than ``tolerance`` (the
+    repeated copies of a converged Ritz value that Lanczos without re-orthogonalization
+    produces) count once.
     """
-    runs = _components(density > 0)
-    if not runs:
-        raise HspecError("density: it is zero everywhere")
-    step = grid[1] - grid[0]
-    masses = [density[a:b].sum() * step for a, b in runs]
-    _, stop = runs[int(np.argmax(masses))]
-    upper = grid[stop - 1] if stop < len(grid) else np.inf
-    found = np.concatenate([np.asarray(nodes)[np.asarray(nodes) > upper],
-                            np.asarray(outliers)[np.asarray(outliers) > upper]])
-    return np.sort(found)[::-1]
+    keep = np.asarray(masses) >= min_mass
+    values, masses = np.asarray(values)[keep], np.asarray(masses)[keep]
+    if values.size == 0:
+        raise HspecError("values: no atom heavier than min_mass")
+    order = np.argsort(values)
+    values, masses = values[order], masses[order]
+    part = np.concatenate([[0], np.cumsum(np.diff(values) > 2 * reach)])
+    bulk = np.argmax(np.bincount(part, weights=masses))
+    above = values[part > bulk][::-1]
+    if above.size == 0:
+        return above
+    return above[np.concatenate([[True], -np.diff(above) > tolerance])]
 
 
 def bulk_edges(nodes: np.ndarray, weights: np.ndarray,

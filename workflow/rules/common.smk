@@ -1,7 +1,8 @@
 # Paths and the per-figure choice of spectra. Every output lives under config["results"].
 import yaml
 
-from hspec.data import num_classes, smallest_train_class
+from hspec.config import check
+from hspec.data import num_classes
 
 RESULTS = config["results"]
 FIGURE_FILES = ("ipynb", "html", "png", "pdf")
@@ -25,22 +26,7 @@ wildcard_constraints:
     fig="fig[1-5]",
 
 
-def check_config():
-    """What the schema cannot see: datasets without a learning-rate grid, sample sizes
-    larger than the smallest class of the train split."""
-    for fig, spec in config["figures"].items():
-        for dataset in spec["datasets"]:
-            if dataset not in config["datasets"]:
-                raise ValueError(f"config: figures.{fig} uses dataset {dataset!r}, which has "
-                                 f"no entry under datasets (lrs, epochs)")
-            largest = smallest_train_class(dataset)
-            too_many = [n for n in spec["per_class"] if n != "full" and n > largest]
-            if too_many:
-                raise ValueError(f"config: figures.{fig}.per_class {too_many} exceeds the "
-                                 f"{largest} examples of the smallest {dataset} class")
-
-
-check_config()
+check(config)
 
 
 def run_dir(arch, dataset, n, lr):
@@ -98,7 +84,8 @@ def figure_parameters(fig):
                             for c in ("hessian", "gradient_covariance",
                                       "prediction_hessian")},
         }
-    return {split: {size: path(d, size, split, "gradient_covariance", "plain")
+    # string keys: papermill sorts parameter keys, and "full" does not sort with numbers
+    return {split: {str(size): path(d, size, split, "gradient_covariance", "plain")
                     for size in sizes} for split in ("train", "test")}
 
 

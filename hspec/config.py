@@ -1,0 +1,28 @@
+"""Checks of the workflow configuration that a JSON schema cannot express.
+
+``workflow/schemas/config.schema.yaml`` fixes keys, types and ranges; :func:`check` then
+looks at the values together: every dataset a figure uses has a learning-rate grid
+(Table 1), and no sample size per class exceeds the smallest class of that dataset's
+train split. Each problem raises one :class:`HspecError` naming the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from hspec.data import smallest_train_class
+from hspec.errors import HspecError
+
+
+def check(config: Mapping) -> None:
+    """Raise an HspecError naming the first inconsistent key of a schema-valid config."""
+    for fig, spec in config["figures"].items():
+        for dataset in spec["datasets"]:
+            if dataset not in config["datasets"]:
+                raise HspecError(f"config: figures.{fig} uses dataset {dataset!r}, which "
+                                 "has no entry under datasets (lrs, epochs)")
+            largest = smallest_train_class(dataset)
+            too_many = [n for n in spec["per_class"] if n != "full" and n > largest]
+            if too_many:
+                raise HspecError(f"config: figures.{fig}.per_class {too_many} exceeds the "
+                                 f"{largest} examples of the smallest {dataset} train class")

@@ -1,0 +1,111 @@
+"""The workflow configuration: schema validation and value checks, fuzzed."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from hspec.config import check
+from hspec.errors import HspecError
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+
+
+def load(name):
+    return yaml.safe_load((ROOT / name).read_text())
+
+
+def validated(config):
+    """What the Snakefile does before anything runs."""
+    validate(config, SCHEMA)
+    check(config)
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "config/demo.yaml"])
+def test_shipped_configs_are_valid(name):
+    validated(load(name))
+
+
+@pytest.mark.parametrize("edit, culprit", [
+    (lambda c: c.update(epochs=3), "epochs"),                           # unknown key
+    (lambda c: c["spectrum"].update(steps="many"), "many"),             # wrong type
+    (lambda c: c["spectrum"].update(k=1.0), "1.0"),                     # k must exceed 1
+    (lambda c: c["figures"]["fig1"].update(arch="alexnet"), "alexnet"),
+    (lambda c: c.update(device="tpu"), "tpu"),
+])
+def test_schema_errors_name_the_value(edit, culprit):
+    config = load("config/demo.yaml")
+    edit(config)
+    with pytest.raises(WorkflowError, match=culprit):
+        validated(config)
+
+
+def test_too_many_per_class_names_the_figure_and_the_limit():
+    config = load("config/demo.yaml")
+    config["figures"]["fig5"]["per_class"] = [10, 500]
+    with pytest.raises(HspecError, match=r"figures\.fig5\.per_class \[500\] exceeds"):
+        validated(config)
+
+
+def test_a_dataset_without_learning_rates_is_named():
+    config = load("config/demo.yaml")
+    config["figures"]["fig3"]["datasets"] = ["mnist"]
+    with pytest.raises(HspecError, match="figures.fig3 uses dataset 'mnist'"):
+        validated(config)
+
+
+JUNK = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
+                 st.floats(allow_nan=True), st.text(max_size=8),
+                 st.lists(st.integers(-5, 10**5), max_size=3),
+                 st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))
+
+
+def paths(tree, prefix=()):
+    yield prefix
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from paths(value, prefix + (key,))
+    elif isinstance(tree, list):
+        for index, value in enumerate(tree):
+            yield from paths(value, prefix + (index,))
+
+
+DEMO = load("config/demo.yaml")
+ALL_PATHS = [p for p in paths(DEMO) if p]
+
+
+@st.composite
+def broken_configs(draw):
+    config = copy.deepcopy(DEMO)
+    for _ in range(draw(st.integers(1, 3))):
+        path = draw(st.sampled_from(ALL_PATHS))
+        parent = config
+        try:
+            for key in path[:-1]:
+                parent = parent[key]
+            action = draw(st.sampled_from(["replace", "delete", "add"]))
+            if action == "replace":
+                parent[path[-1]] = draw(JUNK)
+            elif action == "delete" and isinstance(parent, dict):
+                del parent[path[-1]]
+            elif isinstance(parent, dict):
+                parent[draw(st.text(min_size=1, max_size=6))] = draw(JUNK)
+        except (KeyError, IndexError, TypeError):
+            pass  # an earlier mutation removed or replaced this path
+    return config
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(broken_configs())
+def test_fuzzed_configs_fail_with_one_clear_message(config):
+    try:
+        validated(config)
+    except (WorkflowError, HspecError) as error:
+        message = str(error)
+        assert message and "Traceback" not in message

@@ -1,0 +1,231 @@
+"""The figure notebooks: their papermill contract, and their numbers on synthetic spectra.
+
+Small spectra of synthetic symmetric matrices with a known structure (a Wishart bulk
+with planted spikes, a symmetric power-law spectrum) are stored with
+``hspec.store.write_spectrum``; every notebook is executed with papermill on them, and
+the figures and numbers it writes are checked against what was planted.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+
+import hspec
+from hspec.store import write_spectrum
+
+papermill = pytest.importorskip("papermill")
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ["fig1_train_hessian", "fig2_test_hessian", "fig3_deflation",
+             "fig4_components", "fig5_sample_size"]
+SPIKES = [20.0, 25.0, 30.0, 35.0, 40.0, 45.0, 50.0, 55.0, 60.0, 65.0]  # 10 = C (digits)
+TAIL_EXPONENT = 2.5
+# the workflow's layout, relative to notebooks/
+LAYOUT = re.compile(r"\.\./results/demo/spectra/cnn/digits/n(full|\d+)/(train|test)-"
+                    r"(hessian|gradient_covariance|prediction_hessian)-"
+                    r"(plain|deflated|log)\.zarr")
+
+
+def spiked(p, spikes, seed, rank=150):
+    """A Wishart bulk (rank < p: a mass at zero, as for a Hessian with p ≫ n; upper
+    edge (p/rank)·(1 + sqrt(rank/p))² ≈ 8 for p = 500) plus well-separated spikes."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((p, rank)) / np.sqrt(rank)
+    matrix = x @ x.T
+    if spikes:
+        u = np.linalg.qr(rng.standard_normal((p, len(spikes))))[0]
+        matrix += u @ np.diag(spikes) @ u.T
+    return matrix
+
+
+def power_law(p, seed, b=TAIL_EXPONENT, x0=0.1, x1=3.0, zeros=0.3):
+    """A spectrum symmetric about 0: a share of zeros and ±x, x at the quantiles of the
+    density ∝ x^(−b) on [x0, x1], in a random basis."""
+    rng = np.random.default_rng(seed)
+    k = (p - int(p * zeros)) // 2
+    q = (np.arange(k) + 0.5) / k
+    lo, hi = x0 ** (1 - b), x1 ** (1 - b)
+    x = (lo + q * (hi - lo)) ** (1 / (1 - b))
+    eigenvalues = np.concatenate([x, -x, np.zeros(p - 2 * k)])
+    basis = np.linalg.qr(rng.standard_normal((p, p)))[0]
+    return (basis * eigenvalues) @ basis.T
+
+
+def store(path, matrix, *, split="train", component="hessian", per_class=20,
+          n_samples=None, **settings):
+    op = torch.tensor(matrix)
+    result = hspec.spectral_density(lambda v: op @ v, matrix.shape[0], dtype=torch.float64,
+                                    **{"steps": 64, "iterations": 64, **settings})
+    write_spectrum(path, result, {
+        "dataset": "digits", "arch": "cnn", "split": split, "component": component,
+        "n_per_class": per_class,
+        "n_samples": n_samples if n_samples is not None else 10 * per_class})
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def spectra(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small products: one thread is as fast, and spares a busy machine
+    root = tmp_path_factory.mktemp("spectra")
+    made = {}
+    ten, three = spiked(500, SPIKES, 0), spiked(500, SPIKES[:3], 1)
+    made["ten-plain"] = store(root / "ten-plain.zarr", ten)
+    made["three-plain"] = store(root / "three-plain.zarr", three)
+    made["ten-deflated"] = store(root / "ten-deflated.zarr", ten, split="test", deflate=10)
+    # deflating C = 10 with 3 spikes: 7 deflated eigenvalues sit at the bulk's edge
+    made["three-deflated"] = store(root / "three-deflated.zarr", three, split="test",
+                                   deflate=10)
+
+    g, r = spiked(600, SPIKES, 2), power_law(600, 3)
+    parts = {"hessian": g + r, "gradient_covariance": g, "prediction_hessian": r}
+    for name, matrix in parts.items():
+        deflate = 0 if name == "prediction_hessian" else 10
+        made[f"{name}"] = store(root / f"test-{name}.zarr", matrix, split="test",
+                                component=name, per_class=60, deflate=deflate)
+        # the "log" variant: more steps and no deflation; R with 8 start vectors, so
+        # that one quadrature of a 600-dimensional matrix resolves its tail
+        made[f"{name}-log"] = store(root / f"test-{name}-log.zarr", matrix, split="test",
+                                    component=name, per_class=60, steps=128,
+                                    n_vec=8 if name == "prediction_hessian" else 1)
+
+    for split, counts in (("train", {10: 2, 20: 5, "full": 9}),
+                          ("test", {10: 1, 20: 3, "full": 6})):
+        for seed, (key, count) in enumerate(counts.items()):
+            made[f"{split}-{key}"] = store(
+                root / f"{split}-{key}.zarr", spiked(400, SPIKES[-count:], 10 + seed),
+                split=split, component="gradient_covariance", per_class=key,
+                n_samples=600 if key == "full" else None)
+    torch.set_num_threads(threads)
+    return made
+
+
+def execute(name, tmp_path, parameters):
+    out = tmp_path / f"{name}.ipynb"
+    papermill.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(out),
+                               parameters=parameters, cwd=str(ROOT),
+                               kernel_name="python3", progress_bar=False)
+    return nbformat.read(out, as_version=4)
+
+
+def outputs(tmp_path, number):
+    stem = tmp_path / "figures" / f"fig{number}"
+    return {"figure": str(stem), "numbers": str(tmp_path / "numbers.json")}
+
+
+def check_written(tmp_path, number, executed):
+    stem = tmp_path / "figures" / f"fig{number}"
+    assert Path(f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Path(f"{stem}.pdf").read_bytes()[:5] == b"%PDF-"
+    images = [o for cell in executed.cells if cell.cell_type == "code"
+              for o in cell.outputs if "image/png" in o.get("data", {})]
+    assert images, "the executed notebook shows no figure (inline backend?)"
+    text = (tmp_path / "numbers.json").read_text()
+    numbers = json.loads(text)
+    assert text == json.dumps(numbers, sort_keys=True, indent=2) + "\n"
+    return numbers
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_is_committed_clean_with_one_parameters_cell(name):
+    notebook = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    nbformat.validate(notebook)
+    tagged = [cell for cell in notebook.cells
+              if "parameters" in cell.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    assert tagged[0].cell_type == "code"
+    defaults = {}
+    exec(tagged[0].source, defaults)  # noqa: S102 - the notebook's own parameter cell
+    paths = []
+    for name_, value in defaults.items():
+        if name_ in ("spectra", "log_spectra", "train", "test"):
+            paths += list(value.values())
+        elif name_ in ("deflated", "plain"):
+            paths.append(value)
+    assert paths and all(LAYOUT.fullmatch(path) for path in paths), paths
+    assert defaults["figure"].startswith("../results/demo/figures/fig")
+    assert defaults["numbers"].startswith("../results/demo/figures/fig")
+    assert defaults["numbers"].endswith("/numbers.json")
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None
+            assert "MPLBACKEND" not in cell.source and "use(\"Agg\")" not in cell.source
+    assert notebook.cells[0].cell_type == "markdown"
+    assert "numbers are what they are" in notebook.cells[0].source
+
+
+@pytest.mark.slow  # executes a notebook: a kernel, torch and matplotlib start (~10 s)
+@pytest.mark.parametrize("number, name, split", [(1, "fig1_train_hessian", "plain"),
+                                                  (2, "fig2_test_hessian", "deflated")])
+def test_hessian_figures_count_the_planted_outliers(spectra, tmp_path, number, name, split):
+    executed = execute(name, tmp_path, {
+        "spectra": {"ten": spectra[f"ten-{split}"], "three": spectra[f"three-{split}"]},
+        **outputs(tmp_path, number)})
+    numbers = check_written(tmp_path, number, executed)
+    ten, three = numbers["spectra"]["ten"], numbers["spectra"]["three"]
+    assert (ten["outliers_found"], three["outliers_found"]) == (10, 3)
+    assert (ten["outliers_equal_classes"], three["outliers_equal_classes"]) == (True, False)
+    assert ten["num_classes"] == 10
+    assert np.allclose(sorted(ten["separated_outliers"]), SPIKES, atol=2.0)  # spikes shift
+    assert ten["bulk_edges"][0] == pytest.approx(0.0, abs=0.1)
+    assert 5.0 < ten["bulk_edges"][1] < 9.0
+    assert ten["hvp_count"] > 64 and ten["lambda_max"] > 60
+    if split == "deflated":
+        assert len(three["deflated_outliers"]) == 10
+    printed = "".join(o.get("text", "") for cell in executed.cells
+                      for o in cell.get("outputs", []))
+    assert "outliers found: 3 (classes: 10" in printed
+
+
+@pytest.mark.slow  # executes a notebook: a kernel, torch and matplotlib start (~10 s)
+def test_deflation_figure_aligns_deflated_and_plain_outliers(spectra, tmp_path):
+    executed = execute("fig3_deflation", tmp_path, {
+        "deflated": spectra["ten-deflated"], "plain": spectra["ten-plain"],
+        **outputs(tmp_path, 3)})
+    numbers = check_written(tmp_path, 3, executed)
+    assert numbers["deflated"]["outliers_found"] == numbers["plain"]["outliers_found"] == 10
+    assert len(numbers["alignment"]) == 10
+    assert numbers["max_relative_difference"] < 1e-4
+
+
+@pytest.mark.slow  # executes a notebook: a kernel, torch and matplotlib start (~10 s)
+def test_components_figure_fits_the_planted_power_law(spectra, tmp_path):
+    components = ["hessian", "gradient_covariance", "prediction_hessian"]
+    executed = execute("fig4_components", tmp_path, {
+        "spectra": {c: spectra[c] for c in components},
+        "log_spectra": {c: spectra[f"{c}-log"] for c in components},
+        "fit_range": None, **outputs(tmp_path, 4)})
+    numbers = check_written(tmp_path, 4, executed)
+    assert numbers["spectra"]["hessian"]["outliers_found"] == 10
+    assert numbers["spectra"]["gradient_covariance"]["outliers_found"] == 10
+    fit = numbers["fit"]
+    assert fit["b"] == pytest.approx(TAIL_EXPONENT, abs=0.25)
+    assert fit["r2"] > 0.9
+    assert 0.1 <= fit["lo"] < fit["hi"] <= 3.0  # inside the planted tail [0.1, 3]
+    assert numbers["fit_negative"]["b"] == pytest.approx(TAIL_EXPONENT, abs=0.35)
+    assert numbers["asymmetry_component"] == "prediction_hessian"
+    assert numbers["asymmetry"] < 0.1  # R is symmetric about 0
+    assert numbers["spectra"]["gradient_covariance"]["asymmetry"] > 0.95  # G ⪰ 0
+    assert len(numbers["outlier_attribution"]) == 10
+    assert all(p["relative_difference"] < 0.1 for p in numbers["outlier_attribution"])
+    assert numbers["fit_range_given"] is False
+
+
+@pytest.mark.slow  # executes a notebook: a kernel, torch and matplotlib start (~10 s)
+def test_sample_size_figure_orders_the_curves_and_counts_outliers(spectra, tmp_path):
+    executed = execute("fig5_sample_size", tmp_path, {
+        # string keys, as papermill needs (it stores parameters as sorted JSON)
+        "train": {str(key): spectra[f"train-{key}"] for key in (10, 20, "full")},
+        "test": {str(key): spectra[f"test-{key}"] for key in ("full", 10, 20)},
+        **outputs(tmp_path, 5)})
+    numbers = check_written(tmp_path, 5, executed)
+    assert numbers["outliers_by_size"]["train"] == [["10", 10.0, 2], ["20", 20.0, 5],
+                                                    ["full", 60.0, 9]]
+    assert numbers["outliers_by_size"]["test"] == [["10", 10.0, 1], ["20", 20.0, 3],
+                                                   ["full", 60.0, 6]]
+    assert numbers["spectra"]["test"]["full"]["per_class_value"] == 60.0

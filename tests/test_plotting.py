@@ -1,0 +1,238 @@
+"""hspec.plotting: drawing helpers, outlier counting, tail fits and the files written."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+import hspec
+from hspec import HspecError
+from hspec import plotting as hp
+from hspec.density import gaussian_density, smoothing_width
+from hspec.store import write_spectrum
+
+SPIKES = [15.0, 20.0, 30.0]
+
+
+def spiked(p=300, rank=100, spikes=SPIKES, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((p, rank)) / np.sqrt(rank)
+    u = np.linalg.qr(rng.standard_normal((p, len(spikes))))[0]
+    return x @ x.T + u @ np.diag(spikes) @ u.T
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    """{variant: (arrays, attrs)} of a spiked Wishart matrix, plain and deflated (C=5,
+    more than the 3 spikes)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small products: one thread is as fast, and spares a busy machine
+    root = tmp_path_factory.mktemp("plotting")
+    matrix = torch.tensor(spiked())
+    out = {}
+    for name, deflate in (("plain", 0), ("deflated", 5)):
+        result = hspec.spectral_density(lambda v: matrix @ v, 300, dtype=torch.float64,
+                                        steps=48, iterations=48, deflate=deflate)
+        write_spectrum(root / f"{name}.zarr", result, {
+            "dataset": "digits", "arch": "cnn", "split": "train", "component": "hessian",
+            "n_per_class": 20, "n_samples": 200})
+        out[name] = hp.load(root / f"{name}.zarr")
+    out["exact"] = np.linalg.eigvalsh(matrix.numpy())
+    torch.set_num_threads(threads)
+    return out
+
+
+def test_save_figure_writes_png_and_pdf_atomically(tmp_path):
+    fig = Figure()
+    fig.subplots().plot([0, 1], [1, 2])
+    stem = tmp_path / "deep" / "fig1"
+    paths = hp.save_figure(fig, stem)
+    assert [p.name for p in paths] == ["fig1.png", "fig1.pdf"]
+    assert paths[0].read_bytes()[:4] == b"\x89PNG" and paths[1].read_bytes()[:4] == b"%PDF"
+    hp.save_figure(fig, stem)  # replaces, leaves no temporary file
+    assert sorted(p.name for p in stem.parent.iterdir()) == ["fig1.pdf", "fig1.png"]
+
+
+def test_floor_density_clips_for_a_log_scale():
+    density = np.array([0.0, 1e-12, 0.5, 2.0])
+    clipped, level = hp.floor_density(density, 1e-8)
+    assert level == pytest.approx(2e-8)
+    assert np.all(clipped >= level) and clipped[-1] == 2.0
+    assert hp.floor_density(density, 1e-8, at_most=1e-10)[1] == 1e-10
+    assert hp.floor_density(density, 1e-8, at_most=1.0)[1] == pytest.approx(2e-8)
+    with pytest.raises(HspecError):
+        hp.floor_density(np.zeros(3))
+
+
+def test_mark_outliers_puts_markers_at_the_values():
+    ax = Figure().subplots()
+    stems = hp.mark_outliers(ax, [3.0, 5.0], height=0.1, bottom=1e-6)
+    assert list(stems.get_xdata()) == [3.0, 5.0] and list(stems.get_ydata()) == [0.1, 0.1]
+    ticks = hp.mark_outliers(ax, [7.0])
+    assert list(ticks.get_xdata()) == [7.0]
+    assert ticks.get_transform() == ax.get_xaxis_transform()  # y in axes fraction
+
+
+def test_plot_density_log_scale_floor_and_outlier_positions(stored):
+    arrays, attrs = stored["deflated"]
+    ax = Figure().subplots()
+    drawn = hp.plot_density(ax, arrays, attrs)
+    assert ax.get_yscale() == "log"
+    assert ax.get_ylim()[0] == pytest.approx(drawn["floor"])
+    assert np.all(drawn["line"].get_ydata() >= drawn["floor"])
+    markers = {tuple(line.get_xdata()) for line in ax.lines[1:]}
+    assert tuple(arrays["outliers"]) in markers  # the 5 deflated outliers, as stems
+    assert tuple(drawn["separated"]) in markers  # the 3 separated ones, along the top
+    assert len(drawn["separated"]) == 3
+    lo, hi = ax.get_xlim()
+    assert lo <= arrays["grid"][0] and hi >= arrays["outliers"].max()
+    assert "digits" in ax.get_title() and "Hessian" in ax.get_title()
+    assert "deflated (C=5)" in ax.get_title()
+
+
+def test_separated_counts_spikes_with_and_without_deflation(stored):
+    exact = stored["exact"]
+    for variant in ("plain", "deflated"):
+        found = hp.separated(*stored[variant])
+        np.testing.assert_allclose(found, exact[::-1][:3], rtol=1e-6)
+    # deflation of C=5 > 3 spikes: two deflated values touch the bulk and do not count
+    assert len(stored["deflated"][0]["outliers"]) == 5
+
+
+def test_separated_ignores_ghosts_and_weightless_ritz_values(stored):
+    arrays, attrs = stored["plain"]
+    top = arrays["nodes"].max()
+    gap = (stored["exact"][-4] + stored["exact"][-3]) / 2  # between the bulk and a spike
+    ghosts = dict(arrays)
+    ghosts["nodes"] = np.concatenate([arrays["nodes"], [top * (1 + 1e-9), gap]])
+    ghosts["weights"] = np.concatenate([arrays["weights"], [1e-3 / 300, 1e-31]])
+    np.testing.assert_allclose(hp.separated(ghosts, attrs), hp.separated(arrays, attrs))
+
+
+def test_atom_height_is_the_bump_of_one_deflated_outlier(stored):
+    arrays, attrs = stored["deflated"]
+    top = arrays["outliers"][0]
+    bump = gaussian_density(np.array([top]), np.array([1 / attrs["n_params"]]),
+                            np.array([top]), hp.kernel_width(attrs))
+    assert bump[0] == pytest.approx(hp.atom_height(attrs), rel=1e-9)
+    assert hp.kernel_width(attrs) == pytest.approx(
+        smoothing_width(48) * attrs["bulk_d"])
+
+
+def test_bulk_edges_leave_out_the_outliers(stored):
+    for variant in ("plain", "deflated"):
+        lo, hi = hp.bulk_edges(*stored[variant])
+        assert lo == pytest.approx(0.0, abs=0.1)
+        assert 5.0 < hi < 10.0  # the Wishart bulk ends near 7.5, the spikes at 15+
+
+
+def quadrature_attrs(n, steps=256):
+    return {"n_params": n, "settings": {"steps": steps, "k": 1.25}, "bulk_d": 1.0,
+            "bulk_c": 0.0, "lambda_min": -1.0, "lambda_max": 1.0}
+
+
+def power_law_quadrature(b=2.5, x0=0.1, x1=10.0, n=4000, zeros=0.0, zero_at=1e-6):
+    """An exact symmetric quadrature: ±x at the quantiles of x^(−b) on [x0, x1], plus a
+    share of near-zero eigenvalues at ±zero_at."""
+    q = (np.arange(n) + 0.5) / n
+    lo, hi = x0 ** (1 - b), x1 ** (1 - b)
+    x = (lo + q * (hi - lo)) ** (1 / (1 - b))
+    nodes = np.concatenate([x, -x, [zero_at, -zero_at]])
+    weights = np.concatenate([np.full(2 * n, (1 - zeros) / (2 * n)), [zeros / 2] * 2])
+    return {"nodes": nodes, "weights": weights, "outliers": np.empty(0),
+            "grid": np.linspace(-1, 1, 5), "density": np.ones(5)}
+
+
+@pytest.mark.parametrize("zeros", [0.0, 0.6])
+def test_auto_fit_recovers_a_power_law_and_ignores_the_mass_at_zero(zeros):
+    arrays = power_law_quadrature(zeros=zeros)
+    attrs = quadrature_attrs(len(arrays["nodes"]))
+    fit = hp.fit_tail(arrays, attrs, 1)
+    assert fit["b"] == pytest.approx(2.5, abs=0.05) and fit["r2"] > 0.99
+    assert 0.1 < fit["lo"] < 0.2 < 1.0 < fit["hi"] < 10.0
+    assert fit["rule"].startswith("automatic")
+    negative = hp.fit_tail(arrays, attrs, -1)
+    assert negative["b"] == pytest.approx(fit["b"], abs=1e-6)
+    assert hp.asymmetry(arrays, attrs) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_fit_uses_a_given_range_and_reports_failures():
+    arrays = power_law_quadrature()
+    attrs = quadrature_attrs(len(arrays["nodes"]))
+    fit = hp.fit_tail(arrays, attrs, 1, [0.3, 2.0])
+    assert (fit["lo"], fit["hi"], fit["rule"]) == (0.3, 2.0, "given")
+    assert fit["b"] == pytest.approx(2.5, abs=0.05)
+    failed = hp.fit_tail(arrays, attrs, 1, [100.0, 200.0])  # no density there
+    assert "error" in failed and hp.plot_fit(Figure().subplots(), failed) is None
+    line = hp.plot_fit(Figure().subplots(), fit)
+    assert line.get_xdata()[0] == pytest.approx(0.3)
+
+
+def test_log_tail_is_a_density_in_lambda():
+    def positive_mass(zero_at):
+        arrays = power_law_quadrature(zeros=0.5, zero_at=zero_at)
+        x, phi = hp.log_tail(arrays, quadrature_attrs(len(arrays["nodes"])), 1)
+        return np.sum((phi[1:] + phi[:-1]) / 2 * np.diff(x))
+
+    # the grid spans 8 decades below the top (10): zeros at 1e-6 are on it, at 1e-9 not
+    assert positive_mass(1e-6) == pytest.approx(0.5, rel=0.02)
+    assert positive_mass(1e-9) == pytest.approx(0.25, rel=0.02)
+    arrays = power_law_quadrature(zeros=0.5)
+    attrs = quadrature_attrs(len(arrays["nodes"]))
+    ax = Figure().subplots()
+    drawn = hp.plot_log_density(ax, arrays, attrs, sign=-1)
+    assert ax.get_xscale() == ax.get_yscale() == "log"
+    assert drawn["line"].get_color() == hp.SIGN_COLORS[-1]
+
+
+def test_asymmetry_of_a_one_signed_spectrum_is_one(stored):
+    assert hp.asymmetry(*stored["plain"]) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_spectrum_numbers_and_summary(stored):
+    numbers = hp.spectrum_numbers(*stored["deflated"], path="x.zarr")
+    assert numbers["outliers_found"] == 3 and numbers["num_classes"] == 10
+    assert numbers["outliers_equal_classes"] is False
+    assert len(numbers["deflated_outliers"]) == 5 and numbers["deflate"] == 5
+    assert numbers["component"] == "hessian" and numbers["path"] == "x.zarr"
+    assert hp.spectrum_numbers(*stored["deflated"], classes=3)["outliers_equal_classes"]
+    line = hp.summary("digits", numbers)
+    assert "outliers found: 3 (classes: 10; differs from C)" in line
+
+
+def test_write_numbers_sorted_plain_json(tmp_path):
+    path = hp.write_numbers({"b": np.float32(1.5), "a": [np.int64(2), float("nan")],
+                             "c": {"z": np.bool_(True), "y": np.arange(2.0)}},
+                            tmp_path / "sub" / "numbers.json")
+    text = path.read_text()
+    assert json.loads(text) == {"a": [2, None], "b": 1.5, "c": {"y": [0.0, 1.0], "z": True}}
+    assert text.index('"a"') < text.index('"b"') < text.index('"c"')
+    assert isinstance(json.loads(text)["b"], float)
+    assert [p.name for p in path.parent.iterdir()] == ["numbers.json"]
+
+
+def test_align_and_per_class_value():
+    pairs = hp.align([10.0, 5.0], [5.001, 9.0, 10.0])
+    assert [p["reference"] for p in pairs] == [10.0, 5.001]
+    assert pairs[1]["relative_difference"] == pytest.approx(2e-4)
+    assert hp.align([1.0], []) == []
+    train = {"split": "train", "dataset": "digits", "n_per_class": "full", "n_samples": 1437}
+    assert hp.per_class_value("20", train) == 20.0
+    assert hp.per_class_value("full", train) == pytest.approx(143.7)
+    assert hp.per_class_value("full", {**train, "split": "test"}) is None
+
+
+def test_describe_and_num_classes():
+    attrs = {"dataset": "cifar10", "arch": "vgg11", "split": "test",
+             "component": "prediction_hessian", "n_per_class": 2599,
+             "settings": {"deflate": 0}}
+    assert hp.describe(attrs) == ("CIFAR10, VGG11, test, averaged Hessian of predictions "
+                                  "$R$, 2599/class")
+    assert hp.num_classes(attrs) == 10 and hp.num_classes(attrs, 7) == 7
+    assert hp.num_classes({"dataset": "unknown", "settings": {"deflate": 4}}) == 4
+    assert hp.variant(attrs) == "plain"
+    assert not math.isnan(hp.atom_height(
+        {"n_params": 10, "bulk_d": 2.0, "settings": {"steps": 64}}))
