@@ -14,16 +14,13 @@ clear error otherwise.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import zarr
 
+from hspec.atomic import atomic_directory
 from hspec.errors import HspecError
 
 SPECTRUM_ARRAYS = ("grid", "density", "outliers", "nodes", "weights")
@@ -32,27 +29,6 @@ SPECTRUM_ATTRS = ("component", "split", "dataset", "arch", "n_per_class", "n_par
                   "settings", "hspec_version")
 HISTORY_ARRAYS = ("epoch", "lr", "train_loss", "train_accuracy", "test_loss",
                   "test_accuracy")
-
-
-@contextlib.contextmanager
-def atomic_directory(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path`` to fill; on success it replaces ``path``
-    (an older ``path`` is moved aside first and deleted after); on failure it is removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        yield tmp
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def _jsonable(value):

@@ -1,0 +1,7 @@
+"""``python -m hspec`` (and ``torchrun -m hspec``): the command line."""
+
+import sys
+
+from hspec.cli import main
+
+sys.exit(main())

@@ -1,0 +1,294 @@
+"""The `hspec` command line: one subcommand per step of the paper's workflow.
+
+Each command has an `_add_<command>(subparsers)` function that declares its options and a
+`_<command>(args)` handler. Bad input (unknown names, missing or corrupted files, too many
+examples per class) prints one line to stderr and exits with status 2.
+"""
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+import hspec
+from hspec import data, distributed, models, store, training
+from hspec.operators import COMPONENTS
+from hspec.spectrum import METHODS
+from hspec.atomic import atomic_write
+from hspec.errors import HspecError
+
+DEFAULT_DATA_DIR = "data"
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dataset", required=True, metavar="NAME", help=f"dataset name (required), one of: {', '.join(data.DATASETS)}"
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        default=Path(DEFAULT_DATA_DIR),
+        help="directory holding the torchvision datasets in torchvision's layout; unused for digits "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        help="let torchvision download missing dataset files (default: off: missing files are an error)",
+    )
+
+
+def _add_download(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "download",
+        help="check a dataset is in place (downloading it with --download) and summarize it",
+        description="Load both splits of a dataset, downloading missing files first if --download is given, "
+        "and write a JSON summary: input shape, and examples and class counts per split.",
+    )
+    _add_data_options(parser)
+    parser.add_argument("--out", type=Path, required=True, metavar="FILE", help="JSON summary to write (required)")
+    parser.set_defaults(handler=_download)
+
+
+def _download(args: argparse.Namespace) -> None:
+    summary: dict[str, object] = {"dataset": args.dataset, "data_dir": str(args.data_dir)}
+    for split in data.SPLITS:
+        inputs, targets = data.load_split(args.dataset, split, args.data_dir, args.download)
+        summary["input_shape"] = list(inputs.shape[1:])
+        counts = torch.bincount(targets, minlength=data.num_classes(args.dataset))
+        summary[split] = {"examples": len(targets), "class_counts": counts.tolist()}
+    training.write_json(args.out, summary)
+    print(f"{args.dataset} is in place; wrote {args.out}")
+
+
+def _add_subsample(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "subsample",
+        help="draw a per-class subsample of a train split into an index file",
+        description="Draw PER_CLASS train examples of every class without replacement (paper, Section 3.1) "
+        "and write their sorted indices as a .npy file.",
+    )
+    _add_data_options(parser)
+    parser.add_argument("--per-class", type=int, required=True, metavar="N", help="examples per class (required)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the draw (default: %(default)s)")
+    parser.add_argument("--out", type=Path, required=True, metavar="FILE", help="index file to write, .npy (required)")
+    parser.set_defaults(handler=_subsample)
+
+
+def _subsample(args: argparse.Namespace) -> None:
+    _, targets = data.load_split(args.dataset, "train", args.data_dir, args.download)
+    indices = data.subsample(targets, args.per_class, args.seed)
+    data.save_indices(args.out, indices)
+    print(f"wrote {len(indices)} indices ({args.per_class} per class) of {args.dataset} train to {args.out}")
+
+
+def _add_train(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train one network with the paper's recipe (resumes an interrupted run)",
+        description="Train with SGD (paper, Section 3.1 and Table 1), writing OUT/checkpoint.pt and "
+        "OUT/history.zarr after every epoch and OUT/model.pt at the end. Rerunning with the same options "
+        "resumes from OUT/checkpoint.pt.",
+    )
+    _add_data_options(parser)
+    parser.add_argument("--arch", required=True, metavar="NAME",
+                        help=f"network (required), one of: {', '.join(models.ARCHS)}")
+    parser.add_argument("--indices", type=Path, default=None, metavar="FILE",
+                        help="index file of `hspec subsample` choosing the train examples "
+                        "(default: the whole train split)")
+    grids = "; ".join(f"{name}: {', '.join(map(str, grid))}" for name, grid in training.LR_GRID.items())
+    parser.add_argument("--lr", type=float, required=True,
+                        help=f"initial learning rate (required); the grids (Table 1; digits: ours) are {grids}")
+    epochs = ", ".join(f"{name} {count}" for name, count in training.EPOCHS.items())
+    parser.add_argument("--epochs", type=int, default=None,
+                        help=f"epochs (default: per dataset, Table 1; digits: ours: {epochs})")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the initial weights and of the data order (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=training.BATCH_SIZE,
+                        help="batch size (default: %(default)s)")
+    parser.add_argument("--momentum", type=float, default=training.MOMENTUM,
+                        help="SGD momentum (default: %(default)s)")
+    parser.add_argument("--weight-decay", type=float, default=training.WEIGHT_DECAY,
+                        help="weight decay (default: %(default)s)")
+    parser.add_argument("--device", default="auto",
+                        help="torch device, e.g. cpu or cuda:0; auto: cuda if available, else cpu "
+                        "(default: %(default)s)")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="run directory to write, or to resume (required)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (default: a bar on a terminal)")
+    parser.set_defaults(handler=_train)
+
+
+def _train(args: argparse.Namespace) -> None:
+    stats = data.spec(args.dataset)
+    models.validate(args.arch)
+    device = _device(args.device)
+    train_x, train_y = data.load_split(args.dataset, "train", args.data_dir, args.download)
+    indices = None
+    if args.indices is not None:
+        indices = data.load_indices(args.indices, size=len(train_y))
+        train_x, train_y = train_x[torch.from_numpy(indices)], train_y[torch.from_numpy(indices)]
+    config = training.TrainConfig(
+        arch=args.arch,
+        dataset=args.dataset,
+        in_channels=stats.in_channels,
+        num_classes=stats.num_classes,
+        lr=args.lr,
+        epochs=training.EPOCHS[args.dataset] if args.epochs is None else args.epochs,
+        seed=args.seed,
+        subset=data.fingerprint(indices),
+        batch_size=args.batch_size,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+    )
+    test_set = data.load_split(args.dataset, "test", args.data_dir, args.download)
+    history = training.train(config, (train_x, train_y), test_set, args.out, device, False if args.quiet else None)
+    final = history[-1]
+    print(
+        f"wrote {args.out / training.MODEL_FILE}: test accuracy {final['test_accuracy']:.4f}, "
+        f"test loss {final['test_loss']:.4g} after {final['epoch']} epochs"
+    )
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise HspecError(f"invalid --device {name!r}: {error}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HspecError(f"--device {name!r} but no CUDA device is available")
+    return device
+
+
+def _add_select(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "select",
+        help="pick the best initial learning rate among finished runs",
+        description="Pick, among finished runs that differ only in their initial learning rate, the one with "
+        "the highest final test accuracy (paper, Section 3.1); ties go to the lower learning rate, then to "
+        "the run listed first.",
+    )
+    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories of `hspec train`")
+    parser.add_argument(
+        "--out", type=Path, default=None, metavar="FILE", help="JSON file to write the choice to (default: none)"
+    )
+    parser.add_argument(
+        "--model-out",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="where to copy the best run's model.pt (default: none)",
+    )
+    parser.set_defaults(handler=_select)
+
+
+def _select(args: argparse.Namespace) -> None:
+    choice = training.select(args.runs)
+    if args.out is not None:
+        training.write_json(args.out, choice)
+    if args.model_out is not None:
+        model = Path(choice["best"]) / training.MODEL_FILE
+        if not model.is_file():
+            raise HspecError(f"the best run has no {str(model)!r}")
+        atomic_write(args.model_out, lambda file: file.write(model.read_bytes()))
+    print(f"best: {choice['best']} (lr {choice['lr']}, test accuracy {choice['test_accuracy']:.4f})")
+
+
+def _add_spectrum(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "spectrum",
+        help="estimate the spectral density of one curvature operator of a trained model",
+        description="NORMALIZATION -> optional LOWRANKDEFLATION -> LANCZOSAPPROXSPEC (or KPM) of the "
+        "Hessian, the covariance of gradients or the averaged Hessian of predictions of a trained model on "
+        "one split (paper, Section 3.2), written as a Zarr v3 group. Resumable: the state is saved next to "
+        "OUT and a rerun with the same options continues. Under torchrun, every rank takes a shard of the "
+        "split and rank 0 writes OUT.",
+    )
+    _add_data_options(parser)
+    parser.add_argument("--model", type=Path, required=True, help="model.pt of `hspec train`/`hspec select` (required)")
+    parser.add_argument("--split", choices=data.SPLITS, required=True, help="train or test split (required)")
+    parser.add_argument("--indices", type=Path, default=None,
+                        help="index file of `hspec subsample` restricting the train split (default: whole split)")
+    parser.add_argument("--component", choices=COMPONENTS, default="hessian", help="operator (default: %(default)s)")
+    parser.add_argument("--method", choices=METHODS, default="lanczos", help="density method (default: %(default)s)")
+    parser.add_argument("--deflate", type=int, default=0,
+                        help="outliers removed first by LOWRANKDEFLATION, e.g. the number of classes (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=256, help="Lanczos steps M (default: %(default)s)")
+    parser.add_argument("--bound-steps", type=int, default=64, help="NORMALIZATION steps M0 (default: %(default)s)")
+    parser.add_argument("--margin", type=float, default=0.05, help="NORMALIZATION margin kappa (default: %(default)s)")
+    parser.add_argument("--points", type=int, default=1024, help="grid points K (default: %(default)s)")
+    parser.add_argument("--n-vec", type=int, default=1, help="Lanczos start vectors (default: %(default)s)")
+    parser.add_argument("--iterations", type=int, default=256, help="subspace iterations T (default: %(default)s)")
+    parser.add_argument("--k", type=float, default=1.25, help="smoothing constant of Alg. 3 (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=1000, help="examples per forward pass (default: %(default)s)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                        help="precision of the products and vectors (default: %(default)s)")
+    parser.add_argument("--device", default="auto",
+                        help="torch device; auto = cuda if available (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random vectors (default: %(default)s)")
+    parser.add_argument("--out", type=Path, required=True, help="Zarr group to write (required)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (default: bars on a terminal)")
+    parser.set_defaults(handler=_spectrum)
+
+
+def _spectrum(args: argparse.Namespace) -> None:
+    rank, world = distributed.init_from_env(args.device if args.device != "auto" else None)
+    device = distributed.local_device(str(_device(args.device)))
+    model, metadata = training.load_model(args.model, device=device, expect={"dataset": args.dataset})
+    inputs, targets = data.load_split(args.dataset, args.split, args.data_dir, args.download)
+    n_per_class = "full"
+    if args.indices is not None:
+        if args.split != "train":
+            raise HspecError("--indices: only the train split is subsampled")
+        index = torch.from_numpy(data.load_indices(args.indices, size=len(targets)))
+        inputs, targets = inputs[index], targets[index]
+        n_per_class = int(torch.bincount(targets).max())
+    n_samples = len(targets)
+    op = hspec.curvature_operator(model, distributed.shard(inputs, targets, rank, world), args.component,
+                                  batch_size=args.batch_size, dtype=getattr(torch, args.dtype),
+                                  device=device, distributed=world > 1)
+    checkpoint = args.out.with_name(args.out.name + f".rank{rank}.ckpt")
+    result = hspec.spectral_density(op, method=args.method, deflate=args.deflate, steps=args.steps,
+                                    bound_steps=args.bound_steps, margin=args.margin, points=args.points,
+                                    n_vec=args.n_vec, iterations=args.iterations, k=args.k, seed=args.seed,
+                                    progress=not args.quiet and sys.stderr.isatty(), checkpoint=checkpoint)
+    if rank == 0:
+        store.write_spectrum(args.out, result, {
+            "component": args.component, "split": args.split, "dataset": args.dataset,
+            "arch": metadata["arch"], "n_per_class": n_per_class, "n_samples": n_samples,
+            "model": str(args.model), "world_size": world})
+        print(f"wrote {args.out}: range [{result.lambda_min:.4g}, {result.lambda_max:.4g}], "
+              f"{len(result.outliers)} outliers, {result.hvp_count} products in {result.seconds:.1f} s")
+    checkpoint.unlink(missing_ok=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `hspec` parser with one subparser per command."""
+    parser = argparse.ArgumentParser(
+        prog="hspec", description="Full eigenvalue spectra of deep-net Hessians (Papyan, 2019)."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_download(subparsers)
+    _add_subsample(subparsers)
+    _add_train(subparsers)
+    _add_select(subparsers)
+    _add_spectrum(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `hspec` command line on `argv` (default: sys.argv[1:]); return the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="hspec: %(message)s", stream=sys.stderr)
+    try:
+        args.handler(args)
+    except (HspecError, OSError) as error:
+        print(f"hspec: error: {error}", file=sys.stderr)
+        return 2
+    return 0

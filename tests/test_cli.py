@@ -1,0 +1,135 @@
+"""The `hspec` command line: help texts, the three commands end to end on digits, one-line errors."""
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hspec import cli, data, training
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+COMMANDS = ("download", "subsample", "train", "select")
+
+
+def subparser(command: str) -> argparse.ArgumentParser:
+    parser = cli.build_parser()
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_documents_every_option_and_its_default(command: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([command, "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for action in subparser(command)._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.option_strings[0] in text
+            assert "default" in action.help or "required" in action.help, action.dest
+            if "%(default)s" in action.help:
+                assert f"(default: {action.default})" in text
+
+
+def test_subsample_train_select_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    indices_file = tmp_path / "indices.npy"
+    assert cli.main(["subsample", "--dataset", "digits", "--per-class", "30", "--seed", "7",
+                     "--out", str(indices_file)]) == 0
+    indices = np.load(indices_file)
+    _, targets = data.load_split("digits", "train")
+    assert np.array_equal(indices, data.subsample(targets, 30, seed=7))
+    assert "wrote 300 indices" in capsys.readouterr().out
+
+    runs = [tmp_path / "lr0.0001", tmp_path / "lr0.1"]
+    for run, lr in zip(runs, ("0.0001", "0.1")):
+        assert cli.main(["train", "--dataset", "digits", "--arch", "mlp", "--indices", str(indices_file),
+                         "--lr", lr, "--epochs", "3", "--device", "cpu", "--quiet", "--out", str(run)]) == 0
+        assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "history.zarr", "model.pt"]
+    history = training.read_history(runs[1])
+    assert history["metadata"]["subset"] == data.fingerprint(indices)
+    assert len(history["history"]) == 3
+    assert f"wrote {runs[1] / 'model.pt'}: test accuracy" in capsys.readouterr().out
+
+    best = tmp_path / "best" / "selection.json"
+    model_out = tmp_path / "best" / "model.pt"
+    assert cli.main(["select", *map(str, runs), "--out", str(best), "--model-out", str(model_out)]) == 0
+    choice = json.loads(best.read_text())
+    assert choice["best"] == str(runs[1]) and choice["lr"] == 0.1
+    assert model_out.read_bytes() == (runs[1] / "model.pt").read_bytes()
+    assert f"best: {runs[1]} (lr 0.1" in capsys.readouterr().out
+
+
+def test_download_summarizes_a_dataset_in_place(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["download", "--dataset", "digits", "--out", str(tmp_path / "digits.json")]) == 0
+    summary = json.loads((tmp_path / "digits.json").read_text())
+    assert summary["input_shape"] == [1, 8, 8]
+    assert summary["train"]["examples"] == 1437 and summary["test"]["examples"] == 360
+    assert min(summary["train"]["class_counts"]) == data.smallest_train_class("digits")
+    assert "digits is in place" in capsys.readouterr().out
+
+
+def test_train_uses_exactly_the_indexed_examples(tmp_path: Path) -> None:
+    data.save_indices(tmp_path / "few.npy", np.array([0, 1, 2]))  # smaller than one batch
+    assert cli.main(["train", "--dataset", "digits", "--arch", "cnn", "--indices", str(tmp_path / "few.npy"),
+                     "--lr", "0.05", "--epochs", "1", "--device", "cpu", "--quiet",
+                     "--out", str(tmp_path / "run")]) == 0
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert saved["metadata"]["subset"] == data.fingerprint(np.array([0, 1, 2]))
+    # One SGD step on 3 examples: the BatchNorm layers counted exactly one batch.
+    assert saved["model"]["1.num_batches_tracked"].item() == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["subsample", "--dataset", "svhn", "--per-class", "3", "--out", "x.npy"],
+         "unknown dataset 'svhn'; valid names: digits, mnist, fashionmnist, cifar10, cifar100"),
+        (["subsample", "--dataset", "digits", "--per-class", "500", "--out", "x.npy"],
+         "cannot draw 500 examples per class; available per class: 0: 142, 1: 146"),
+        (["subsample", "--dataset", "mnist", "--data-dir", "{tmp}", "--per-class", "3", "--out", "x.npy"],
+         "dataset 'mnist' not found in data directory '{tmp}'"),
+        (["train", "--dataset", "digits", "--arch", "lenet", "--lr", "0.1", "--out", "{tmp}/run"],
+         "unknown network 'lenet'; valid names: vgg11, resnet18, mlp, cnn"),
+        (["train", "--dataset", "digits", "--arch", "mlp", "--lr", "0.1", "--indices", "{tmp}/none.npy",
+          "--out", "{tmp}/run"],
+         "cannot read index file '{tmp}/none.npy'"),
+        (["train", "--dataset", "digits", "--arch", "mlp", "--lr", "0.1", "--device", "tpu:9", "--out", "{tmp}/run"],
+         "invalid --device 'tpu:9'"),
+        (["select", "{tmp}/missing"], "{tmp}/missing/history.zarr: not a readable history"),
+        (["download", "--dataset", "cifar100", "--data-dir", "{tmp}", "--out", "{tmp}/c.json"],
+         "dataset 'cifar100' not found in data directory '{tmp}' (download is off"),
+    ],
+)
+def test_bad_input_is_one_line_on_stderr_and_status_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture, argv: list[str], message: str
+) -> None:
+    status = cli.main([arg.replace("{tmp}", str(tmp_path)) for arg in argv])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("hspec: error: " + message.replace("{tmp}", str(tmp_path)))
+    assert err.count("\n") == 1
+
+
+def test_corrupted_checkpoint_in_run_directory_is_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "checkpoint.pt").write_bytes(b"\x00" * 100)
+    status = cli.main(["train", "--dataset", "digits", "--arch", "mlp", "--lr", "0.1", "--epochs", "1",
+                       "--device", "cpu", "--out", str(tmp_path)])
+    assert status == 2
+    assert capsys.readouterr().err.startswith(f"hspec: error: cannot read checkpoint '{tmp_path / 'checkpoint.pt'}'")
+
+
+def test_entry_point_exits_2_without_traceback(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; from hspec.cli import main; sys.exit(main())",
+         "select", str(tmp_path / "no-run")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"hspec: error: {tmp_path / 'no-run' / 'history.zarr'}: not a readable "
+                                    "history result")
+    assert result.stderr.count("\n") == 1
