@@ -22,3 +22,10 @@ test: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+DEMO_CONFIG := config/demo.yaml
+
+.PHONY: demo
+demo: $(STAMP)
+	OMP_NUM_THREADS=1 PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores all --configfile $(DEMO_CONFIG)
+	@echo "Figures: $(CURDIR)/results/demo/figures/fig{1..5}/ (PNG, PDF, executed notebook, HTML, numbers.json)"

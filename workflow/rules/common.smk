@@ -1,10 +1,12 @@
 # Paths and the per-figure choice of spectra. Every output lives under config["results"].
-import yaml
+import json
 
 from hspec.config import check
 from hspec.data import num_classes
 
 RESULTS = config["results"]
+SPECTRUM = config["spectrum"]
+GPU = 1 if config["device"].startswith("cuda") else 0
 FIGURE_FILES = ("ipynb", "html", "png", "pdf")
 NOTEBOOKS = {
     "fig1": "notebooks/fig1_train_hessian.ipynb",
@@ -105,8 +107,45 @@ def figure_inputs(wildcards):
 
 
 def figure_yaml(wildcards):
-    """papermill -y: the parameters plus where to write the figure and its numbers."""
+    """papermill -y: the parameters plus where to write the figure and its numbers, as
+    JSON (valid YAML, with no single quote to break the shell's quoting)."""
     params = figure_parameters(wildcards.fig)
     params.update(figure=figure_stem(wildcards.fig),
                   numbers=f"{RESULTS}/figures/{wildcards.fig}/numbers.json")
-    return yaml.safe_dump(params, default_flow_style=True, width=1_000_000).strip()
+    return json.dumps(params, sort_keys=True)
+
+
+def train_inputs(wildcards):
+    inputs = {"data": f"{RESULTS}/data/{wildcards.dataset}.json"}
+    if wildcards.n != "full":
+        inputs["indices"] = indices_path(wildcards.dataset, wildcards.n)
+    return inputs
+
+
+def indices_option(wildcards):
+    if wildcards.n == "full":
+        return ""
+    return f"--indices {indices_path(wildcards.dataset, wildcards.n)}"
+
+
+def lr_runs(wildcards):
+    return [
+        f"{run_dir(wildcards.arch, wildcards.dataset, wildcards.n, lr)}/model.pt"
+        for lr in config["datasets"][wildcards.dataset]["lrs"]
+    ]
+
+
+def spectrum_inputs(wildcards):
+    inputs = {
+        "model": model_path(wildcards.arch, wildcards.dataset, wildcards.n),
+        "data": f"{RESULTS}/data/{wildcards.dataset}.json",
+    }
+    if wildcards.split == "train" and wildcards.n != "full":
+        inputs["indices"] = indices_path(wildcards.dataset, wildcards.n)
+    return inputs
+
+
+def spectrum_indices(wildcards):
+    if wildcards.split == "train" and wildcards.n != "full":
+        return f"--indices {indices_path(wildcards.dataset, wildcards.n)}"
+    return ""

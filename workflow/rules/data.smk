@@ -7,6 +7,8 @@ rule download:
     params:
         data_dir=config["data_dir"],
         download="--download" if config["download"] else "",
+    conda:
+        "../envs/hspec.yaml"
     log:
         f"{RESULTS}/logs/download/{{dataset}}.log",
     threads: 1
@@ -26,6 +28,8 @@ rule subsample:
     params:
         data_dir=config["data_dir"],
         seed=config["seed"],
+    conda:
+        "../envs/hspec.yaml"
     log:
         f"{RESULTS}/logs/subsample/{{dataset}}-n{{n}}.log",
     threads: 1

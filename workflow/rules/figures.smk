@@ -14,6 +14,8 @@ rule figure:
         numbers=f"{RESULTS}/figures/{{fig}}/numbers.json",
     params:
         parameters=figure_yaml,
+    conda:
+        "../envs/hspec.yaml"
     log:
         f"{RESULTS}/logs/figures/{{fig}}.log",
     threads: 1

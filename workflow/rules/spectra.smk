@@ -4,25 +4,6 @@
 #   log      as plain with log_steps Lanczos steps, for the log-scale plots (Fig. 4b/4d)
 
 
-def spectrum_inputs(wildcards):
-    inputs = {
-        "model": model_path(wildcards.arch, wildcards.dataset, wildcards.n),
-        "data": f"{RESULTS}/data/{wildcards.dataset}.json",
-    }
-    if wildcards.split == "train" and wildcards.n != "full":
-        inputs["indices"] = indices_path(wildcards.dataset, wildcards.n)
-    return inputs
-
-
-def spectrum_indices(wildcards):
-    if wildcards.split == "train" and wildcards.n != "full":
-        return f"--indices {indices_path(wildcards.dataset, wildcards.n)}"
-    return ""
-
-
-SPECTRUM = config["spectrum"]
-
-
 rule spectrum:
     input:
         unpack(spectrum_inputs),
@@ -46,6 +27,8 @@ rule spectrum:
         dtype=SPECTRUM["dtype"],
         device=config["device"],
         seed=config["seed"],
+    conda:
+        "../envs/hspec.yaml"
     log:
         f"{RESULTS}/logs/spectrum/{{arch}}-{{dataset}}-n{{n}}-{{split}}-{{component}}-{{variant}}.log",
     threads: SPECTRUM["threads"]

@@ -1,21 +1,6 @@
 # Training with the paper's recipe (one job per initial learning rate, Table 1), then the
 # choice of the best rate by test accuracy (Section 3.1).
 
-GPU = 1 if config["device"].startswith("cuda") else 0
-
-
-def train_inputs(wildcards):
-    inputs = {"data": f"{RESULTS}/data/{wildcards.dataset}.json"}
-    if wildcards.n != "full":
-        inputs["indices"] = indices_path(wildcards.dataset, wildcards.n)
-    return inputs
-
-
-def indices_option(wildcards):
-    if wildcards.n == "full":
-        return ""
-    return f"--indices {indices_path(wildcards.dataset, wildcards.n)}"
-
 
 rule train:
     input:
@@ -32,6 +17,8 @@ rule train:
         batch_size=config["training"]["batch_size"],
         momentum=config["training"]["momentum"],
         weight_decay=config["training"]["weight_decay"],
+    conda:
+        "../envs/hspec.yaml"
     log:
         f"{RESULTS}/logs/train/{{arch}}-{{dataset}}-n{{n}}-lr{{lr}}.log",
     threads: config["training"]["threads"]
@@ -47,13 +34,6 @@ rule train:
         "--device {params.device} --quiet --out $(dirname {output.model}) > {log} 2>&1"
 
 
-def lr_runs(wildcards):
-    return [
-        f"{run_dir(wildcards.arch, wildcards.dataset, wildcards.n, lr)}/model.pt"
-        for lr in config["datasets"][wildcards.dataset]["lrs"]
-    ]
-
-
 rule select:
     input:
         lr_runs,
@@ -62,6 +42,8 @@ rule select:
         choice=f"{RESULTS}/models/{{arch}}/{{dataset}}/n{{n}}/selection.json",
     params:
         runs=lambda w, input: " ".join(os.path.dirname(path) for path in input),
+    conda:
+        "../envs/hspec.yaml"
     log:
         f"{RESULTS}/logs/select/{{arch}}-{{dataset}}-n{{n}}.log",
     threads: 1

@@ -1,0 +1,130 @@
+"""The Snakemake workflow: the paper's DAG plans offline, lint is clean, and the demo DAG
+runs end to end (reduced sizes), is idempotent, and reruns only an edited figure."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from hspec.store import read_history, read_spectrum
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SNAKEFILE = ROOT / "workflow" / "Snakefile"
+
+
+def snakemake(*args, cwd=ROOT, check=True):
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", OMP_NUM_THREADS="1")
+    result = subprocess.run([str(BIN / "snakemake"), "--snakefile", str(SNAKEFILE), *args],
+                            cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(result.stdout[-3000:] + result.stderr[-3000:])
+    return result
+
+
+def test_the_paper_dag_plans_offline():
+    result = snakemake("-n", "--quiet", "rules")
+    counts = dict(line.split()[:2] for line in result.stdout.splitlines()
+                  if line.split()[:1] and line.split()[0] in
+                  ("download", "train", "spectrum", "figure"))
+    assert counts == {"download": "4", "train": "152", "spectrum": "56", "figure": "5"}
+
+
+def test_lint_reports_nothing():
+    result = snakemake("--lint", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout
+
+
+def test_a_config_error_is_one_clear_message(tmp_path):
+    config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    config["spectrum"]["steps"] = 1
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "--configfile", str(tmp_path / "bad.yaml"), check=False)
+    assert result.returncode != 0
+    assert "1 is less than the minimum of 2" in result.stdout + result.stderr
+
+
+REDUCED = {
+    "results": "results/ci",
+    "datasets": {"digits": {"lrs": [0.05, 0.1], "epochs": 3}},
+    "spectrum": {"steps": 24, "log_steps": 48, "bound_steps": 16, "iterations": 4,
+                 "points": 256},
+    "figures": {"fig1": {"arch": "mlp", "datasets": ["digits"], "per_class": ["full"]},
+                "fig2": {"arch": "mlp", "datasets": ["digits"], "per_class": ["full"]},
+                "fig3": {"arch": "mlp", "datasets": ["digits"], "per_class": [20]},
+                "fig4": {"arch": "mlp", "datasets": ["digits"], "per_class": [20]},
+                "fig5": {"arch": "mlp", "datasets": ["digits"], "per_class": [10, 20]}},
+}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo DAG with reduced sizes, run in a copy of the project's inputs."""
+    work = tmp_path_factory.mktemp("demo")
+    shutil.copy(ROOT / "config.yaml", work)
+    shutil.copytree(ROOT / "notebooks", work / "notebooks")
+    config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    for key, value in REDUCED.items():
+        config[key] = value if not isinstance(value, dict) or key != "spectrum" else \
+            {**config[key], **value}
+    (work / "reduced.yaml").write_text(yaml.safe_dump(config))
+    snakemake("--cores", "2", "--configfile", "reduced.yaml", cwd=work)
+    return work, work / "results" / "ci"
+
+
+@pytest.mark.slow
+def test_demo_writes_every_figure(demo):
+    _, results = demo
+    for fig in ("fig1", "fig2", "fig3", "fig4", "fig5"):
+        for ext in ("png", "pdf", "ipynb", "html"):
+            path = results / "figures" / fig / f"{fig}.{ext}"
+            assert path.stat().st_size > 1000, path
+        numbers = json.loads((results / "figures" / fig / "numbers.json").read_text())
+        assert numbers
+
+
+@pytest.mark.slow
+def test_demo_spectra_are_complete_zarr_groups(demo):
+    _, results = demo
+    groups = sorted((results / "spectra").rglob("*.zarr"))
+    assert len(groups) == 14
+    for group in groups:
+        arrays, attrs = read_spectrum(group)
+        split, component, variant = group.stem.split("-")
+        assert (attrs["split"], attrs["component"]) == (split, component)
+        assert attrs["dataset"] == "digits" and attrs["arch"] == "mlp"
+        assert len(arrays["outliers"]) == (10 if variant == "deflated" else 0)
+        integral = np.trapezoid(arrays["density"], arrays["grid"])
+        assert integral + len(arrays["outliers"]) / attrs["n_params"] == \
+            pytest.approx(1, abs=0.02)
+        assert attrs["hvp_count"] > 0 and attrs["lambda_min"] <= attrs["lambda_max"]
+    history, attrs = read_history(results / "runs/mlp/digits/n20/lr0.05/history.zarr")
+    assert list(history["epoch"]) == [1, 2, 3] and attrs["lr"] == 0.05
+
+
+@pytest.mark.slow
+def test_a_second_run_has_nothing_to_do(demo):
+    work, _ = demo
+    result = snakemake("-n", "--configfile", "reduced.yaml", cwd=work)
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_editing_a_notebook_reruns_only_its_figure(demo):
+    work, _ = demo
+    notebook = work / "notebooks" / "fig3_deflation.ipynb"
+    content = json.loads(notebook.read_text())
+    content["cells"].append({"cell_type": "code", "metadata": {}, "execution_count": None,
+                             "outputs": [], "source": ["print('edited')"]})
+    notebook.write_text(json.dumps(content))
+    result = snakemake("-n", "--quiet", "rules", "--configfile", "reduced.yaml", cwd=work)
+    jobs = [line.split() for line in result.stdout.splitlines()]
+    counts = {row[0]: row[1] for row in jobs if len(row) == 2 and row[1].isdigit()}
+    assert counts == {"figure": "1", "total": "1"}, result.stdout
