@@ -232,6 +232,8 @@ def _add_spectrum(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto",
                         help="torch device; auto = cuda if available (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random vectors (default: %(default)s)")
+    parser.add_argument("--checkpoint-interval", type=float, default=60.0,
+                        help="seconds between saves of the resumable state, OUT.rankR.ckpt (default: %(default)s)")
     parser.add_argument("--out", type=Path, required=True, help="Zarr group to write (required)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars (default: bars on a terminal)")
     parser.set_defaults(handler=_spectrum)
@@ -257,7 +259,8 @@ def _spectrum(args: argparse.Namespace) -> None:
     result = hspec.spectral_density(op, method=args.method, deflate=args.deflate, steps=args.steps,
                                     bound_steps=args.bound_steps, margin=args.margin, points=args.points,
                                     n_vec=args.n_vec, iterations=args.iterations, k=args.k, seed=args.seed,
-                                    progress=not args.quiet and sys.stderr.isatty(), checkpoint=checkpoint)
+                                    progress=not args.quiet and sys.stderr.isatty(), checkpoint=checkpoint,
+                                    checkpoint_interval=args.checkpoint_interval)
     if rank == 0:
         store.write_spectrum(args.out, result, {
             "component": args.component, "split": args.split, "dataset": args.dataset,

@@ -133,3 +133,27 @@ def test_entry_point_exits_2_without_traceback(tmp_path: Path) -> None:
     assert result.stderr.startswith(f"hspec: error: {tmp_path / 'no-run' / 'history.zarr'}: not a readable "
                                     "history result")
     assert result.stderr.count("\n") == 1
+
+
+def test_spectrum_writes_a_zarr_group_and_cleans_its_checkpoint(tmp_path: Path) -> None:
+    from hspec.store import read_spectrum
+
+    run = tmp_path / "run"
+    assert cli.main(["train", "--dataset", "digits", "--arch", "mlp", "--lr", "0.05", "--epochs", "1",
+                     "--device", "cpu", "--quiet", "--out", str(run)]) == 0
+    out = tmp_path / "s.zarr"
+    assert cli.main(["spectrum", "--model", str(run / "model.pt"), "--dataset", "digits", "--split", "test",
+                     "--component", "gradient_covariance", "--deflate", "2", "--steps", "12",
+                     "--bound-steps", "8", "--iterations", "3", "--points", "64", "--device", "cpu",
+                     "--quiet", "--out", str(out)]) == 0
+    arrays, attrs = read_spectrum(out)
+    assert len(arrays["outliers"]) == 2 and len(arrays["grid"]) == 64
+    assert (attrs["split"], attrs["component"], attrs["n_samples"]) == ("test", "gradient_covariance", 360)
+    assert attrs["hvp_count"] == 2 + 8 + 2 * 3 + 12
+    assert not list(tmp_path.glob("*.ckpt"))
+    # bad input: one line, status 2
+    assert cli.main(["spectrum", "--model", str(run / "model.pt"), "--dataset", "mnist", "--split", "test",
+                     "--out", str(tmp_path / "x.zarr")]) == 2
+    assert cli.main(["spectrum", "--model", str(run / "model.pt"), "--dataset", "digits", "--split", "test",
+                     "--steps", "1", "--out", str(tmp_path / "x.zarr")]) == 2
+    assert not (tmp_path / "x.zarr").exists()

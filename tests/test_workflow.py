@@ -4,8 +4,10 @@ runs end to end (reduced sizes), is idempotent, and reruns only an edited figure
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +57,7 @@ REDUCED = {
     "results": "results/ci",
     "datasets": {"digits": {"lrs": [0.05, 0.1], "epochs": 3}},
     "spectrum": {"steps": 24, "log_steps": 48, "bound_steps": 16, "iterations": 4,
-                 "points": 256},
+                 "points": 256, "checkpoint_interval": 0},
     "figures": {"fig1": {"arch": "mlp", "datasets": ["digits"], "per_class": ["full"]},
                 "fig2": {"arch": "mlp", "datasets": ["digits"], "per_class": ["full"]},
                 "fig3": {"arch": "mlp", "datasets": ["digits"], "per_class": [20]},
@@ -64,10 +66,8 @@ REDUCED = {
 }
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """The demo DAG with reduced sizes, run in a copy of the project's inputs."""
-    work = tmp_path_factory.mktemp("demo")
+def prepare(work):
+    """A working directory with the project's inputs and the reduced demo config."""
     shutil.copy(ROOT / "config.yaml", work)
     shutil.copytree(ROOT / "notebooks", work / "notebooks")
     config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
@@ -75,6 +75,13 @@ def demo(tmp_path_factory):
         config[key] = value if not isinstance(value, dict) or key != "spectrum" else \
             {**config[key], **value}
     (work / "reduced.yaml").write_text(yaml.safe_dump(config))
+    return work
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo DAG with reduced sizes, run in a copy of the project's inputs."""
+    work = prepare(tmp_path_factory.mktemp("demo"))
     snakemake("--cores", "2", "--configfile", "reduced.yaml", cwd=work)
     return work, work / "results" / "ci"
 
@@ -128,3 +135,43 @@ def test_editing_a_notebook_reruns_only_its_figure(demo):
     jobs = [line.split() for line in result.stdout.splitlines()]
     counts = {row[0]: row[1] for row in jobs if len(row) == 2 and row[1].isdigit()}
     assert counts == {"figure": "1", "total": "1"}, result.stdout
+
+
+def kill_when(work, pattern, timeout=300):
+    """Start the reduced demo and SIGKILL snakemake and all its jobs once a file
+    matching ``pattern`` exists under results/ (a job is then midway)."""
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", OMP_NUM_THREADS="1")
+    process = subprocess.Popen(
+        [str(BIN / "snakemake"), "--snakefile", str(SNAKEFILE), "--cores", "2",
+         "--configfile", "reduced.yaml"], cwd=work, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    try:
+        while not any((work / "results").rglob(pattern)):
+            assert process.poll() is None, f"the run ended before {pattern} appeared"
+            assert time.monotonic() < deadline, f"no {pattern} after {timeout} s"
+            time.sleep(0.05)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.mark.slow
+def test_killed_runs_resume_to_the_same_results(demo, tmp_path):
+    """kill -9 during training, rerun, kill -9 during a spectrum, rerun: the final Zarr
+    groups equal those of the uninterrupted run, and no partial group survives."""
+    _, reference = demo
+    work = prepare(tmp_path)
+    kill_when(work, "checkpoint.pt")
+    kill_when(work, "*.ckpt")
+    snakemake("--cores", "2", "--configfile", "reduced.yaml", "--rerun-incomplete", cwd=work)
+    results = work / "results" / "ci"
+    groups = sorted(p.relative_to(results) for p in (results / "spectra").rglob("*.zarr"))
+    assert groups == sorted(p.relative_to(reference)
+                            for p in (reference / "spectra").rglob("*.zarr"))
+    for group in groups:
+        got, _ = read_spectrum(results / group)
+        expected, _ = read_spectrum(reference / group)
+        for name in ("grid", "density", "outliers", "nodes", "weights"):
+            assert np.array_equal(got[name], expected[name]), (group, name)
+    assert not list(results.rglob("*.tmp")) and not list(results.rglob("*.ckpt"))

@@ -27,6 +27,7 @@ rule spectrum:
         dtype=SPECTRUM["dtype"],
         device=config["device"],
         seed=config["seed"],
+        checkpoint_interval=SPECTRUM["checkpoint_interval"],
     conda:
         "../envs/hspec.yaml"
     log:
@@ -45,4 +46,5 @@ rule spectrum:
         "--points {params.points} --n-vec {params.n_vec} "
         "--iterations {params.iterations} --k {params.k} "
         "--batch-size {params.batch_size} --dtype {params.dtype} "
-        "--device {params.device} --seed {params.seed} --quiet --out {output} > {log} 2>&1"
+        "--device {params.device} --seed {params.seed} "
+        "--checkpoint-interval {params.checkpoint_interval} --quiet --out {output} > {log} 2>&1"
