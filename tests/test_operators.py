@@ -149,3 +149,12 @@ def test_vectors_of_the_wrong_kind_are_refused():
         op.matvec(torch.randn(op.dim + 1))
     with pytest.raises(HspecError, match="device"):
         op.matvec(torch.randn(op.dim, device="meta"))
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_vectorized_blocks_equal_single_products(problem, component):
+    model, x, y, dense = problem
+    op = curvature_operator(model, (x, y), component, batch_size=7, dtype=torch.float64,
+                            block_size=3)
+    V = torch.randn(op.dim, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    assert rel(op.matmat(V), dense[component] @ V) <= 1e-10
