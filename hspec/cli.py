@@ -16,7 +16,7 @@ import torch
 import hspec
 from hspec import data, distributed, models, store, training
 from hspec.operators import COMPONENTS
-from hspec.spectrum import METHODS
+from hspec.spectrum import DEFLATIONS, METHODS
 from hspec.atomic import atomic_write
 from hspec.errors import HspecError
 
@@ -225,6 +225,9 @@ def _add_spectrum(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--points", type=int, default=1024, help="grid points K (default: %(default)s)")
     parser.add_argument("--n-vec", type=int, default=1, help="Lanczos start vectors (default: %(default)s)")
     parser.add_argument("--iterations", type=int, default=256, help="subspace iterations T (default: %(default)s)")
+    parser.add_argument("--deflation", choices=DEFLATIONS, default="subspace",
+                        help="outlier search: subspace = the paper's Alg. 5 (T x C products), krylov = thick-restart "
+                        "Lanczos (a few dozen products) (default: %(default)s)")
     parser.add_argument("--k", type=float, default=1.25, help="smoothing constant of Alg. 3 (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=1000, help="examples per forward pass (default: %(default)s)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
@@ -232,6 +235,9 @@ def _add_spectrum(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto",
                         help="torch device; auto = cuda if available (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random vectors (default: %(default)s)")
+    parser.add_argument("--n-per-class", default=None,
+                        help="examples per class the model was trained on, recorded in OUT "
+                        "(default: counted from --indices, else 'full')")
     parser.add_argument("--checkpoint-interval", type=float, default=60.0,
                         help="seconds between saves of the resumable state, OUT.rankR.ckpt (default: %(default)s)")
     parser.add_argument("--out", type=Path, required=True, help="Zarr group to write (required)")
@@ -244,13 +250,13 @@ def _spectrum(args: argparse.Namespace) -> None:
     device = distributed.local_device(str(_device(args.device)))
     model, metadata = training.load_model(args.model, device=device, expect={"dataset": args.dataset})
     inputs, targets = data.load_split(args.dataset, args.split, args.data_dir, args.download)
-    n_per_class = "full"
+    n_per_class = args.n_per_class or "full"
     if args.indices is not None:
         if args.split != "train":
             raise HspecError("--indices: only the train split is subsampled")
         index = torch.from_numpy(data.load_indices(args.indices, size=len(targets)))
         inputs, targets = inputs[index], targets[index]
-        n_per_class = int(torch.bincount(targets).max())
+        n_per_class = args.n_per_class or int(torch.bincount(targets).max())
     n_samples = len(targets)
     op = hspec.curvature_operator(model, distributed.shard(inputs, targets, rank, world), args.component,
                                   batch_size=args.batch_size, dtype=getattr(torch, args.dtype),
@@ -258,17 +264,23 @@ def _spectrum(args: argparse.Namespace) -> None:
     checkpoint = args.out.with_name(args.out.name + f".rank{rank}.ckpt")
     result = hspec.spectral_density(op, method=args.method, deflate=args.deflate, steps=args.steps,
                                     bound_steps=args.bound_steps, margin=args.margin, points=args.points,
-                                    n_vec=args.n_vec, iterations=args.iterations, k=args.k, seed=args.seed,
+                                    n_vec=args.n_vec, iterations=args.iterations, deflation=args.deflation,
+                                    k=args.k, seed=args.seed,
                                     progress=not args.quiet and sys.stderr.isatty(), checkpoint=checkpoint,
                                     checkpoint_interval=args.checkpoint_interval)
     if rank == 0:
         store.write_spectrum(args.out, result, {
             "component": args.component, "split": args.split, "dataset": args.dataset,
-            "arch": metadata["arch"], "n_per_class": n_per_class, "n_samples": n_samples,
+            "arch": metadata["arch"], "n_per_class": _per_class_value(n_per_class), "n_samples": n_samples,
             "model": str(args.model), "world_size": world})
         print(f"wrote {args.out}: range [{result.lambda_min:.4g}, {result.lambda_max:.4g}], "
               f"{len(result.outliers)} outliers, {result.hvp_count} products in {result.seconds:.1f} s")
     checkpoint.unlink(missing_ok=True)
+
+
+def _per_class_value(label) -> int | str:
+    """A per-class count as a number, or the label 'full'."""
+    return int(label) if str(label).isdigit() else str(label)
 
 
 def build_parser() -> argparse.ArgumentParser:

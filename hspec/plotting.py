@@ -304,50 +304,35 @@ def plot_log_density(ax, arrays: Mapping, attrs: Mapping, sign: int = 1, *,
 # ------------------------------------------------------------------------- power law
 
 AUTO_FIT_RULE = (
-    "automatic fit range, per sign, on the log grid of the density of |λ|: it starts two "
-    "kernel widths (of the log-axis smoothing) above the mode of the density per decade "
-    "(|λ|·φ), the mode searched within {window} decades below the largest |λ| of that "
-    "sign (so a concentration of near-zero eigenvalues further down is ignored), and it "
-    "ends where φ first falls below {ratio:g} × its value at the start, or two kernel "
-    "widths below the largest |λ|, whichever comes first")
+    "automatic fit range, per sign: the {span:g} decades of |λ| below the largest |λ| of "
+    "that sign, ending two kernel widths (of the log-axis smoothing) below it so that "
+    "the smoothed edge is left out: the tail of the spectrum, away from the concentration "
+    "of eigenvalues near zero")
 
 
-def auto_fit_range(arrays: Mapping, attrs: Mapping, sign: int = 1, *,
-                   window: float = 3.0, ratio: float = 1e-3, decades: float = 8.0
-                   ) -> tuple[float, float]:
+def auto_fit_range(arrays: Mapping, attrs: Mapping, sign: int = 1, *, span: float = 1.0,
+                   decades: float = 8.0) -> tuple[float, float]:
     """The fit range [lo, hi] in |λ| chosen by the rule in ``AUTO_FIT_RULE``."""
     values, _ = atoms(arrays, attrs)
     side = values * sign
     if not np.any(side > 0):
         raise HspecError(f"fit range: no eigenvalues of sign {sign:+d}")
     top = math.log10(side[side > 0].max())
-    x, phi = log_tail(arrays, attrs, sign, decades=decades)
-    u = np.log10(x)
     steps, k = _steps_and_k(attrs)
     sigma_u = decades / 2 * smoothing_width(steps, k)  # log_density's default width
-    search = (u >= top - window) & (u <= top)
-    index = np.flatnonzero(search)[np.argmax((phi * x)[search])]
-    u_lo = min(u[index] + 2 * sigma_u, top)
-    start = np.interp(u_lo, u, phi)
-    below = np.flatnonzero((u > u_lo) & (phi < ratio * start))
-    u_hi = min(u[below[0]] if below.size else np.inf, top - 2 * sigma_u)
-    if u_hi <= u_lo:  # the mode sits at the top: use the window above the mode
-        u_lo, u_hi = u[index], top
-    return float(10 ** u_lo), float(10 ** u_hi)
+    return float(10 ** (top - span)), float(10 ** (top - 2 * sigma_u))
 
 
 def fit_tail(arrays: Mapping, attrs: Mapping, sign: int = 1, fit_range=None, *,
-             window: float = 3.0, ratio: float = 1e-3, decades: float = 8.0) -> dict:
+             span: float = 1.0, decades: float = 8.0) -> dict:
     """Power law φ = a·|λ|^(−b) fitted to the density of |λ| over one sign
     (:func:`hspec.analysis.power_law_fit`) on ``fit_range`` = [lo, hi] or, if None,
     on :func:`auto_fit_range`. Returns a, b, r2, points, lo, hi, sign, rule; on
     failure ``{"error": message, "sign", "rule"}``."""
-    rule = "given" if fit_range is not None else AUTO_FIT_RULE.format(window=window,
-                                                                      ratio=ratio)
+    rule = "given" if fit_range is not None else AUTO_FIT_RULE.format(span=span)
     try:
         if fit_range is None:
-            lo, hi = auto_fit_range(arrays, attrs, sign, window=window, ratio=ratio,
-                                    decades=decades)
+            lo, hi = auto_fit_range(arrays, attrs, sign, span=span, decades=decades)
         else:
             lo, hi = (float(v) for v in fit_range)
         x, phi = log_tail(arrays, attrs, sign, decades=decades)

@@ -32,8 +32,10 @@ from hspec.kpm import kpm_density, kpm_moments
 from hspec.lanczos import LanczosRun, fast_lanczos
 from hspec.linear_operator import Deflated, LinearOperator, Normalized
 from hspec.normalization import Normalization, bounds_from_runs, normalization
+from hspec.outliers import top_eigenpairs
 
 METHODS = ("lanczos", "kpm")
+DEFLATIONS = ("subspace", "krylov")
 
 
 @dataclass
@@ -121,7 +123,8 @@ def _check_int(name: str, value, low: int) -> None:
 def spectral_density(matvec, dim: int | None = None, *, method: str = "lanczos",
                      deflate: int = 0, steps: int = 256, bound_steps: int = 64,
                      margin: float = 0.05, points: int = 1024, n_vec: int = 1,
-                     iterations: int = 256, k: float = 1.25, seed: int = 0,
+                     iterations: int = 256, deflation: str = "subspace",
+                     deflation_tol: float = 1e-6, k: float = 1.25, seed: int = 0,
                      dtype: torch.dtype | None = None,
                      device: torch.device | str | None = None,
                      check_symmetric: bool = True, progress: bool = False,
@@ -137,6 +140,10 @@ def spectral_density(matvec, dim: int | None = None, *, method: str = "lanczos",
         steps: Lanczos steps M (KPM: products per vector, giving 2M moments).
         bound_steps, margin: M0 and κ of NORMALIZATION (Alg. 4).
         points: grid size K. n_vec: number of random start vectors.
+        deflation: how the outliers are found: ``"subspace"`` (the paper's Alg. 5,
+            ``iterations`` × ``deflate`` products) or ``"krylov"`` (thick-restart
+            Lanczos, :func:`hspec.outliers.top_eigenpairs`, to relative accuracy
+            ``deflation_tol``: a few dozen products for C = 10).
         iterations: subspace iterations T of Alg. 5. k: smoothing constant (Alg. 3).
         seed: seeds every random vector (drawn on the CPU, so devices agree).
         dtype, device: of the vectors (default: the operator's, else float32 on CPU).
@@ -150,6 +157,8 @@ def spectral_density(matvec, dim: int | None = None, *, method: str = "lanczos",
     op = LinearOperator.wrap(matvec, dim, dtype=dtype, device=device)
     if method not in METHODS:
         raise HspecError(f"method: must be one of {METHODS}, got {method!r}")
+    if deflation not in DEFLATIONS:
+        raise HspecError(f"deflation: must be one of {DEFLATIONS}, got {deflation!r}")
     for name, value, low in (("steps", steps, 2), ("bound_steps", bound_steps, 2),
                              ("points", points, 2), ("n_vec", n_vec, 1),
                              ("iterations", iterations, 1), ("deflate", deflate, 0)):
@@ -162,8 +171,9 @@ def spectral_density(matvec, dim: int | None = None, *, method: str = "lanczos",
         raise HspecError(f"k: the smoothing constant must be > 1, got {k!r}")
 
     settings = dict(method=method, deflate=deflate, steps=steps, bound_steps=bound_steps,
-                    margin=margin, points=points, n_vec=n_vec, iterations=iterations, k=k,
-                    seed=seed, dtype=str(op.dtype).removeprefix("torch."))
+                    margin=margin, points=points, n_vec=n_vec, iterations=iterations,
+                    deflation=deflation, deflation_tol=deflation_tol, k=k, seed=seed,
+                    dtype=str(op.dtype).removeprefix("torch."))
     generator = torch.Generator().manual_seed(seed)
     stage = _no_checkpoint
     if checkpoint is not None:
@@ -180,11 +190,16 @@ def spectral_density(matvec, dim: int | None = None, *, method: str = "lanczos",
 
     outliers, target, project = np.empty(0), op, None
     if deflate:
-        found = stage("deflation", lambda resume, snapshot: low_rank_deflation(
-            op, deflate, iterations, generator=generator, progress=progress,
-            resume=resume, snapshot=snapshot),
-            encode=lambda r: {"values": torch.from_numpy(r[0]), "basis": r[1]},
-            decode=lambda d: (d["values"].cpu().numpy(), d["basis"]))
+        def outlier_search(resume, snapshot):
+            if deflation == "krylov":
+                return top_eigenpairs(op, deflate, tol=deflation_tol, generator=generator,
+                                      progress=progress)[:2]
+            return low_rank_deflation(op, deflate, iterations, generator=generator,
+                                      progress=progress, resume=resume, snapshot=snapshot)
+
+        found = stage("deflation", outlier_search,
+                      encode=lambda r: {"values": torch.from_numpy(r[0]), "basis": r[1]},
+                      decode=lambda d: (d["values"].cpu().numpy(), d["basis"]))
         outliers, basis = found
         target = Deflated(op, basis)
         project = target.project

@@ -34,15 +34,18 @@ def compute(matrix, checkpoint=None, die_at=None, **kwargs):
                             **settings)
 
 
-# products: probe 1-2, normalization 3-18, deflation 19-58, Lanczos 59-98 and 99-138
-@pytest.mark.parametrize("die_at", [1, 10, 30, 58, 75, 120])
-@pytest.mark.parametrize("method", ["lanczos", "kpm"])
-def test_resumed_run_equals_uninterrupted_run(matrix, tmp_path, die_at, method):
-    reference = compute(matrix, method=method)
+# with subspace deflation the products are: probe 1-2, normalization 3-18, deflation
+# 19-58, Lanczos 59-98 and 99-138; die at these fractions of the whole run
+@pytest.mark.parametrize("die_at", [0.005, 0.07, 0.22, 0.42, 0.55, 0.87])
+@pytest.mark.parametrize("method, deflation", [("lanczos", "subspace"), ("kpm", "subspace"),
+                                               ("lanczos", "krylov")])
+def test_resumed_run_equals_uninterrupted_run(matrix, tmp_path, die_at, method, deflation):
+    reference = compute(matrix, method=method, deflation=deflation)
     path = tmp_path / "spectrum.ckpt"
     with pytest.raises(Killed):
-        compute(matrix, path, die_at=die_at, method=method)
-    resumed = compute(matrix, path, method=method)
+        compute(matrix, path, die_at=max(1, round(die_at * reference.hvp_count)),
+                method=method, deflation=deflation)
+    resumed = compute(matrix, path, method=method, deflation=deflation)
     for name in ("grid", "density", "outliers", "nodes", "weights", "moments"):
         assert np.array_equal(getattr(resumed, name), getattr(reference, name)), name
     assert resumed.hvp_count == reference.hvp_count

@@ -152,7 +152,9 @@ def test_auto_fit_recovers_a_power_law_and_ignores_the_mass_at_zero(zeros):
     attrs = quadrature_attrs(len(arrays["nodes"]))
     fit = hp.fit_tail(arrays, attrs, 1)
     assert fit["b"] == pytest.approx(2.5, abs=0.05) and fit["r2"] > 0.99
-    assert 0.1 < fit["lo"] < 0.2 < 1.0 < fit["hi"] < 10.0
+    # the decade below the largest eigenvalue, short of the smoothed edge
+    top = arrays["nodes"].max()
+    assert fit["lo"] == pytest.approx(top / 10) and 0.8 * top < fit["hi"] < top
     assert fit["rule"].startswith("automatic")
     negative = hp.fit_tail(arrays, attrs, -1)
     assert negative["b"] == pytest.approx(fit["b"], abs=1e-6)

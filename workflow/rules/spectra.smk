@@ -22,6 +22,7 @@ rule spectrum:
         points=SPECTRUM["points"],
         n_vec=SPECTRUM["n_vec"],
         iterations=SPECTRUM["iterations"],
+        deflation=SPECTRUM["deflation"],
         k=SPECTRUM["k"],
         batch_size=SPECTRUM["batch_size"],
         dtype=SPECTRUM["dtype"],
@@ -40,11 +41,11 @@ rule spectrum:
     shell:
         "hspec spectrum --model {input.model} --dataset {wildcards.dataset} "
         "--data-dir {params.data_dir} --split {wildcards.split} {params.indices} "
-        "--component {wildcards.component} --method {params.method} "
+        "--n-per-class {wildcards.n} --component {wildcards.component} --method {params.method} "
         "--deflate {params.deflate} --steps {params.steps} "
         "--bound-steps {params.bound_steps} --margin {params.margin} "
         "--points {params.points} --n-vec {params.n_vec} "
-        "--iterations {params.iterations} --k {params.k} "
+        "--iterations {params.iterations} --deflation {params.deflation} --k {params.k} "
         "--batch-size {params.batch_size} --dtype {params.dtype} "
         "--device {params.device} --seed {params.seed} "
         "--checkpoint-interval {params.checkpoint_interval} --quiet --out {output} > {log} 2>&1"
