@@ -17,6 +17,7 @@ The bulk density integrates to (dim − C)/dim, so ∫ density dt + len(outliers
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -115,6 +116,11 @@ def _decode_run(saved: dict) -> LanczosRun:
     return LanczosRun(saved["alpha"].cpu().numpy(), saved["beta"].cpu().numpy())
 
 
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value)
+
+
 def _check_int(name: str, value, low: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         raise HspecError(f"{name}: must be an integer ≥ {low}, got {value!r}")
@@ -165,10 +171,10 @@ def spectral_density(matvec, dim: int | None = None, *, method: str = "lanczos",
         _check_int(name, value, low)
     if deflate >= op.dim:
         raise HspecError(f"deflate: must be smaller than dim = {op.dim}, got {deflate}")
-    if not margin >= 0:
-        raise HspecError(f"margin: must be ≥ 0, got {margin!r}")
-    if not k > 1:
-        raise HspecError(f"k: the smoothing constant must be > 1, got {k!r}")
+    if not _is_real(margin) or not margin >= 0:
+        raise HspecError(f"margin: must be a number ≥ 0, got {margin!r}")
+    if not _is_real(k) or not k > 1:
+        raise HspecError(f"k: the smoothing constant must be a number > 1, got {k!r}")
 
     settings = dict(method=method, deflate=deflate, steps=steps, bound_steps=bound_steps,
                     margin=margin, points=points, n_vec=n_vec, iterations=iterations,

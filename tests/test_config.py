@@ -109,3 +109,38 @@ def test_fuzzed_configs_fail_with_one_clear_message(config):
     except (WorkflowError, HspecError) as error:
         message = str(error)
         assert message and "Traceback" not in message
+
+
+# --- the entry points: wrong arguments get an HspecError, never a deep traceback ---------
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from hspec import curvature_operator, spectral_density  # noqa: E402
+
+MATRIX = torch.tensor(np.diag(np.linspace(-1, 3, 24)))
+ARGUMENT = st.one_of(st.none(), st.booleans(), st.integers(-3, 40), st.floats(-2, 5),
+                     st.floats(allow_nan=True), st.text(max_size=5))
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.dictionaries(st.sampled_from(["method", "deflate", "steps", "bound_steps",
+                                        "margin", "points", "n_vec", "iterations", "k",
+                                        "deflation"]), ARGUMENT, max_size=3))
+def test_fuzzed_spectral_density_arguments(kwargs):
+    try:
+        spectral_density(lambda v: MATRIX @ v, 24, dtype=torch.float64, **kwargs)
+    except HspecError as error:
+        assert str(error).split(":")[0] in kwargs or "dim" in str(error)
+
+
+@settings(max_examples=60, deadline=None)
+@given(component=ARGUMENT | st.sampled_from(["hessian", "fisher"]),
+       batch_size=ARGUMENT, dtype=st.sampled_from([None, torch.float64, torch.int32, "x"]))
+def test_fuzzed_curvature_operator_arguments(component, batch_size, dtype):
+    model = torch.nn.Linear(4, 3)
+    data = (torch.randn(5, 4), torch.randint(0, 3, (5,)))
+    try:
+        curvature_operator(model, data, component, batch_size=batch_size, dtype=dtype)
+    except HspecError as error:
+        assert str(error).split(":")[0] in ("component", "batch_size", "dtype")

@@ -7,6 +7,7 @@ the figures and numbers it writes are checked against what was planted.
 """
 
 import json
+import shutil
 import re
 from pathlib import Path
 
@@ -229,3 +230,15 @@ def test_sample_size_figure_orders_the_curves_and_counts_outliers(spectra, tmp_p
     assert numbers["outliers_by_size"]["test"] == [["10", 10.0, 1], ["20", 20.0, 3],
                                                    ["full", 60.0, 6]]
     assert numbers["spectra"]["test"]["full"]["per_class_value"] == 60.0
+
+
+@pytest.mark.slow  # executes a notebook
+def test_a_truncated_group_is_named_in_one_clear_error(spectra, tmp_path):
+    broken = tmp_path / "broken.zarr"
+    shutil.copytree(spectra["ten-plain"], broken)
+    shutil.rmtree(broken / "density")  # as if the writer had died midway
+    with pytest.raises(papermill.PapermillExecutionError) as error:
+        execute("fig1_train_hessian", tmp_path, {"spectra": {"digits": str(broken)},
+                                                 **outputs(tmp_path, 1)})
+    assert error.value.ename == "HspecError"
+    assert f"{broken}: not a readable spectrum result" in error.value.evalue
