@@ -1,6 +1,5 @@
 """Data-parallel products over 2 processes (gloo, CPU) equal the single-process ones."""
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed as dist

@@ -3,12 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
-from torch import nn
 
-from hspec import HspecError, curvature_operator
+from hspec import HspecError
 from hspec.deflation import low_rank_deflation
-from hspec.exact import dense_matrices, eigenvalues
 from hspec.lanczos import fast_lanczos
 from hspec.linear_operator import LinearOperator
 from hspec.outliers import NotConvergedWarning, top_eigenpairs
@@ -136,28 +133,10 @@ def test_diagonal_with_repeated_eigenvalues():
                           atol=1e-12)
 
 
-@pytest.fixture(scope="module")
-def cnn_hessian():
-    """The exact Hessian of a small CNN with BatchNorm briefly trained on 100 digits
-    (826 parameters), and its operator."""
-    torch.manual_seed(0)
-    digits = load_digits()
-    x = torch.tensor(digits.images[:100], dtype=torch.float64)[:, None] / 16
-    y = torch.tensor(digits.target[:100])
-    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
-                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(72, 10)).double()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    for _ in range(30):
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-    op = curvature_operator(model, (x, y), "hessian", dtype=torch.float64)
-    matrix = dense_matrices(op, ["hessian"])["hessian"]
-    return op, matrix, eigenvalues(matrix)
 
 
-def test_cnn_hessian_outliers_match_the_dense_spectrum(one_thread, cnn_hessian):
-    op, matrix, spectrum = cnn_hessian
+def test_cnn_hessian_outliers_match_the_dense_spectrum(one_thread, digits_cnn_hessian):
+    op, matrix, spectrum = digits_cnn_hessian
     counted = LinearOperator.wrap(op)
     values, vectors, products = top_eigenpairs(counted, C, tol=1e-6,
                                                generator=torch.Generator().manual_seed(0))

@@ -3,12 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 from torch import nn
 
 from hspec import HspecError, curvature_operator, spectral_density
 from hspec.density import gaussian_density, smoothing_width
-from hspec.exact import dense_matrices, eigenvalues
 
 
 def wasserstein1(atoms, masses, eigenvalues):
@@ -39,22 +37,9 @@ def spiked():
 
 
 @pytest.fixture(scope="module")
-def cnn_hessian():
-    """The exact Hessian of a small CNN with BatchNorm, briefly trained on real digits."""
-    torch.manual_seed(0)
-    digits = load_digits()
-    x = torch.tensor(digits.images[:100], dtype=torch.float64)[:, None] / 16
-    y = torch.tensor(digits.target[:100])
-    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
-                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(72, 10)).double()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    for _ in range(30):
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-    op = curvature_operator(model, (x, y), "hessian", dtype=torch.float64)
-    matrix = dense_matrices(op, ["hessian"])["hessian"]
-    return matrix, eigenvalues(matrix)
+def cnn_hessian(digits_cnn_hessian):
+    _, matrix, exact = digits_cnn_hessian
+    return matrix, exact
 
 
 @pytest.fixture(params=["spiked", "cnn_hessian"])
