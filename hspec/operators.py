@@ -58,7 +58,7 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 class CurvatureOperator:
     """A symmetric p×p curvature matrix of a model on a data split, applied matrix-free.
 
-    Subclasses implement :meth:`_batch_product`, the *sum* over one batch of the
+    Subclasses implement :meth:`_batch_function`, the *sum* over one batch of the
     per-example matrices applied to a tangent (a dict shaped like the parameters).
 
     Attributes:
@@ -123,8 +123,20 @@ class CurvatureOperator:
         """f(x; θ) with θ = ``params`` and the frozen parameters and buffers fixed."""
         return functional_call(self.model, {**params, **self.constants}, (x,))
 
-    def _batch_product(self, tangent: Params, x: Tensor, y: Tensor) -> Params:
+    def _batch_function(self, x: Tensor, y: Tensor) -> Callable[[Params], Params]:
+        """tangent ↦ Σ over the batch (x, y) of the per-example matrices applied to it;
+        what depends on the batch alone is computed once, for every column."""
         raise NotImplementedError
+
+    def _block_product(self, product: Callable[[Params], Params], V: Tensor) -> Tensor:
+        """``product`` applied to the columns of V: one vectorized (vmap) pass."""
+        if V.shape[1] == 1:
+            return self._flatten(product(self._unflatten(V[:, 0])))[:, None]
+        k = V.shape[1]
+        rows = torch.split(V, self._numels)
+        tangents = {n: r.T.reshape(k, *s) for n, r, s in zip(self.params, rows, self._shapes)}
+        products = vmap(product)(tangents)
+        return torch.cat([p.reshape(k, -1) for p in products.values()], dim=1).T
 
     def _iter_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
         for x, y in self._batches():
@@ -132,17 +144,6 @@ class CurvatureOperator:
             yield (x.to(self.dtype) if x.is_floating_point() else x), y.to(self.device)
 
     # -- public interface ------------------------------------------------------------
-    def _block_product(self, V: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        """Σ over one batch of the per-example matrices applied to the columns of V:
-        one vectorized (vmap) pass for all of them."""
-        if V.shape[1] == 1:
-            return self._flatten(self._batch_product(self._unflatten(V[:, 0]), x, y))[:, None]
-        k = V.shape[1]
-        rows = torch.split(V, self._numels)
-        tangents = {n: r.T.reshape(k, *s) for n, r, s in zip(self.params, rows, self._shapes)}
-        products = vmap(lambda tangent: self._batch_product(tangent, x, y))(tangents)
-        return torch.cat([p.reshape(k, -1) for p in products.values()], dim=1).T
-
     def matmat(self, V: Tensor) -> Tensor:
         """A V for V of shape (dim, k): one pass over the data; per batch, the columns go
         through in vectorized blocks of ``block_size`` (memory grows with the block)."""
@@ -153,8 +154,9 @@ class CurvatureOperator:
         with eval_mode(self.model):
             for x, y in self._iter_batches():
                 count += x.shape[0]
+                product = self._batch_function(x, y)
                 for columns in blocks:
-                    out[:, columns] += self._block_product(V[:, columns], x, y)
+                    out[:, columns] += self._block_product(product, V[:, columns])
         if self.distributed:  # every rank holds a shard: sum the sums and the counts
             totals = torch.tensor([float(count)], dtype=torch.float64, device=out.device)
             dist.all_reduce(out)
@@ -176,41 +178,45 @@ class CurvatureOperator:
 class Hessian(CurvatureOperator):
     """H v = Ave_i ∇²ℓ_i(θ) v (paper eq. 2–3), by forward-over-reverse differentiation."""
 
-    def _batch_product(self, tangent: Params, x: Tensor, y: Tensor) -> Params:
+    def _batch_function(self, x: Tensor, y: Tensor) -> Callable[[Params], Params]:
         def loss(params: Params) -> Tensor:
             return nn.functional.cross_entropy(self.logits(params, x), y, reduction="sum")
 
-        return jvp(grad(loss), (self.params,), (tangent,))[1]
+        return lambda tangent: jvp(grad(loss), (self.params,), (tangent,))[1]
 
 
 class GradientCovariance(CurvatureOperator):
     """G v = Ave_i J_iᵀ (diag p_i − p_i p_iᵀ) J_i v: the Gauss–Newton term of eq. 4,
-    the paper's "covariance of gradients" (ℓ'' of cross-entropy is diag p − p pᵀ)."""
+    the paper's "covariance of gradients" (ℓ'' of cross-entropy is diag p − p pᵀ).
+    Per batch, one forward pass gives p and the pullback Jᵀ; per vector, a jvp gives J v."""
 
-    def _batch_product(self, tangent: Params, x: Tensor, y: Tensor) -> Params:
+    def _batch_function(self, x: Tensor, y: Tensor) -> Callable[[Params], Params]:
         def f(params: Params) -> Tensor:
             return self.logits(params, x)
 
-        out, jv = jvp(f, (self.params,), (tangent,))
-        prob = torch.softmax(out, dim=-1)
-        u = prob * jv - prob * (prob * jv).sum(-1, keepdim=True)
-        return vjp(f, self.params)[1](u)[0]
+        out, pullback = vjp(f, self.params)
+        prob = torch.softmax(out.detach(), dim=-1)
+
+        def product(tangent: Params) -> Params:
+            jv = jvp(f, (self.params,), (tangent,))[1]
+            return pullback(prob * jv - prob * (prob * jv).sum(-1, keepdim=True))[0]
+
+        return product
 
 
 class PredictionHessian(CurvatureOperator):
     """R v = Ave_i Σ_c g_ic ∇²f_c(x_i; θ) v with g_i = ∂ℓ_i/∂f = p_i − e_{y_i} held fixed:
     the paper's "averaged Hessian of predictions" (first term of eq. 4)."""
 
-    def _batch_product(self, tangent: Params, x: Tensor, y: Tensor) -> Params:
+    def _batch_function(self, x: Tensor, y: Tensor) -> Callable[[Params], Params]:
         with torch.no_grad():
-            out = self.logits(self.params, x)
-            g = torch.softmax(out, dim=-1)
+            g = torch.softmax(self.logits(self.params, x), dim=-1)
             g[torch.arange(len(y), device=g.device), y] -= 1
 
         def weighted_logits(params: Params) -> Tensor:
             return (self.logits(params, x) * g).sum()
 
-        return jvp(grad(weighted_logits), (self.params,), (tangent,))[1]
+        return lambda tangent: jvp(grad(weighted_logits), (self.params,), (tangent,))[1]
 
 
 _OPERATORS = {"hessian": Hessian, "gradient_covariance": GradientCovariance,
