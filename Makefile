@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test clean-venv
+.PHONY: install test test-cluster clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,12 @@ install: $(STAMP)
 test: $(STAMP)
 	# one thread per process: the suite runs many small ops and subprocesses, where
 	# OpenMP spin-waiting on a shared 2-core machine costs 10-50x
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not cluster"
+
+# The workflow on a real one-machine Slurm (installs slurm-wlm and munge when missing;
+# needs root, else skipped): about 5 minutes, so apart from `make test`; CI runs both.
+test-cluster: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m cluster
 
 clean-venv:
 	rm -rf $(VENV)

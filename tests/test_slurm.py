@@ -31,7 +31,7 @@ _spec = importlib.util.spec_from_file_location("hspec_test_slurm_cluster",
 cluster_module = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cluster_module)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 # The target: Fig. 5 alone needs every rule (download, subsample, train, select,
 # spectrum, figure) in 12 Slurm jobs, 7 rounds of at most 2 jobs on a 2-core machine;
