@@ -28,6 +28,15 @@ test-cluster: $(STAMP)
 clean-venv:
 	rm -rf $(VENV)
 
+# The peers of benchmarks/bench.py as wheels in .whl/, for a GPU machine without an index
+# (benchmarks/gpu.sh installs them there).
+GPU_WHEELS := pyhessian==0.1 curvlinops-for-pytorch==3.0.1 backpack-for-pytorch==1.7.1 \
+	einconv==0.1.0 unfoldNd==0.2.3
+.PHONY: gpu-wheels
+gpu-wheels: $(STAMP)
+	$(BIN)/python -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux2014_x86_64 --platform any -d .whl $(GPU_WHEELS)
+
 DEMO_CONFIG := config/demo.yaml
 
 .PHONY: demo

@@ -11,10 +11,23 @@ with J_i = ∂f(x_i; θ)/∂θ and p_i = softmax(f(x_i; θ)). Each operator here
 flat vector v ∈ R^p (p = number of trainable parameters, concatenated in
 ``model.named_parameters()`` order) without ever forming a p×p matrix:
 
-* H v   — forward-over-reverse: ``jvp(grad(Σ_i ℓ_i), v)``.
+* H v   — the Hessian-vector product of φ = Σ_i ℓ_i (see :func:`second_order_product`).
 * G v   — ``Jᵀ (diag p − p pᵀ) J v`` with one ``jvp`` (J v) and one ``vjp`` (Jᵀ u).
-* R v   — ``jvp(grad(Σ_i ⟨g_i, f_i⟩), v)`` with g_i = p_i − e_{y_i} held fixed, i.e. the
-  Hessian of the predictions weighted by ∂ℓ/∂f, computed directly (not as H v − G v).
+* R v   — the Hessian-vector product of φ = Σ_i ⟨g_i, f_i⟩ with g_i = p_i − e_{y_i} held
+  fixed, i.e. the Hessian of the predictions weighted by ∂ℓ/∂f, computed directly (not as
+  H v − G v).
+
+A Hessian-vector product ∇²φ(θ) v has three exact forms (``hvp=``), equal up to rounding
+but not in cost. Per linear layer y = W x of a gradient pass (3 matrix products: W x,
+Wᵀ δ, δ xᵀ) they take:
+
+* ``"reverse-over-forward"``: ∇_θ ⟨∇φ(θ), v⟩ = ``grad(θ ↦ jvp(φ, θ, v))``: the primal and
+  tangent forward (3) and one backward through both (5) — 8 products, 8/3 of a gradient;
+* ``"forward-over-reverse"``: ``jvp(grad(φ), θ, v)``: 9 (the primal gradient δ xᵀ is
+  computed and thrown away);
+* ``"reverse-over-reverse"``: ``vjp(grad(φ), θ)`` once per batch (3, with the graph of
+  the gradient kept), then the pullback of v (6): 9 for one vector, but only 6 for each
+  further column of a ``matmat``, which reuses the per-batch forward and backward.
 
 The average is over every example of the split: per-batch results are summed and divided
 by the number of examples, so the result does not depend on the batch size. The model is
@@ -38,9 +51,48 @@ from torch.utils.data import DataLoader, Dataset
 from hspec.errors import HspecError
 
 COMPONENTS = ("hessian", "gradient_covariance", "prediction_hessian")
+HVP_MODES = ("reverse-over-forward", "forward-over-reverse", "reverse-over-reverse")
+#: ``hvp="auto"``: the mode measured fastest on each kind of device (benchmarks/README.md):
+#: on one CPU core reverse-over-reverse (2.8–3.3× a gradient pass on the four nets, against
+#: 3.0–4.0× for forward-over-reverse); on an H200, forward-over-reverse (VGG11 and ResNet18
+#: 2.2–2.5 s and 6.4 s per product, against 2.5 s and 12.9 s by double backward).
+AUTO_HVP = {"cpu": "reverse-over-reverse", "cuda": "forward-over-reverse"}
+#: the precision policies of the command line and the workflow, as curvature_operator arguments
+PRECISIONS = {"float32": {"dtype": torch.float32, "tf32": False},
+              "tf32": {"dtype": torch.float32, "tf32": True},
+              "float64": {"dtype": torch.float64, "tf32": False}}
 DEFAULT_BATCH_SIZE = 512
 
 Params = dict[str, Tensor]
+
+
+def second_order_product(phi: Callable[[Params], Tensor], params: Params,
+                         mode: str) -> Callable[[Params], Params]:
+    """v ↦ ∇²φ(θ) v at θ = ``params`` for a scalar φ, in one of :data:`HVP_MODES` (see the
+    module docstring for their costs). What does not depend on v is done here, once."""
+    if mode == "reverse-over-forward":
+        return lambda v: grad(lambda p: jvp(phi, (p,), (v,))[1])(params)
+    if mode == "forward-over-reverse":
+        return lambda v: jvp(grad(phi), (params,), (v,))[1]
+    _, pullback = vjp(grad(phi), params)
+    return lambda v: pullback(v)[0]
+
+
+@contextlib.contextmanager
+def float32_matmul(device: torch.device, tf32: bool) -> Iterator[None]:
+    """On CUDA, let float32 matrix products and convolutions use TF32 tensor cores (10-bit
+    mantissa inputs, float32 accumulation) or not, for the duration; the flags are restored.
+    Off CUDA this does nothing (TF32 is an NVIDIA tensor-core format)."""
+    if device.type != "cuda":
+        yield
+        return
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = matmul.allow_tf32, cudnn.allow_tf32
+    matmul.allow_tf32 = cudnn.allow_tf32 = tf32
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = saved
 
 
 @contextlib.contextmanager
@@ -68,12 +120,22 @@ class CurvatureOperator:
 
     def __init__(self, model: nn.Module, batches: Callable[[], Iterable], *,
                  dtype: torch.dtype, device: torch.device, distributed: bool = False,
-                 block_size: int = 1) -> None:
+                 block_size: int = 1, hvp: str = "auto", tf32: bool = False,
+                 compile: bool = False) -> None:
         if distributed and not dist.is_initialized():
             raise HspecError("distributed: torch.distributed is not initialized (launch "
                              "with torchrun and call hspec.distributed.init_from_env())")
         if not isinstance(block_size, int) or block_size < 1:
             raise HspecError(f"block_size: must be a positive integer, got {block_size!r}")
+        if hvp == "auto":
+            hvp = AUTO_HVP.get(device.type, "forward-over-reverse")
+        if hvp not in HVP_MODES:
+            raise HspecError(f"hvp: unknown {hvp!r}; valid: auto, {', '.join(HVP_MODES)}")
+        if tf32 and dtype != torch.float32:
+            raise HspecError(f"tf32: only applies to float32, not {dtype}")
+        self.hvp = hvp
+        self.tf32 = tf32
+        self._compiled = torch.compile(self._batch_block) if compile else None
         self.distributed = distributed
         self.block_size = block_size
         self.model = model
@@ -138,6 +200,10 @@ class CurvatureOperator:
         products = vmap(product)(tangents)
         return torch.cat([p.reshape(k, -1) for p in products.values()], dim=1).T
 
+    def _batch_block(self, x: Tensor, y: Tensor, V: Tensor) -> Tensor:
+        """Σ over the batch (x, y) of the per-example matrices times the columns of V."""
+        return self._block_product(self._batch_function(x, y), V)
+
     def _iter_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
         for x, y in self._batches():
             x = x.to(self.device)
@@ -146,14 +212,19 @@ class CurvatureOperator:
     # -- public interface ------------------------------------------------------------
     def matmat(self, V: Tensor) -> Tensor:
         """A V for V of shape (dim, k): one pass over the data; per batch, the columns go
-        through in vectorized blocks of ``block_size`` (memory grows with the block)."""
+        through in vectorized blocks of ``block_size`` (memory grows with the block). The
+        per-batch work is shared by the blocks, except when compiled (then per block)."""
         self._check_vectors(V, "V", 2)
         blocks = torch.split(torch.arange(V.shape[1], device=V.device), self.block_size)
         out = torch.zeros_like(V)
         count = 0
-        with eval_mode(self.model):
+        with eval_mode(self.model), float32_matmul(self.device, self.tf32):
             for x, y in self._iter_batches():
                 count += x.shape[0]
+                if self._compiled is not None:
+                    for columns in blocks:
+                        out[:, columns] += self._compiled(x, y, V[:, columns])
+                    continue
                 product = self._batch_function(x, y)
                 for columns in blocks:
                     out[:, columns] += self._block_product(product, V[:, columns])
@@ -176,29 +247,33 @@ class CurvatureOperator:
 
 
 class Hessian(CurvatureOperator):
-    """H v = Ave_i ∇²ℓ_i(θ) v (paper eq. 2–3), by forward-over-reverse differentiation."""
+    """H v = Ave_i ∇²ℓ_i(θ) v (paper eq. 2–3): the second-order product of the batch loss."""
 
     def _batch_function(self, x: Tensor, y: Tensor) -> Callable[[Params], Params]:
         def loss(params: Params) -> Tensor:
             return nn.functional.cross_entropy(self.logits(params, x), y, reduction="sum")
 
-        return lambda tangent: jvp(grad(loss), (self.params,), (tangent,))[1]
+        return second_order_product(loss, self.params, self.hvp)
 
 
 class GradientCovariance(CurvatureOperator):
     """G v = Ave_i J_iᵀ (diag p_i − p_i p_iᵀ) J_i v: the Gauss–Newton term of eq. 4,
     the paper's "covariance of gradients" (ℓ'' of cross-entropy is diag p − p pᵀ).
-    Per batch, one forward pass gives p and the pullback Jᵀ; per vector, a jvp gives J v."""
+    Per vector, one forward pass carries the logits f and J v together (a jvp, recorded
+    for the vjp, with J v as an auxiliary output) and one backward through f alone pulls
+    u = (diag p − p pᵀ) J v back to Jᵀ u: 5 matrix products per linear layer against a
+    gradient pass's 3, where a separate vjp and jvp would take 6."""
 
     def _batch_function(self, x: Tensor, y: Tensor) -> Callable[[Params], Params]:
         def f(params: Params) -> Tensor:
             return self.logits(params, x)
 
-        out, pullback = vjp(f, self.params)
-        prob = torch.softmax(out.detach(), dim=-1)
-
         def product(tangent: Params) -> Params:
-            jv = jvp(f, (self.params,), (tangent,))[1]
+            def logits_and_jv(params: Params) -> tuple[Tensor, Tensor]:
+                return jvp(f, (params,), (tangent,))
+
+            out, pullback, jv = vjp(logits_and_jv, self.params, has_aux=True)
+            prob = torch.softmax(out.detach(), dim=-1)
             return pullback(prob * jv - prob * (prob * jv).sum(-1, keepdim=True))[0]
 
         return product
@@ -216,15 +291,20 @@ class PredictionHessian(CurvatureOperator):
         def weighted_logits(params: Params) -> Tensor:
             return (self.logits(params, x) * g).sum()
 
-        return lambda tangent: jvp(grad(weighted_logits), (self.params,), (tangent,))[1]
+        return second_order_product(weighted_logits, self.params, self.hvp)
 
 
 _OPERATORS = {"hessian": Hessian, "gradient_covariance": GradientCovariance,
               "prediction_hessian": PredictionHessian}
 
 
-def _batch_source(data, batch_size: int | None) -> Callable[[], Iterable]:
-    """A callable returning a fresh iterable of (inputs, targets) batches."""
+def _batch_source(data, batch_size: int | None,
+                  resident: tuple[torch.device, torch.dtype] | None) -> Callable[[], Iterable]:
+    """A callable returning a fresh iterable of (inputs, targets) batches; with ``resident``
+    = (device, dtype) a pair of tensors is moved and cast there once, not per product."""
+    if resident is not None and not isinstance(data, (tuple, list)):
+        raise HspecError("resident: needs data as an (inputs, targets) pair of tensors, "
+                         f"got {type(data).__name__}")
     if isinstance(data, DataLoader):
         if batch_size is not None:
             raise HspecError("batch_size: cannot be given with a DataLoader "
@@ -244,6 +324,10 @@ def _batch_source(data, batch_size: int | None) -> Callable[[], Iterable]:
         if targets.dtype != torch.int64 or targets.ndim != 1:
             raise HspecError("data: targets must be a 1-D int64 tensor of class indices, "
                              f"got dtype {targets.dtype} and shape {tuple(targets.shape)}")
+        if resident is not None:
+            device, dtype = resident
+            inputs = inputs.to(device, dtype if inputs.is_floating_point() else None)
+            targets = targets.to(device)
         return lambda: zip(inputs.split(size), targets.split(size))
     raise HspecError("data: expected an (inputs, targets) pair of tensors, a torch "
                      f"Dataset or a DataLoader, got {type(data).__name__}")
@@ -252,7 +336,9 @@ def _batch_source(data, batch_size: int | None) -> Callable[[], Iterable]:
 def curvature_operator(model: nn.Module, data, component: str = "hessian", *,
                        batch_size: int | None = None, dtype: torch.dtype | None = None,
                        device: torch.device | str | None = None,
-                       distributed: bool = False, block_size: int = 1) -> CurvatureOperator:
+                       distributed: bool = False, block_size: int = 1,
+                       hvp: str = "auto", tf32: bool = False, resident: bool = False,
+                       compile: bool = False) -> CurvatureOperator:
     """The averaged curvature matrix of ``model`` on ``data`` as a linear operator.
 
     Args:
@@ -270,7 +356,24 @@ def curvature_operator(model: nn.Module, data, component: str = "hessian", *,
             :mod:`hspec.distributed`); products are summed over all ranks with an
             all-reduce and divided by the total count, so every rank gets A v.
         block_size: columns of ``matmat`` pushed through one vectorized (vmap) pass;
-            faster for several vectors, at block_size × the activation memory.
+            faster for several vectors, at block_size × the activation memory: the knob
+            that keeps a block product under a memory budget.
+        hvp: how H v and R v are differentiated, one of :data:`HVP_MODES`, or ``"auto"``
+            (default): the device's fastest as measured (:data:`AUTO_HVP`). All are exact
+            and agree to rounding; ``"reverse-over-forward"`` takes the fewest matrix
+            products for one vector, ``"reverse-over-reverse"`` the fewest per column of a
+            block (see the module docstring and benchmarks/README.md). The mode used is
+            ``.hvp`` of the result.
+        tf32: float32 products on CUDA use TF32 tensor cores (faster, ~1e-4 relative
+            error per product); False forces full float32 there, including convolutions
+            (which PyTorch otherwise runs in TF32 by default). Ignored off CUDA.
+        resident: move and cast the whole (inputs, targets) pair to ``device`` once, at
+            construction, instead of each batch at each product.
+        compile: ``torch.compile`` the per-batch product: a one-time compile (seconds to
+            minutes, once per batch shape and block width) for faster products after it;
+            pays only for long runs (benchmarks/README.md: torch.compile). All operators
+            of a process share PyTorch's recompile limit
+            (``torch._dynamo.config.recompile_limit``); past it products run eagerly.
 
     Returns:
         A :class:`CurvatureOperator` with ``.dim``, ``.matvec(v)`` and ``.matmat(V)``.
@@ -285,6 +388,7 @@ def curvature_operator(model: nn.Module, data, component: str = "hessian", *,
         first = next(model.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
     device = torch.empty(0, device=device).device  # "cuda" -> "cuda:0", as tensors report
-    return _OPERATORS[component](model, _batch_source(data, batch_size),
-                                 dtype=dtype, device=device, distributed=distributed,
-                                 block_size=block_size)
+    source = _batch_source(data, batch_size, (device, dtype) if resident else None)
+    return _OPERATORS[component](model, source, dtype=dtype, device=device,
+                                 distributed=distributed, block_size=block_size, hvp=hvp,
+                                 tf32=tf32, compile=compile)

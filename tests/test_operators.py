@@ -6,7 +6,7 @@ from torch import nn
 
 from hspec import HspecError, curvature_operator
 from hspec.exact import dense_matrices
-from hspec.operators import COMPONENTS
+from hspec.operators import AUTO_HVP, COMPONENTS, HVP_MODES, float32_matmul
 
 N = 20
 
@@ -59,6 +59,42 @@ def test_matvec_equals_dense(problem, component, batch_size):
     v = torch.randn(op.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     assert rel(op.matvec(v), dense[component] @ v) <= 1e-10
     assert model.training, "the model's training flag must be restored"
+
+
+@pytest.mark.parametrize("component", ["hessian", "prediction_hessian"])
+@pytest.mark.parametrize("hvp", HVP_MODES)
+def test_every_hvp_mode_equals_dense(problem, component, hvp):
+    model, x, y, dense = problem
+    op = curvature_operator(model, (x, y), component, batch_size=7, dtype=torch.float64,
+                            hvp=hvp, block_size=2)
+    V = torch.randn(op.dim, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    assert rel(op.matvec(V[:, 0]), dense[component] @ V[:, 0]) <= 1e-10
+    assert rel(op.matmat(V), dense[component] @ V) <= 1e-10  # vmap blocks of 2, then 1
+
+
+def test_resident_data_give_the_same_products(problem):
+    model, x, y, dense = problem
+    op = curvature_operator(model, (x, y), "hessian", batch_size=7, dtype=torch.float64,
+                            resident=True)
+    v = torch.randn(op.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    assert rel(op.matvec(v), dense["hessian"] @ v) <= 1e-10
+    with pytest.raises(HspecError, match="resident: needs data as an"):
+        curvature_operator(model, torch.utils.data.TensorDataset(x, y), resident=True)
+
+
+def test_tf32_flags_are_set_for_the_products_and_restored():
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = matmul.allow_tf32, cudnn.allow_tf32
+    try:
+        matmul.allow_tf32, cudnn.allow_tf32 = False, True  # PyTorch's defaults
+        for tf32 in (True, False):
+            with float32_matmul(torch.device("cuda"), tf32):
+                assert (matmul.allow_tf32, cudnn.allow_tf32) == (tf32, tf32)
+            assert (matmul.allow_tf32, cudnn.allow_tf32) == (False, True)
+        with float32_matmul(torch.device("cpu"), True):
+            assert (matmul.allow_tf32, cudnn.allow_tf32) == (False, True)
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = saved
 
 
 def test_hessian_is_sum_of_components(problem):
@@ -116,6 +152,7 @@ def test_float32_is_the_default():
     x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 4, (8,))
     op = curvature_operator(model, (x, y))
     assert op.dtype == torch.float32
+    assert op.hvp == AUTO_HVP["cpu"] == "reverse-over-reverse" and not op.tf32
     assert op.matvec(torch.randn(op.dim)).dtype == torch.float32
 
 
@@ -123,6 +160,8 @@ def test_float32_is_the_default():
     ({"component": "fisher"}, "component"),
     ({"batch_size": 0}, "batch_size"),
     ({"dtype": torch.int64}, "dtype"),
+    ({"hvp": "finite-differences"}, "hvp: unknown 'finite-differences'"),
+    ({"tf32": True, "dtype": torch.float64}, "tf32: only applies to float32"),
 ])
 def test_bad_arguments_name_the_culprit(kwargs, culprit):
     x, y = torch.randn(4, 1, 6, 6), torch.randint(0, 4, (4,))

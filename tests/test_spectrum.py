@@ -5,17 +5,13 @@ import pytest
 import torch
 from torch import nn
 
-from hspec import HspecError, curvature_operator, spectral_density
+from hspec import HspecError, analysis, curvature_operator, spectral_density
 from hspec.density import gaussian_density, smoothing_width
 
 
 def wasserstein1(atoms, masses, eigenvalues):
     """W1 between a weighted point set and the uniform measure on the eigenvalues."""
-    x = np.concatenate([atoms, eigenvalues])
-    signed = np.concatenate([masses, -np.full(len(eigenvalues), 1 / len(eigenvalues))])
-    order = np.argsort(x)
-    cdf_gap = np.cumsum(signed[order])
-    return float(np.sum(np.abs(cdf_gap[:-1]) * np.diff(x[order])))
+    return analysis.wasserstein1(atoms, masses, eigenvalues, np.ones(len(eigenvalues)))
 
 
 def kpm_atoms(result):

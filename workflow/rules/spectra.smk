@@ -25,7 +25,10 @@ rule spectrum:
         deflation=SPECTRUM["deflation"],
         k=SPECTRUM["k"],
         batch_size=SPECTRUM["batch_size"],
-        dtype=SPECTRUM["dtype"],
+        precision=SPECTRUM["precision"],
+        hvp=SPECTRUM["hvp"],
+        resident="--resident" if SPECTRUM["resident"] else "",
+        compile="--compile" if SPECTRUM["compile"] else "",
         device=config["device"],
         seed=config["seed"],
         checkpoint_interval=SPECTRUM["checkpoint_interval"],
@@ -46,6 +49,7 @@ rule spectrum:
         "--bound-steps {params.bound_steps} --margin {params.margin} "
         "--points {params.points} --n-vec {params.n_vec} "
         "--iterations {params.iterations} --deflation {params.deflation} --k {params.k} "
-        "--batch-size {params.batch_size} --dtype {params.dtype} "
+        "--batch-size {params.batch_size} --precision {params.precision} "
+        "--hvp {params.hvp} {params.resident} {params.compile} "
         "--device {params.device} --seed {params.seed} "
         "--checkpoint-interval {params.checkpoint_interval} --quiet --out {output} > {log} 2>&1"
