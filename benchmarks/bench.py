@@ -142,6 +142,30 @@ def measure(fn, device: torch.device, repeats: int, warmup: int = 1) -> dict:
             **memory, "result": result}
 
 
+def measure_interleaved(fns: dict, device: torch.device, repeats: int,
+                        warmup: int = 1) -> dict:
+    """:func:`measure` for several functions, their runs interleaved (round robin), so a
+    change in a shared machine's load during the runs hits every function alike."""
+    calls: dict = {key: [] for key in fns}
+    for round_ in range(warmup + repeats):
+        for key, fn in fns.items():
+            call = measure(fn, device, repeats=1, warmup=0)
+            if round_ >= warmup:
+                calls[key].append(call)
+    found = {}
+    for key, runs in calls.items():
+        def peak(field, runs=runs):
+            values = [r[field] for r in runs if r.get(field) is not None]
+            return max(values) if values else None
+
+        found[key] = {"median_s": statistics.median(r["median_s"] for r in runs),
+                      "times_s": [r["median_s"] for r in runs], "warmup": warmup,
+                      "interleaved": True, "peak_mb": peak("peak_mb"),
+                      "peak_above_before_mb": peak("peak_above_before_mb"),
+                      "memory_kind": runs[0]["memory_kind"], "result": runs[-1]["result"]}
+    return found
+
+
 def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.detach().double().cpu(), b.detach().double().cpu()
     return float((a - b).norm() / b.norm())
@@ -264,24 +288,54 @@ def bench_model(name: str, args, device: torch.device) -> dict:
         log(f"{key}: {result['median_s']:.4g} s (median of {repeats})")
         return value
 
-    record("gradient", lambda: gradient_pass(model, batches))
-    grad_s = timings["gradient"]["median_s"]
-
     generator = torch.Generator().manual_seed(args.seed + 1)
     v = torch.randn(p, generator=generator).to(device)
+
     def operator(component: str, **kwargs):
         return curvature_operator(model, (x, y), component, batch_size=args.batch_size,
                                   device=device, tf32=args.tf32, resident=True, **kwargs)
 
     ops = {c: operator(c) for c in COMPONENTS}
-    results = {c: record(c, lambda c=c: ops[c].matvec(v)) for c in COMPONENTS}
-    out["agreement"]["H_vs_G_plus_R"] = relative_difference(
-        results["gradient_covariance"] + results["prediction_hessian"], results["hessian"])
     out["default_hvp"] = default = ops["hessian"].hvp
-    for mode in (m for m in HVP_MODES if m != default):  # the default is "hessian" above
-        op = operator("hessian", hvp=mode)
-        got = record(f"hessian[{mode}]", lambda: op.matvec(v))
-        out["agreement"][f"H[{mode}]_vs_H"] = relative_difference(got, results["hessian"])
+    singles = {"gradient": lambda: gradient_pass(model, batches)}
+    singles.update({c: (lambda c=c: ops[c].matvec(v)) for c in COMPONENTS})
+    for mode in (m for m in HVP_MODES if m != default):  # the default is "hessian"
+        singles[f"hessian[{mode}]"] = (lambda op=operator("hessian", hvp=mode): op.matvec(v))
+    if args.peers:
+        for peer, build in (("pyhessian", lambda: {
+                "pyhessian_hessian": pyhessian_product(model, batches, device)}),
+                            ("curvlinops", lambda: dict(zip(
+                                ("curvlinops_hessian", "curvlinops_ggn"),
+                                curvlinops_products(model, batches, n))))):
+            try:
+                for key, product in build().items():
+                    product(v)  # a broken peer is reported, not fatal
+                    singles[key] = (lambda product=product: product(v))
+            except Exception as error:  # noqa: BLE001
+                out["errors"][peer] = "".join(traceback.format_exception_only(error))
+                log(f"{peer} failed:", out["errors"][peer])
+    log(f"{len(singles)} single products, interleaved, median of {args.repeats}")
+    results = {}
+    for key, timing in measure_interleaved(singles, device, args.repeats).items():
+        results[key] = timing.pop("result")
+        timings[key] = timing
+        log(f"{key}: {timing['median_s']:.4g} s")
+    model.zero_grad(set_to_none=True)
+    grad_s = timings["gradient"]["median_s"]
+    agreement = out["agreement"]
+    agreement["H_vs_G_plus_R"] = relative_difference(
+        results["gradient_covariance"] + results["prediction_hessian"], results["hessian"])
+    for key in results:
+        if key.startswith("hessian["):
+            agreement[f"H{key.removeprefix('hessian')}_vs_H"] = relative_difference(
+                results[key], results["hessian"])
+    for key, versus in (("pyhessian_hessian", "hessian"), ("curvlinops_hessian", "hessian"),
+                        ("curvlinops_ggn", "gradient_covariance")):
+        if key in results:
+            short = {"pyhessian_hessian": "pyhessian_vs_hspec_H",
+                     "curvlinops_hessian": "curvlinops_vs_hspec_H",
+                     "curvlinops_ggn": "curvlinops_ggn_vs_hspec_G"}[key]
+            agreement[short] = relative_difference(results[key], results[versus])
 
     block = torch.randn(p, 10, generator=generator).to(device)
     block[:, 0] = v
@@ -296,28 +350,6 @@ def bench_model(name: str, args, device: torch.device) -> dict:
         timings[key]["ten_singles_s"] = 10 * timings[fastest]["median_s"]
         timings[key]["ten_singles_note"] = f"10 × the median single {fastest} (the fastest)"
         timings[key]["block_size"] = args.block_size
-
-    if args.peers:
-        try:
-            product = pyhessian_product(model, batches, device)
-            got = record("pyhessian_hessian", lambda: product(v))
-            out["agreement"]["pyhessian_vs_hspec_H"] = relative_difference(
-                got, results["hessian"])
-        except Exception as error:  # noqa: BLE001 -- a broken peer is reported, not fatal
-            out["errors"]["pyhessian"] = "".join(traceback.format_exception_only(error))
-            log("PyHessian failed:", out["errors"]["pyhessian"])
-        try:
-            hess, ggn = curvlinops_products(model, batches, n)
-            got = record("curvlinops_hessian", lambda: hess(v))
-            out["agreement"]["curvlinops_vs_hspec_H"] = relative_difference(
-                got, results["hessian"])
-            got = record("curvlinops_ggn", lambda: ggn(v))
-            out["agreement"]["curvlinops_ggn_vs_hspec_G"] = relative_difference(
-                got, results["gradient_covariance"])
-        except Exception as error:  # noqa: BLE001
-            out["errors"]["curvlinops"] = "".join(traceback.format_exception_only(error))
-            log("curvlinops failed:", out["errors"]["curvlinops"])
-    model.zero_grad(set_to_none=True)
 
     for key, t in timings.items():
         t["ratio_to_gradient"] = t["median_s"] / grad_s
