@@ -31,12 +31,13 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log, keep going
 bench=("$python" benchmarks/bench.py --device "$device" --tf32)
 
 # 1. the operators on the device against dense float64 references, each hvp mode, TF32
-step tests 60 "$python" -m pytest -q -s tests/test_gpu.py
+step tests 50 "$python" -m pytest -q -s tests/test_gpu.py
 # 2. digits nets: modes, blocks, peers; a whole spectrum at the paper's settings with both
 #    deflations (mlp), Krylov outliers, precision policies, torch.compile
 step digits 120 "${bench[@]}" --models mlp,cnn --n 1437 --repeats 5 --peers \
   --spectrum-models "${SPECTRUM_MODELS-mlp}" \
-  --outlier-models mlp,cnn --precision-models mlp --compile-models mlp,cnn \
+  --outlier-models mlp,cnn --precision-models mlp --compile-models mlp \
+  --compile-modes reverse-over-forward,forward-over-reverse,reverse-over-reverse \
   --out "$out/digits.json" --markdown "$out/digits.md"
 # 3. VGG11 (ratios do not depend on N; the paper's 50,000 takes 2.5× longer): every
 #    product, mode and block of 10, and the peers
@@ -48,7 +49,7 @@ step resnet18 120 "${bench[@]}" --models resnet18 --n "${N_RESNET:-10000}" --bat
   --repeats 3 --block-repeats 1 --block-size 5 --peers --spectrum-models "" \
   --out "$out/resnet18.json" --markdown "$out/resnet18.md"
 # 5. VGG11 on fewer examples: Krylov outliers against a 1e-8 run, precision, compile
-step vgg11-small 150 "${bench[@]}" --models vgg11 --n "${N_SMALL:-1000}" --batch-size 1000 \
+step vgg11-small 180 "${bench[@]}" --models vgg11 --n "${N_SMALL:-1000}" --batch-size 1000 \
   --repeats 3 --block-modes "" --spectrum-models "" --outlier-models vgg11 \
   --precision-models vgg11 --compile-models vgg11 --steps 64 \
   --out "$out/vgg11-small.json" --markdown "$out/vgg11-small.md"

@@ -58,10 +58,12 @@ from hspec.errors import HspecError
 COMPONENTS = ("hessian", "gradient_covariance", "prediction_hessian")
 HVP_MODES = ("reverse-over-forward", "forward-over-reverse", "reverse-over-reverse")
 #: ``hvp="auto"``: the mode measured fastest on each kind of device (benchmarks/README.md):
-#: on one CPU core reverse-over-reverse (2.8–3.3× a gradient pass on the four nets, against
-#: 3.0–4.0× for forward-over-reverse); on an H200, forward-over-reverse (VGG11 and ResNet18
-#: 2.2–2.5 s and 6.4 s per product, against 2.5 s and 12.9 s by double backward).
-AUTO_HVP = {"cpu": "reverse-over-reverse", "cuda": "forward-over-reverse"}
+#: on one CPU core reverse-over-forward, the one with the fewest matrix products (fastest
+#: on cnn, VGG11 and ResNet18, within 3% of the fastest on mlp); on an H200,
+#: forward-over-reverse (2.2–2.5 s and 6.4 s per product for VGG11 and ResNet18, against
+#: 2.5 s and 12.9 s by PyHessian's double backward; reverse-over-forward not yet measured
+#: there: benchmarks/gpu.sh does).
+AUTO_HVP = {"cpu": "reverse-over-forward", "cuda": "forward-over-reverse"}
 #: the precision policies of the command line and the workflow, as curvature_operator arguments
 PRECISIONS = {"float32": {"dtype": torch.float32, "tf32": False},
               "tf32": {"dtype": torch.float32, "tf32": True},
@@ -140,7 +142,7 @@ class CurvatureOperator:
             raise HspecError(f"tf32: only applies to float32, not {dtype}")
         self.hvp = hvp
         self.tf32 = tf32
-        self._compiled = torch.compile(self._batch_block) if compile else None
+        self._compiled = torch.compile(self._batch_block, dynamic=False) if compile else None
         self.distributed = distributed
         self.block_size = block_size
         self.model = model

@@ -148,7 +148,7 @@ def test_spectrum_writes_a_zarr_group_and_cleans_its_checkpoint(tmp_path: Path) 
                      "--precision", "float64", "--resident", "--quiet", "--out", str(out)]) == 0
     arrays, attrs = read_spectrum(out)
     assert (attrs["precision"], attrs["hvp"], attrs["settings"]["dtype"]) == (
-        "float64", "reverse-over-reverse", "float64")
+        "float64", "reverse-over-forward", "float64")
     assert len(arrays["outliers"]) == 2 and len(arrays["grid"]) == 64
     assert (attrs["split"], attrs["component"], attrs["n_samples"]) == ("test", "gradient_covariance", 360)
     assert attrs["hvp_count"] == 2 + 8 + 2 * 3 + 12
