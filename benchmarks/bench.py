@@ -179,9 +179,11 @@ def version(package: str) -> str | None:
 
 
 # -- data and models ------------------------------------------------------------------
-def load_data(name: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+def load_data(name: str, n: int, seed: int, separation: float = 0.0
+              ) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Digits nets: the real digits train split (its first n examples); the others:
-    CIFAR-shaped random data, 3×32×32 Gaussian inputs with uniform labels of 10 classes."""
+    CIFAR-shaped random data, 3×32×32 Gaussian inputs with uniform labels of 10 classes,
+    plus ``separation`` × a random unit-variance mean image per class (0: no structure)."""
     if name in DIGITS_MODELS:
         from hspec.data import load_split
 
@@ -190,11 +192,15 @@ def load_data(name: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor,
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 3, 32, 32, generator=generator)
     y = torch.randint(0, 10, (n,), generator=generator)
-    return x, y, "random CIFAR-shaped data (3×32×32 Gaussian inputs, 10 uniform labels)"
+    if separation:
+        x += separation * torch.randn(10, 3, 32, 32, generator=generator)[y]
+    return x, y, ("random CIFAR-shaped data (3×32×32 Gaussian inputs, 10 uniform labels"
+                  + (f", class means × {separation:g})" if separation else ")"))
 
 
 def build_model(name: str, x: torch.Tensor, y: torch.Tensor, epochs: int,
-                batch_size: int, seed: int, device: torch.device) -> tuple[nn.Module, dict]:
+                batch_size: int, seed: int, device: torch.device,
+                lr: float = 0.05) -> tuple[nn.Module, dict]:
     """The network with seeded weights; ``epochs`` of plain SGD on (x, y) first, so the
     spectrum has the trained shape (bulk plus outliers). Returned in eval mode."""
     from hspec.models import create
@@ -202,9 +208,9 @@ def build_model(name: str, x: torch.Tensor, y: torch.Tensor, epochs: int,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = create(name, x.shape[1], 10).to(device)
-    info = {"train_epochs": epochs}
+    info = {"train_epochs": epochs, "train_lr": lr}
     if epochs:
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
         generator = torch.Generator().manual_seed(seed)
         model.train()
         for _ in range(epochs):
@@ -267,11 +273,12 @@ def curvlinops_products(model, batches, n):
 # -- one model ------------------------------------------------------------------------
 def bench_model(name: str, args, device: torch.device) -> dict:
     n = args.n if name not in DIGITS_MODELS else min(args.n, 1437)
-    x, y, data_note = load_data(name, n, args.seed)
+    x, y, data_note = load_data(name, n, args.seed, args.separation)
     n = len(y)
     x, y = x.to(device), y.to(device)
-    epochs = args.train_epochs if name in DIGITS_MODELS else 0
-    model, train_info = build_model(name, x, y, epochs, args.batch_size, args.seed, device)
+    epochs = args.train_epochs if name in DIGITS_MODELS else args.train_epochs_cifar
+    model, train_info = build_model(name, x, y, epochs, args.batch_size, args.seed, device,
+                                    args.train_lr)
     batches = list(zip(x.split(args.batch_size), y.split(args.batch_size)))
     p = sum(t.numel() for t in model.parameters() if t.requires_grad)
     out: dict = {"model": name, "params": p, "n": n, "batch_size": args.batch_size,
@@ -728,6 +735,13 @@ def main(argv: list[str] | None = None) -> dict:
                         help="hvp modes whose block of 10 is timed (default: all)")
     parser.add_argument("--block-size", type=int, default=10,
                         help="block_size of the block products (vmap width; the memory knob)")
+    parser.add_argument("--train-lr", type=float, default=0.05,
+                        help="SGD learning rate of that training (momentum 0.9)")
+    parser.add_argument("--train-epochs-cifar", type=int, default=0,
+                        help="SGD epochs for the CIFAR-shaped nets (default: 0, as initialized)")
+    parser.add_argument("--separation", type=float, default=0.0,
+                        help="class structure of the CIFAR-shaped data: each class's inputs "
+                             "get separation × a random mean image (default: 0, none)")
     parser.add_argument("--spectrum-models", default=None,
                         help="models whose whole spectrum is timed, at the paper's settings "
                              "and with Krylov deflation (default: all; '' none)")
