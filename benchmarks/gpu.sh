@@ -49,11 +49,11 @@ step resnet18 120 "${bench[@]}" --models resnet18 --n "${N_RESNET:-10000}" --bat
   --repeats 3 --block-repeats 1 --block-size 5 --peers --spectrum-models "" \
   --out "$out/resnet18.json" --markdown "$out/resnet18.md"
 # 5. VGG11 on fewer examples: Krylov outliers against a 1e-8 run, precision, compile
-step vgg11-small 150 "${bench[@]}" --models vgg11 --n "${N_SMALL:-1000}" --batch-size 1000 \
+step vgg11-small 135 "${bench[@]}" --models vgg11 --n "${N_SMALL:-1000}" --batch-size 1000 \
   --repeats 3 --block-modes "" --spectrum-models "" --outlier-models vgg11 \
   --precision-models vgg11 --compile-models vgg11 --steps 64 \
   --out "$out/vgg11-small.json" --markdown "$out/vgg11-small.md"
 # 6. float32 (no TF32) against float64 products on a trained VGG11 (1.8e-3 on the CPU)
-step product-precision 30 "$python" benchmarks/product_precision.py --model vgg11 --n 1000 \
+step product-precision 45 "$python" benchmarks/product_precision.py --model vgg11 --n 1000 \
   --device "$device"
 cat "$out/steps.txt"
