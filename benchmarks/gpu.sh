@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check of the speed work in one run, sized for one device call (at most 9.5 minutes
+# Every GPU check of the speed work in one run, sized for one device call (at most 9.8 minutes
 # on an H200; each step has its own time limit, and each writes its results as it goes, so a
 # step that runs out of time still leaves the others' results).
 #
