@@ -61,7 +61,10 @@ from hspec.outliers import top_eigenpairs  # noqa: E402
 
 DIGITS_MODELS = ("mlp", "cnn")  # 8×8 one-channel nets, run on the real digits train split
 COMPONENTS = ("hessian", "gradient_covariance", "prediction_hessian")
-SHORT = {"hessian": "H", "gradient_covariance": "G", "prediction_hessian": "R"}
+# each peer's product, the hspec product it is compared with, and the agreement's name
+PEER_AGREEMENTS = (("pyhessian_hessian", "hessian", "pyhessian_vs_hspec_H"),
+                   ("curvlinops_hessian", "hessian", "curvlinops_vs_hspec_H"),
+                   ("curvlinops_ggn", "gradient_covariance", "curvlinops_ggn_vs_hspec_G"))
 
 
 # -- measurement helpers --------------------------------------------------------------
@@ -336,13 +339,9 @@ def bench_model(name: str, args, device: torch.device) -> dict:
         if key.startswith("hessian["):
             agreement[f"H{key.removeprefix('hessian')}_vs_H"] = relative_difference(
                 results[key], results["hessian"])
-    for key, versus in (("pyhessian_hessian", "hessian"), ("curvlinops_hessian", "hessian"),
-                        ("curvlinops_ggn", "gradient_covariance")):
+    for key, versus, label in PEER_AGREEMENTS:
         if key in results:
-            short = {"pyhessian_hessian": "pyhessian_vs_hspec_H",
-                     "curvlinops_hessian": "curvlinops_vs_hspec_H",
-                     "curvlinops_ggn": "curvlinops_ggn_vs_hspec_G"}[key]
-            agreement[short] = relative_difference(results[key], results[versus])
+            agreement[label] = relative_difference(results[key], results[versus])
 
     block = torch.randn(p, 10, generator=generator).to(device)
     block[:, 0] = v
