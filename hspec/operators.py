@@ -18,6 +18,10 @@ flat vector v ∈ R^p (p = number of trainable parameters, concatenated in
   fixed, i.e. the Hessian of the predictions weighted by ∂ℓ/∂f, computed directly (not as
   H v − G v).
 
+ℓ, g_i and (diag p − p pᵀ) u come from :mod:`hspec.loss`, in forms that keep float32
+accuracy when the softmax saturates (1 − max_c p_c → 0 on a fitted train split), where
+the textbook forms, torch's cross_entropy included, lose it all.
+
 A Hessian-vector product ∇²φ(θ) v has three exact forms (``hvp=``), equal up to rounding
 but not in cost. Per linear layer y = W x of a gradient pass (3 matrix products: W x,
 Wᵀ δ, δ xᵀ) they take:
@@ -54,6 +58,7 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 from torch.utils.data import DataLoader, Dataset
 
 from hspec.errors import HspecError
+from hspec.loss import cross_entropy, logit_gradient, logit_hessian_product
 
 COMPONENTS = ("hessian", "gradient_covariance", "prediction_hessian")
 HVP_MODES = ("reverse-over-forward", "forward-over-reverse", "reverse-over-reverse")
@@ -258,7 +263,7 @@ class Hessian(CurvatureOperator):
 
     def _batch_function(self, x: Tensor, y: Tensor) -> Callable[[Params], Params]:
         def loss(params: Params) -> Tensor:
-            return nn.functional.cross_entropy(self.logits(params, x), y, reduction="sum")
+            return cross_entropy(self.logits(params, x), y)
 
         return second_order_product(loss, self.params, self.hvp)
 
@@ -280,8 +285,7 @@ class GradientCovariance(CurvatureOperator):
                 return jvp(f, (params,), (tangent,))
 
             out, pullback, jv = vjp(logits_and_jv, self.params, has_aux=True)
-            prob = torch.softmax(out.detach(), dim=-1)
-            return pullback(prob * jv - prob * (prob * jv).sum(-1, keepdim=True))[0]
+            return pullback(logit_hessian_product(out, jv))[0]
 
         return product
 
@@ -292,8 +296,7 @@ class PredictionHessian(CurvatureOperator):
 
     def _batch_function(self, x: Tensor, y: Tensor) -> Callable[[Params], Params]:
         with torch.no_grad():
-            g = torch.softmax(self.logits(self.params, x), dim=-1)
-            g[torch.arange(len(y), device=g.device), y] -= 1
+            g = logit_gradient(self.logits(self.params, x), y)
 
         def weighted_logits(params: Params) -> Tensor:
             return (self.logits(params, x) * g).sum()
