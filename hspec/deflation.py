@@ -19,6 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from hspec.errors import HspecError
+from hspec.inner_products import gram, orthonormalize
 from hspec.linear_operator import LinearOperator
 
 
@@ -40,17 +41,17 @@ def low_rank_deflation(op: LinearOperator, rank: int, iterations: int = 256, *,
     if resume is not None:
         first, q = resume["t"], resume["q"]
     else:
-        first, q = 0, torch.linalg.qr(op.randn(rank, generator=generator))[0]
+        first, q = 0, orthonormalize(op.randn(rank, generator=generator))
     for t in tqdm(range(first, iterations), desc="Deflation", disable=not progress,
                   leave=False):
         op.context = f"deflation iteration {t + 1}"
         v = op.matmat(q)
         if t < iterations - 1:
-            q = torch.linalg.qr(v)[0]
+            q = orthonormalize(v)
             if snapshot is not None:
                 snapshot({"t": t + 1, "q": q})
     op.context = ""
-    projected = (q.T @ v).to(torch.float64).cpu()
+    projected = gram(q, v).cpu()
     values, rotation = torch.linalg.eigh((projected + projected.T) / 2)
     order = torch.argsort(values, descending=True)
     return values[order].numpy(), q @ rotation[:, order].to(q)

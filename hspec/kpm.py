@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hspec.errors import HspecError
+from hspec.inner_products import dot, norm
 
 
 def jackson_damping(count: int) -> np.ndarray:
@@ -45,16 +46,16 @@ def kpm_moments(normalized, steps: int, n_vec: int, *, generator: torch.Generato
             normalized.device, normalized.dtype)
         if start_projection is not None:
             z = start_projection(z)
-        z = z / z.norm()
+        z = z / norm(z)
         v_prev, v = z, normalized.matvec(z)
-        mu0, mu1 = float(z @ z), float(z @ v)
+        mu0, mu1 = dot(z, z), dot(z, v)
         moments[0] += mu0
         moments[1] += mu1
         for k in tqdm(range(1, steps), desc=f"KPM {run + 1}/{n_vec}", disable=not progress,
                       leave=False):
             v_next = 2 * normalized.matvec(v) - v_prev
-            moments[2 * k] += 2 * float(v @ v) - mu0
-            moments[2 * k + 1] += 2 * float(v_next @ v) - mu1
+            moments[2 * k] += 2 * dot(v, v) - mu0
+            moments[2 * k + 1] += 2 * dot(v_next, v) - mu1
             v_prev, v = v, v_next
     return moments / n_vec
 

@@ -29,6 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from hspec.errors import HspecError
+from hspec.inner_products import dot, gram, norm
 from hspec.linear_operator import LinearOperator
 
 REORTH = ("none", "full")
@@ -108,7 +109,7 @@ def fast_lanczos(op: LinearOperator, steps: int, *, reorth: str = "none",
         v, v_prev, basis = resume["v"], resume["v_prev"], resume["basis"]
     else:
         v = op.randn(generator=generator) if start is None else start
-        v = v / v.norm()
+        v = v / norm(v)
         v_prev = torch.zeros_like(v)
         basis = torch.empty(op.dim, steps, dtype=op.dtype, device=op.device) \
             if reorth == "full" else None
@@ -124,12 +125,12 @@ def fast_lanczos(op: LinearOperator, steps: int, *, reorth: str = "none",
         w = op.matvec(v)
         if m > 0:
             w = w - beta[-1] * v_prev
-        alpha.append(float(v @ w))
+        alpha.append(dot(v, w))
         w = w - alpha[-1] * v
         if basis is not None:
             for _ in range(2):
-                w = w - basis[:, :m + 1] @ (basis[:, :m + 1].T @ w)
-        beta.append(float(w.norm()))
+                w = w - basis[:, :m + 1] @ gram(basis[:, :m + 1], w).to(w.dtype)
+        beta.append(norm(w))
         scale = max(scale, abs(alpha[-1]) + beta[-1] + (beta[-2] if m > 0 else 0.0))
         if beta[-1] <= tol * scale:
             beta[-1] = 0.0

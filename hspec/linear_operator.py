@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from hspec.errors import HspecError
+from hspec.inner_products import dot, gram, norm
 
 
 class LinearOperator:
@@ -92,8 +93,8 @@ class LinearOperator:
         x, y = self.randn(generator=generator), self.randn(generator=generator)
         self.context = "the symmetry probe"
         ax, ay = self.matvec(x), self.matvec(y)
-        gap = abs(float(y @ ax) - float(x @ ay))
-        scale = float(ax.norm() * y.norm() + ay.norm() * x.norm())
+        gap = abs(dot(y, ax) - dot(x, ay))
+        scale = norm(ax) * norm(y) + norm(ay) * norm(x)
         tol = 10 * torch.finfo(self.dtype).eps ** 0.5
         if gap > tol * scale:
             raise HspecError(f"matvec: the operator is not symmetric (|yᵀAx − xᵀAy| = "
@@ -143,7 +144,7 @@ class Deflated(_Derived):
         self.basis = basis
 
     def project(self, V: Tensor) -> Tensor:
-        return V - self.basis @ (self.basis.T @ V)
+        return V - self.basis @ gram(self.basis, V).to(V.dtype)
 
     def matvec(self, v: Tensor) -> Tensor:
         return self.project(self.op.matvec(self.project(v)))

@@ -92,6 +92,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from hspec.errors import HspecError
+from hspec.inner_products import gram, norm
 from hspec.lanczos import LanczosRun
 from hspec.linear_operator import LinearOperator
 
@@ -130,9 +131,9 @@ def _error_bounds(theta: np.ndarray, residual: np.ndarray, wanted: np.ndarray,
 
 def _orthogonalize(w: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
     """w − basis (basisᵀ w), twice ("twice is enough"); returns (w, all coefficients)."""
-    coeffs = basis.T @ w
+    coeffs = gram(basis, w).to(w.dtype)
     w = w - basis @ coeffs
-    again = basis.T @ w
+    again = gram(basis, w).to(w.dtype)
     return w - basis @ again, coeffs + again
 
 
@@ -216,10 +217,10 @@ def top_eigenpairs(op, count: int, *, tol: float = 1e-4, max_products: int | Non
                              f"{getattr(start, 'shape', type(start).__name__)}")
         else:
             v = start.to(A.device, A.dtype)
-        norm = float(v.norm())
-        if not norm > 0 or not math.isfinite(norm):
+        length = norm(v)
+        if not length > 0 or not math.isfinite(length):
             raise HspecError("start: the start vector must be finite and nonzero")
-        V[:, 0] = v / norm
+        V[:, 0] = v / length
 
     eps = torch.finfo(A.dtype).eps
     first_products = A.hvp_count
@@ -236,7 +237,7 @@ def top_eigenpairs(op, count: int, *, tol: float = 1e-4, max_products: int | Non
         h = coeffs.to(torch.float64).cpu().numpy()
         H[:j + 1, j] = h
         H[j, :j + 1] = h
-        beta = float(w.norm())
+        beta = norm(w)
         size = j + 1
         theta, s = np.linalg.eigh(H[:size, :size])
         scale = float(np.max(np.abs(theta)))
@@ -266,7 +267,7 @@ def top_eigenpairs(op, count: int, *, tol: float = 1e-4, max_products: int | Non
             w = A.randn(generator=generator).to(A.dtype)
             for _ in range(2):
                 w, _ = _orthogonalize(w, V[:, :size])
-            w = w / w.norm()
+            w = w / norm(w)
             if size == m:  # no room: thick restart around the exact Ritz vectors
                 j = _restart(V, H, theta, s, keep)
             else:

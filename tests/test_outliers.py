@@ -121,7 +121,9 @@ def test_breakdown_on_low_rank_matrices_is_exact(spikes, count, expected_product
     assert residual.max() < 1e-12
     assert torch.allclose(vectors.T @ vectors, torch.eye(count, dtype=torch.float64),
                           atol=1e-12)
-    assert products == expected_products
+    # at most: when the last β lands just above the breakdown threshold (100·ε·scale, a
+    # matter of rounding) the residual test stops one confirmation product earlier
+    assert expected_products - 1 <= products <= expected_products
 
 
 def test_diagonal_with_repeated_eigenvalues():
