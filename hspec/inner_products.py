@@ -36,6 +36,7 @@ def gram(A: Tensor, B: Tensor) -> Tensor:
     out = blocks.to(torch.float64).sum(0).T + (a[rows:].T @ b[rows:]).to(torch.float64)
     return out.reshape(A.shape[1:] + B.shape[1:])
 
+
 def dot(a: Tensor, b: Tensor) -> float:
     """aᵀ b for vectors of shape (p,)."""
     return float(gram(a, b))
