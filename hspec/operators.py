@@ -58,6 +58,7 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 from torch.utils.data import DataLoader, Dataset
 
 from hspec.errors import HspecError
+from hspec.linear_operator import SymmetricOperator, check_dtype
 from hspec.loss import cross_entropy, logit_gradient, logit_hessian_product
 
 COMPONENTS = ("hessian", "gradient_covariance", "prediction_hessian")
@@ -74,6 +75,8 @@ PRECISIONS = {"float32": {"dtype": torch.float32, "tf32": False},
               "tf32": {"dtype": torch.float32, "tf32": True},
               "float64": {"dtype": torch.float64, "tf32": False}}
 DEFAULT_BATCH_SIZE = 512
+SUPPORTED_DATA = ("supported: an (inputs, targets) pair of tensors, or a Dataset or "
+                  "DataLoader yielding such pairs")
 
 Params = dict[str, Tensor]
 
@@ -119,11 +122,14 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             module.training = flag
 
 
-class CurvatureOperator:
+class CurvatureOperator(SymmetricOperator):
     """A symmetric p×p curvature matrix of a model on a data split, applied matrix-free.
 
     Subclasses implement :meth:`_batch_function`, the *sum* over one batch of the
     per-example matrices applied to a tangent (a dict shaped like the parameters).
+    Every batch is checked before it is used: an (inputs, targets) pair of tensors,
+    int64 targets in [0, C) where C ≥ 2 is the width of the model's (N, C) logits
+    (checked by one forward pass of the first batch, once).
 
     Attributes:
         dim: number of trainable parameters p (the operator is dim × dim).
@@ -151,9 +157,10 @@ class CurvatureOperator:
         self.distributed = distributed
         self.block_size = block_size
         self.model = model
-        self.dtype = dtype
+        self.dtype = check_dtype(dtype)  # _cast needs it before the base's __init__
         self.device = device
         self._batches = batches
+        self._classes: int | None = None
         trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
         if not trainable:
             raise HspecError("model: it has no parameter with requires_grad=True")
@@ -163,7 +170,7 @@ class CurvatureOperator:
                                   {**frozen, **dict(model.named_buffers())}.items()}
         self._shapes = [p.shape for p in self.params.values()]
         self._numels = [p.numel() for p in self.params.values()]
-        self.dim = sum(self._numels)
+        super().__init__(sum(self._numels), dtype=dtype, device=device)
 
     def _cast(self, t: Tensor) -> Tensor:
         t = t.detach().to(self.device)
@@ -177,20 +184,6 @@ class CurvatureOperator:
     @staticmethod
     def _flatten(tangent: Params) -> Tensor:
         return torch.cat([t.reshape(-1) for t in tangent.values()])
-
-    def _check_vectors(self, v: Tensor, name: str, ndim: int) -> None:
-        if not isinstance(v, Tensor):
-            raise HspecError(f"{name}: expected a torch.Tensor, got {type(v).__name__}")
-        if v.ndim != ndim or v.shape[0] != self.dim:
-            want = "(dim,)" if ndim == 1 else "(dim, k)"
-            raise HspecError(f"{name}: expected shape {want} with dim={self.dim}, "
-                             f"got {tuple(v.shape)}")
-        if v.dtype != self.dtype:
-            raise HspecError(f"{name}: dtype {v.dtype} does not match the operator's "
-                             f"{self.dtype}")
-        if v.device != self.device:
-            raise HspecError(f"{name}: device {v.device} does not match the operator's "
-                             f"{self.device}")
 
     # -- the model as a function of its trainable parameters -------------------------
     def logits(self, params: Params, x: Tensor) -> Tensor:
@@ -217,16 +210,41 @@ class CurvatureOperator:
         return self._block_product(self._batch_function(x, y), V)
 
     def _iter_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
-        for x, y in self._batches():
+        for batch in self._batches():
+            x, y = _check_pair(batch)
             x = x.to(self.device)
-            yield (x.to(self.dtype) if x.is_floating_point() else x), y.to(self.device)
+            x, y = (x.to(self.dtype) if x.is_floating_point() else x), y.to(self.device)
+            self._check_targets(x, y)
+            yield x, y
 
-    # -- public interface ------------------------------------------------------------
-    def matmat(self, V: Tensor) -> Tensor:
+    def _num_classes(self, x: Tensor) -> int:
+        """C of the model's logits, from one forward pass of the first batch (once)."""
+        if self._classes is None:
+            with torch.no_grad():
+                out = self.logits(self.params, x)
+            if not isinstance(out, Tensor):
+                raise HspecError(f"model: returned a {type(out).__name__}; hspec needs a "
+                                 "model returning one (N, C) tensor of logits")
+            if out.ndim != 2 or out.shape[0] != x.shape[0] or out.shape[1] < 2:
+                raise HspecError(f"model: returned shape {tuple(out.shape)} for a batch of "
+                                 f"{x.shape[0]}; hspec needs logits of shape (N, C), C ≥ 2")
+            self._classes = out.shape[1]
+        return self._classes
+
+    def _check_targets(self, x: Tensor, y: Tensor) -> None:
+        classes = self._num_classes(x)
+        if y.numel() == 0:
+            return
+        low, high = torch.aminmax(y)
+        low, high = int(low), int(high)
+        if low < 0 or high >= classes:
+            raise HspecError(f"data: target {low if low < 0 else high} is not a class index "
+                             f"of the model's {classes} outputs (0 to {classes - 1})")
+
+    def _matmat(self, V: Tensor) -> Tensor:
         """A V for V of shape (dim, k): one pass over the data; per batch, the columns go
         through in vectorized blocks of ``block_size`` (memory grows with the block). The
         per-batch work is shared by the blocks, except when compiled (then per block)."""
-        self._check_vectors(V, "V", 2)
         blocks = torch.split(torch.arange(V.shape[1], device=V.device), self.block_size)
         out = torch.zeros_like(V)
         count = 0
@@ -248,14 +266,6 @@ class CurvatureOperator:
         if count == 0:
             raise HspecError("data: the split has no examples")
         return out / count
-
-    def matvec(self, v: Tensor) -> Tensor:
-        """A v for a flat vector v of shape (dim,)."""
-        self._check_vectors(v, "v", 1)
-        return self.matmat(v[:, None])[:, 0]
-
-    def __matmul__(self, v: Tensor) -> Tensor:
-        return self.matvec(v) if v.ndim == 1 else self.matmat(v)
 
 
 class Hessian(CurvatureOperator):
@@ -304,6 +314,20 @@ class PredictionHessian(CurvatureOperator):
         return second_order_product(weighted_logits, self.params, self.hvp)
 
 
+def _check_pair(batch) -> tuple[Tensor, Tensor]:
+    """A batch as (inputs, targets): two tensors, targets 1-D int64, one per input."""
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2
+            and all(isinstance(t, Tensor) for t in batch)):
+        raise HspecError(f"data: a batch is a {type(batch).__name__}, not an (inputs, "
+                         f"targets) pair of tensors; {SUPPORTED_DATA}")
+    x, y = batch
+    if y.dtype != torch.int64 or y.ndim != 1 or y.shape[0] != x.shape[0]:
+        raise HspecError("data: targets must be a 1-D int64 tensor of class indices, one "
+                         f"per input, got dtype {y.dtype} and shape {tuple(y.shape)} for "
+                         f"{x.shape[0]} inputs")
+    return x, y
+
+
 _OPERATORS = {"hessian": Hessian, "gradient_covariance": GradientCovariance,
               "prediction_hessian": PredictionHessian}
 
@@ -339,8 +363,7 @@ def _batch_source(data, batch_size: int | None,
             inputs = inputs.to(device, dtype if inputs.is_floating_point() else None)
             targets = targets.to(device)
         return lambda: zip(inputs.split(size), targets.split(size))
-    raise HspecError("data: expected an (inputs, targets) pair of tensors, a torch "
-                     f"Dataset or a DataLoader, got {type(data).__name__}")
+    raise HspecError(f"data: got a {type(data).__name__}; {SUPPORTED_DATA}")
 
 
 def curvature_operator(model: nn.Module, data, component: str = "hessian", *,
@@ -352,15 +375,18 @@ def curvature_operator(model: nn.Module, data, component: str = "hessian", *,
     """The averaged curvature matrix of ``model`` on ``data`` as a linear operator.
 
     Args:
-        model: a classifier returning logits of shape (batch, C); trained with
-            cross-entropy. It is evaluated in eval mode; its training flag is restored.
+        model: a classifier returning one tensor of logits of shape (batch, C), C ≥ 2;
+            trained with cross-entropy. It is evaluated in eval mode; its training flag is restored.
         data: an ``(inputs, targets)`` pair of tensors, a torch ``Dataset`` or a
-            ``DataLoader`` yielding such pairs (targets: int64 class indices).
+            ``DataLoader`` yielding such pairs (targets: int64 class indices in [0, C)).
+            Each batch is checked when used: another kind of batch, a target outside
+            [0, C) or logits not of shape (batch, C) raise one error.
         component: ``"hessian"`` (H), ``"gradient_covariance"`` (G) or
             ``"prediction_hessian"`` (R); H = G + R (paper eq. 4).
         batch_size: examples per forward pass (default 512); any value gives the
             same average.
-        dtype: floating dtype of the whole computation (default float32).
+        dtype: dtype of the whole computation: float32 (default) or float64 (Lanczos
+            needs at least float32's precision; float16 and bfloat16 are refused).
         device: where the products run (default: the device of the model's parameters).
         distributed: ``data`` is this rank's shard of the split (see
             :mod:`hspec.distributed`); products are summed over all ranks with an
@@ -390,10 +416,7 @@ def curvature_operator(model: nn.Module, data, component: str = "hessian", *,
     """
     if component not in _OPERATORS:
         raise HspecError(f"component: unknown {component!r}; valid: {', '.join(COMPONENTS)}")
-    if dtype is None:
-        dtype = torch.float32
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise HspecError(f"dtype: must be a floating torch.dtype, got {dtype!r}")
+    dtype = check_dtype(torch.float32 if dtype is None else dtype)
     if device is None:
         first = next(model.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")

@@ -153,7 +153,7 @@ def spectral_density(matvec, dim: int | None = None, *, method: str = "lanczos",
         iterations: subspace iterations T of Alg. 5. k: smoothing constant (Alg. 3).
         seed: seeds every random vector (drawn on the CPU, so devices agree).
         dtype, device: of the vectors (default: the operator's, else float32 on CPU).
-        check_symmetric: probe symmetry first (two products).
+        check_symmetric: probe symmetry and determinism first (three products).
         checkpoint: a file where the computation saves its state (every
             ``checkpoint_interval`` seconds and after each stage) and from which a rerun
             with the same settings resumes (the Lanczos part of ``method="kpm"`` too, not
@@ -167,7 +167,8 @@ def spectral_density(matvec, dim: int | None = None, *, method: str = "lanczos",
         raise HspecError(f"deflation: must be one of {DEFLATIONS}, got {deflation!r}")
     for name, value, low in (("steps", steps, 2), ("bound_steps", bound_steps, 2),
                              ("points", points, 2), ("n_vec", n_vec, 1),
-                             ("iterations", iterations, 1), ("deflate", deflate, 0)):
+                             ("iterations", iterations, 1), ("deflate", deflate, 0),
+                             ("seed", seed, 0)):
         _check_int(name, value, low)
     if deflate >= op.dim:
         raise HspecError(f"deflate: must be smaller than dim = {op.dim}, got {deflate}")

@@ -8,12 +8,19 @@ per-epoch training curves.
 
 Every group is written into a temporary sibling directory and renamed into place, and its
 attributes carry ``complete: true`` last, so a killed job never leaves a group that looks
-complete; readers check the kind, the arrays and that flag, and name the path in one
-clear error otherwise.
+complete. The attributes also hold a sha256 of every array (its dtype, shape and bytes).
+
+Readers check the kind, that flag, that every array is present and matches its checksum
+(a deleted chunk file reads back as fill values, an array rewritten in place changes its
+bytes: both are caught), that every value is finite and, for a history, that all its
+arrays have one length; any failure is one error naming the path and the array. Groups
+written before checksums existed have none and are accepted when they pass every other
+check (a deleted chunk in such a group cannot be told from stored values).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -41,20 +48,31 @@ def _jsonable(value):
     return value
 
 
+def checksum(values: np.ndarray) -> str:
+    """sha256 of an array's dtype, shape and bytes (C order), as ``"sha256:<hex>"``."""
+    values = np.ascontiguousarray(values)
+    digest = hashlib.sha256(f"{values.dtype.str}{values.shape}".encode())
+    digest.update(values.tobytes())
+    return f"sha256:{digest.hexdigest()}"
+
+
 def write_group(path: Path, kind: str, arrays: Mapping[str, np.ndarray],
                 attrs: Mapping) -> None:
     """Write a Zarr v3 group of 1-D float arrays and JSON attributes, atomically."""
     with atomic_directory(path) as tmp:
         group = zarr.open_group(tmp, mode="w", zarr_format=3)
+        checksums = {}
         for name, values in arrays.items():
             group.create_array(name, data=np.asarray(values))
-        group.attrs.update(_jsonable({**attrs, "kind": kind}))
+            checksums[name] = checksum(np.asarray(values))
+        group.attrs.update(_jsonable({**attrs, "kind": kind, "checksums": checksums}))
         group.attrs["complete"] = True
 
 
 def read_group(path: Path, kind: str, arrays: tuple[str, ...]
                ) -> tuple[dict[str, np.ndarray], dict]:
-    """Read a group written by :func:`write_group`, checking that it is complete."""
+    """The named arrays and the attributes (without the checksums) of a group written by
+    :func:`write_group`, after the checks of the module docstring."""
     path = Path(path)
     try:
         group = zarr.open_group(path, mode="r", zarr_format=3)
@@ -65,7 +83,20 @@ def read_group(path: Path, kind: str, arrays: tuple[str, ...]
     except Exception as error:  # any failure here means a truncated or foreign group
         raise HspecError(f"{path}: not a readable {kind} result ({error}); delete it and "
                          "rerun the step that writes it") from error
+    checksums = attrs.pop("checksums", None)
+    for name, values in data.items():
+        _check_array(path, kind, name, values, checksums)
     return data, attrs
+
+
+def _check_array(path: Path, kind: str, name: str, values: np.ndarray,
+                 checksums: Mapping | None) -> None:
+    if checksums is not None and checksums.get(name) != checksum(values):
+        raise HspecError(f"{path}: not a readable {kind} result (array {name!r} does not "
+                         "match its checksum: missing chunk or changed data); delete it and "
+                         "rerun the step that writes it")
+    if not np.isfinite(values).all():
+        raise HspecError(f"{path}: array {name!r} of this {kind} holds NaN or Inf")
 
 
 def write_spectrum(path: Path, result, attrs: Mapping) -> None:
@@ -96,4 +127,10 @@ def write_history(path: Path, history: Mapping[str, list], attrs: Mapping) -> No
 
 
 def read_history(path: Path) -> tuple[dict[str, np.ndarray], dict]:
-    return read_group(path, "history", HISTORY_ARRAYS)
+    """The per-epoch arrays (finite, all of one length) and attributes of a history."""
+    arrays, attrs = read_group(path, "history", HISTORY_ARRAYS)
+    lengths = {name: len(values) for name, values in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        raise HspecError(f"{path}: history arrays differ in length ("
+                         + ", ".join(f"{name} {n}" for name, n in lengths.items()) + ")")
+    return arrays, attrs

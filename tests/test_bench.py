@@ -34,7 +34,7 @@ def test_bench_reports_agreeing_products_and_spectra(bench, tmp_path):
     assert {"gradient", "hessian", "hessian_block10[reverse-over-forward]"} <= set(timings)
     assert all(t["median_s"] > 0 for t in timings.values())
     spectrum = model["spectrum"]
-    assert spectrum["hvp_count"] == 2 + 8 + 2 * 3 + 12
+    assert spectrum["hvp_count"] == 3 + 8 + 2 * 3 + 12
     assert spectrum["krylov"]["bulk_w1_over_range"] < 0.05
     precision = model["precision"]
     assert precision["float64"]["outliers_max_relative_difference"] == 0

@@ -151,7 +151,7 @@ def test_spectrum_writes_a_zarr_group_and_cleans_its_checkpoint(tmp_path: Path) 
         "float64", "reverse-over-forward", "float64")
     assert len(arrays["outliers"]) == 2 and len(arrays["grid"]) == 64
     assert (attrs["split"], attrs["component"], attrs["n_samples"]) == ("test", "gradient_covariance", 360)
-    assert attrs["hvp_count"] == 2 + 8 + 2 * 3 + 12
+    assert attrs["hvp_count"] == 3 + 8 + 2 * 3 + 12
     assert not list(tmp_path.glob("*.ckpt"))
     # bad input: one line, status 2
     assert cli.main(["spectrum", "--model", str(run / "model.pt"), "--dataset", "mnist", "--split", "test",

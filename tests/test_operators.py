@@ -197,3 +197,96 @@ def test_vectorized_blocks_equal_single_products(problem, component):
                             block_size=3)
     V = torch.randn(op.dim, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     assert rel(op.matmat(V), dense[component] @ V) <= 1e-10
+
+
+# --- what the operators accept: checks of the model, the data and the dtype ---------
+
+class AlwaysDropout(nn.Module):
+    """Dropout that ignores eval mode: a stochastic operator."""
+
+    def forward(self, x):
+        return nn.functional.dropout(x, 0.5, training=True)
+
+
+class Pair(nn.Module):
+    def forward(self, x):
+        return x.flatten(1)[:, :4], x
+
+
+class DictData(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return {"x": torch.randn(1, 6, 6), "y": 0}
+
+
+def small_data(n=4):
+    return torch.randn(n, 1, 6, 6), torch.randint(0, 4, (n,))
+
+
+def test_the_operator_base_checks_inputs_and_counts_products():
+    from hspec.linear_operator import SymmetricOperator
+    op = curvature_operator(tiny_mlp(), small_data())
+    assert isinstance(op, SymmetricOperator)
+    V = torch.randn(op.dim, 3)
+    assert torch.allclose(op @ V, torch.stack([op @ c for c in V.T], 1), atol=1e-6)
+    assert op.hvp_count == 3 + 3
+    with pytest.raises(HspecError, match=r"V: expected shape \(dim, k\)"):
+        op.matmat(torch.randn(op.dim))
+    assert op.hvp_count == 6
+
+
+@pytest.mark.parametrize("model, shape", [
+    (nn.Sequential(nn.Flatten(), nn.Linear(36, 1), nn.Flatten(0)), r"\(4,\)"),
+    (nn.Sequential(nn.Flatten(), nn.Linear(36, 1)), r"\(4, 1\)"),
+])
+def test_logits_that_are_not_n_by_c_are_refused(model, shape):
+    op = curvature_operator(model, small_data())
+    with pytest.raises(HspecError, match=rf"model: returned shape {shape} for a batch of 4; "
+                       r"hspec needs logits of shape \(N, C\), C ≥ 2"):
+        op.matvec(torch.randn(op.dim))
+
+
+def test_a_model_returning_a_tuple_is_refused():
+    model = nn.Sequential(nn.Linear(1, 1), Pair())
+    op = curvature_operator(model, (torch.randn(4, 1), torch.zeros(4, dtype=torch.int64)))
+    with pytest.raises(HspecError, match=r"model: returned a tuple; hspec needs a model "
+                       r"returning one \(N, C\) tensor of logits"):
+        op.matvec(torch.randn(op.dim))
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+@pytest.mark.parametrize("label", [4, -1])
+def test_targets_outside_the_classes_are_refused(component, label):
+    x, y = small_data(8)
+    y[5] = label
+    op = curvature_operator(tiny_mlp(), (x, y), component, batch_size=3)
+    with pytest.raises(HspecError, match=rf"data: target {label} is not a class index of "
+                       r"the model's 4 outputs \(0 to 3\)"):
+        op.matvec(torch.randn(op.dim))
+
+
+def test_a_dataset_of_dicts_is_refused_saying_what_is_supported():
+    op = curvature_operator(tiny_mlp(), DictData())
+    with pytest.raises(HspecError, match=r"data: a batch is a dict, not an \(inputs, "
+                       r"targets\) pair of tensors; supported: .* Dataset or DataLoader"):
+        op.matvec(torch.randn(op.dim))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_refused(dtype):
+    with pytest.raises(HspecError, match="dtype: must be torch.float32 or torch.float64"):
+        curvature_operator(tiny_mlp(), small_data(), dtype=dtype)
+
+
+def test_a_stochastic_operator_fails_the_probe():
+    from hspec import spectral_density
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 7), AlwaysDropout(), nn.Linear(7, 4))
+    op = curvature_operator(model, small_data(), dtype=torch.float64)
+    with pytest.raises(HspecError, match="the operator is not deterministic: two products "
+                       "with the same vector differ"):
+        spectral_density(op, steps=4, bound_steps=4, points=8)
+    deterministic = curvature_operator(tiny_mlp(), small_data())
+    deterministic.check_symmetric(torch.Generator().manual_seed(0))
+    assert deterministic.hvp_count == 3

@@ -98,8 +98,8 @@ def test_paper_cost_and_reproducibility(spiked):
     run = lambda: spectral_density(lambda v: matrix @ v, 2000, deflate=3, iterations=50,
                                    dtype=torch.float64, seed=7)
     first, second = run(), run()
-    # symmetry probe (2) + NORMALIZATION (64) + deflation (3 × 50) + Lanczos (256)
-    assert first.hvp_count == 2 + 64 + 150 + 256
+    # symmetry probe (3) + NORMALIZATION (64) + deflation (3 × 50) + Lanczos (256)
+    assert first.hvp_count == 3 + 64 + 150 + 256
     assert np.array_equal(first.density, second.density)
     assert first.settings["deflate"] == 3 and first.settings["steps"] == 256
 
@@ -154,7 +154,7 @@ def test_nan_names_the_iteration():
 
     def matvec(v):
         calls.append(1)
-        return v * float("nan") if len(calls) == 12 else torch.linspace(0, 1, 50) * v
+        return v * float("nan") if len(calls) == 13 else torch.linspace(0, 1, 50) * v
 
     with pytest.raises(HspecError, match="Normalization iteration 10"):
         spectral_density(matvec, 50)
@@ -180,5 +180,11 @@ def test_krylov_deflation_matches_exact_outliers_with_few_products(problem):
     spread = exact[-1] - exact[0]
     atoms, masses = result.atoms()
     assert wasserstein1(atoms, masses, exact) <= 0.01 * spread
-    # probe + normalization + Lanczos = 322; the paper's Alg. 5 would add 3 × 256
-    assert result.hvp_count - 322 <= 4 * 3 + 64
+    # probe + normalization + Lanczos = 323; the paper's Alg. 5 would add 3 × 256
+    assert result.hvp_count - 323 <= 4 * 3 + 64
+
+
+@pytest.mark.parametrize("seed", ["a", 1.5, None, True, -1])
+def test_a_seed_that_is_not_a_non_negative_integer_is_refused(seed):
+    with pytest.raises(HspecError, match=f"seed: must be an integer ≥ 0, got {seed!r}"):
+        spectral_density(lambda v: v, 10, seed=seed)
