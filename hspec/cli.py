@@ -93,8 +93,9 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train one network with the paper's recipe (resumes an interrupted run)",
         description="Train with SGD (paper, Section 3.1 and Table 1), writing OUT/checkpoint.pt and "
-        "OUT/history.zarr after every epoch and OUT/model.pt at the end. Rerunning with the same options "
-        "resumes from OUT/checkpoint.pt.",
+        "OUT/history.zarr after every epoch and OUT/model.pt at the end, then removing OUT/checkpoint.pt. "
+        "Rerunning with the same options resumes an interrupted run from OUT/checkpoint.pt (a checkpoint "
+        "of other options is discarded) and leaves a finished one as it is. A non-finite loss stops the run.",
     )
     _add_data_options(parser)
     parser.add_argument("--arch", required=True, metavar="NAME",

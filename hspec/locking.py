@@ -26,8 +26,9 @@ _held: dict[Path, int] = {}  # lock file -> nesting depth in this process
 
 
 def lock_file(path: str | os.PathLike[str], tag: str = "") -> Path:
-    """The lock file of `path`: `.NAME{tag}.lock` in its parent directory."""
-    path = Path(path).absolute()
+    """The lock file of `path`: `.NAME{tag}.lock` in its parent directory, symbolic links and
+    `..` resolved first (every spelling of one output shares one lock)."""
+    path = Path(path).resolve()
     return path.parent / f".{path.name}{tag}.lock"
 
 

@@ -124,6 +124,15 @@ def test_every_command_locks_its_output(tmp_path: Path, capsys: pytest.CaptureFi
     assert not out.exists()
 
 
+def test_every_spelling_of_an_output_shares_its_lock(tmp_path: Path, capsys: pytest.CaptureFixture, holder) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    other = holder(tmp_path / "link" / "run")
+    err = one_line_error(capsys, [*TRAIN, "--lr", "0.1", "--out", str(tmp_path / "real" / ".." / "real" / "run")])
+    assert f"is being written by another process (pid {other.pid})" in err
+    assert not (tmp_path / "real" / "run").exists()
+
+
 # --- Snakemake -------------------------------------------------------------------------------
 
 
