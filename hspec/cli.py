@@ -6,7 +6,9 @@ examples per class) prints one line to stderr and exits with status 2.
 """
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 import torch
 
 import hspec
-from hspec import data, distributed, models, store, training
+from hspec import data, distributed, locking, models, store, training
 from hspec.operators import COMPONENTS, HVP_MODES, PRECISIONS
 from hspec.spectrum import DEFLATIONS, METHODS
 from hspec.atomic import atomic_write
@@ -91,8 +93,9 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train one network with the paper's recipe (resumes an interrupted run)",
         description="Train with SGD (paper, Section 3.1 and Table 1), writing OUT/checkpoint.pt and "
-        "OUT/history.zarr after every epoch and OUT/model.pt at the end. Rerunning with the same options "
-        "resumes from OUT/checkpoint.pt.",
+        "OUT/history.zarr after every epoch and OUT/model.pt at the end, then removing OUT/checkpoint.pt. "
+        "Rerunning with the same options resumes an interrupted run from OUT/checkpoint.pt (a checkpoint "
+        "of other options is discarded) and leaves a finished one as it is. A non-finite loss stops the run.",
     )
     _add_data_options(parser)
     parser.add_argument("--arch", required=True, metavar="NAME",
@@ -155,15 +158,30 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _device(name: str) -> torch.device:
+    """The torch device `name` names (auto: cuda if available, else cpu); one clear line if
+    the name is invalid or no such device is available here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError as error:
         raise HspecError(f"invalid --device {name!r}: {error}") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise HspecError(f"--device {name!r} but no CUDA device is available")
+    count = _device_count(device.type)
+    if count == 0:
+        raise HspecError(f"--device {name!r} but no {device.type} device is available")
+    if device.index is not None and device.index >= count:
+        raise HspecError(f"--device {name!r} but only {count} {device.type} device(s) are available")
     return device
+
+
+def _device_count(kind: str) -> int:
+    """How many devices of type `kind` (cuda, mps, xpu, ...) torch can use here; cpu: 1."""
+    if kind == "cpu":
+        return 1
+    backend = getattr(torch, kind, None)
+    if not callable(getattr(backend, "is_available", None)) or not backend.is_available():
+        return 0
+    return backend.device_count() if callable(getattr(backend, "device_count", None)) else 1
 
 
 def _add_select(subparsers: argparse._SubParsersAction) -> None:
@@ -307,12 +325,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _output_lock(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """`locking.hold` on the command's output (`--out`, else `--model-out`, else none); under
+    torchrun every rank but 0 takes its own lock, `.NAME.rankR.lock`."""
+    output = args.out if args.out is not None else getattr(args, "model_out", None)
+    if output is None:
+        return contextlib.nullcontext()
+    rank = int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    return locking.hold(output, tag=f".rank{rank}" if rank else "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the `hspec` command line on `argv` (default: sys.argv[1:]); return the exit status."""
+    """Run the `hspec` command line on `argv` (default: sys.argv[1:]); return the exit status.
+
+    The command runs holding `locking.hold` on its output (`--out`, else `--model-out`; under
+    torchrun, one lock per rank): while another process writes that output, the command
+    fails at once with one line, touching nothing.
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="hspec: %(message)s", stream=sys.stderr)
     try:
-        args.handler(args)
+        with _output_lock(args):
+            args.handler(args)
     except (HspecError, OSError) as error:
         print(f"hspec: error: {error}", file=sys.stderr)
         return 2

@@ -248,6 +248,8 @@ def subsample(targets: Tensor | np.ndarray, per_class: int, seed: int) -> np.nda
     sub-sampled without replacement for each sample size). Asking for more than a class
     holds raises an error listing how many each class has.
     """
+    if seed < 0:
+        raise HspecError(f"seed must be >= 0, got {seed}")
     labels = np.asarray(targets)
     classes, counts = np.unique(labels, return_counts=True)
     if per_class < 1 or per_class > counts.min():
@@ -264,14 +266,19 @@ def save_indices(path: str | os.PathLike[str], indices: np.ndarray) -> None:
 
 
 def load_indices(path: str | os.PathLike[str], size: int | None = None) -> np.ndarray:
-    """Read an index file written by `save_indices`; with `size`, check every index is below it."""
+    """Read an index file written by `save_indices`: a non-empty 1-D array of distinct
+    integers; with `size`, check every index is below it. Anything else is one clear error."""
     try:
         indices = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError) as error:
         raise HspecError(f"cannot read index file {str(path)!r}: {error}") from error
-    if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer):
+    if not isinstance(indices, np.ndarray) or indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer):
         raise HspecError(f"index file {str(path)!r} does not hold a 1-D array of integers")
-    if size is not None and len(indices) and (indices.min() < 0 or indices.max() >= size):
+    if not len(indices):
+        raise HspecError(f"index file {str(path)!r} holds no indices")
+    if len(np.unique(indices)) != len(indices):
+        raise HspecError(f"index file {str(path)!r} repeats indices")
+    if size is not None and (indices.min() < 0 or indices.max() >= size):
         raise HspecError(f"index file {str(path)!r} has indices outside the split's {size} examples")
     return indices
 

@@ -9,12 +9,22 @@ A run writes into its own directory:
 - `checkpoint.pt` after every epoch: model, optimizer (momentum buffers), epoch, the state of
   the generator that shuffles the data, and the history so far. The learning-rate schedule
   is a function of the epoch, so the epoch is its whole state. Rerunning a killed run
-  resumes from it and, on a CPU, ends with the same weights as an uninterrupted run.
+  resumes from it and, on a CPU, ends with the same weights as an uninterrupted run. A
+  checkpoint of other settings is discarded with a warning naming what differs, and the
+  run starts over. Once `model.pt` and `history.zarr` are written, the checkpoint is
+  removed: those two files hold the finished run.
 - `history.zarr` after every epoch: a Zarr v3 group (hspec.store) of the per-epoch
   learning rate and train/test loss and accuracy (both measured in eval mode after the
   epoch), with the run's metadata as attributes.
 - `model.pt` at the end: the final weights and the metadata (arch, in_channels,
   num_classes, dataset and the rest of the recipe), read back by `load_model`.
+
+Rerunning a finished run (`model.pt` and a complete `history.zarr` of the same settings)
+returns its history and rewrites nothing; a run with either file missing is trained again
+(or, if its checkpoint is still there, rewritten from it). A run whose loss becomes
+non-finite (a diverging learning rate) stops with an `HspecError` naming the epoch and the
+batch; the checkpoint of the last good epoch is kept and no `model.pt` is written. A run
+directory is written under `hspec.locking.hold`, so two processes never write one at once.
 
 Every file is written atomically (a temporary file in the same directory, then os.replace)
 and holds only tensors, dicts, lists, strings and numbers, so it loads with
@@ -23,6 +33,7 @@ and holds only tensors, dicts, lists, strings and numbers, so it loads with
 
 import json
 import logging
+import math
 import os
 import shutil
 from collections.abc import Iterable, Mapping
@@ -35,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from hspec import models, store
+from hspec import locking, models, store
 from hspec.atomic import atomic_write
 from hspec.errors import HspecError
 
@@ -85,9 +96,15 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         models.validate(self.arch)
-        for field in ("lr", "epochs", "batch_size", "in_channels", "num_classes"):
+        for field in ("epochs", "batch_size", "in_channels", "num_classes"):
             if not getattr(self, field) > 0:
                 raise HspecError(f"{field} must be positive, got {getattr(self, field)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise HspecError(f"lr must be a finite number > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise HspecError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise HspecError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
 
 
 def learning_rate(initial: float, epoch: int, epochs: int) -> float:
@@ -106,14 +123,34 @@ def train(
 ) -> list[dict[str, float]]:
     """Train `config.arch` on `train_set` with the paper's recipe; return the per-epoch history.
 
-    Both splits are moved to `device` whole. A `checkpoint.pt` already in `out_dir` (of the
-    same config, else a clear error) is resumed. `progress`: show a tqdm bar over epochs
-    (None: only on a terminal).
+    Both splits are moved to `device` whole. A `checkpoint.pt` in `out_dir` of the same
+    config is resumed (one of another config is discarded with a warning); a finished run
+    of the same config is returned as it is. `progress`: show a tqdm bar over epochs (None:
+    only on a terminal). Holds `locking.hold(out_dir)` throughout: an `HspecError` at once
+    if another process is writing `out_dir`.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _remove_partial_writes(out_dir)
-    metadata = asdict(config)
+    with locking.hold(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _remove_partial_writes(out_dir)
+        metadata = asdict(config)
+        finished = _finished(out_dir, metadata)
+        if finished is not None:
+            return finished
+        return _run(config, metadata, train_set, test_set, out_dir, device, progress)
+
+
+def _run(
+    config: TrainConfig,
+    metadata: dict[str, Any],
+    train_set: tuple[Tensor, Tensor],
+    test_set: tuple[Tensor, Tensor],
+    out_dir: Path,
+    device: str | torch.device,
+    progress: bool | None,
+) -> list[dict[str, float]]:
+    """Train from the checkpoint in `out_dir` (or from the start), then write history.zarr
+    and model.pt and remove the checkpoint."""
     model = _init_model(config).to(device)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
@@ -134,21 +171,61 @@ def train(
         lr = learning_rate(config.lr, epoch, config.epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        _train_epoch(model, optimizer, train_x, train_y, config.batch_size, generator)
+        losses = _train_epoch(model, optimizer, train_x, train_y, config.batch_size, generator)
         record = {"epoch": epoch + 1, "lr": lr}
         for split, (inputs, targets) in (("train", (train_x, train_y)), ("test", (test_x, test_y))):
             record[f"{split}_loss"], record[f"{split}_accuracy"] = evaluate(model, inputs, targets)
+        _check_finite(out_dir, epoch + 1, losses, record)
         history.append(record)
         epochs.set_postfix(test_accuracy=f"{record['test_accuracy']:.4f}", train_loss=f"{record['train_loss']:.3g}")
         checkpoint = {"metadata": metadata, "epoch": epoch + 1, "model": model.state_dict(),
                       "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "history": history}
         atomic_write(out_dir / CHECKPOINT_FILE, lambda file: torch.save(checkpoint, file))
-        store.write_history(out_dir / HISTORY_FILE,
-                            {name: [record[name] for record in history] for name in store.HISTORY_ARRAYS},
-                            metadata)
+        _write_history(out_dir, history, metadata)
+    if start == config.epochs:  # resumed at the final epoch: the loop wrote nothing
+        _write_history(out_dir, history, metadata)
     model_file = {"metadata": metadata, "state_dict": model.state_dict()}
     atomic_write(out_dir / MODEL_FILE, lambda file: torch.save(model_file, file))
+    (out_dir / CHECKPOINT_FILE).unlink()
     return history
+
+
+def _write_history(out_dir: Path, history: list[dict[str, float]], metadata: dict[str, Any]) -> None:
+    store.write_history(out_dir / HISTORY_FILE,
+                        {name: [record[name] for record in history] for name in store.HISTORY_ARRAYS}, metadata)
+
+
+def _finished(out_dir: Path, metadata: dict[str, Any]) -> list[dict[str, float]] | None:
+    """The history of the finished run of `metadata` in `out_dir`, or None: there is no
+    checkpoint (which would still have to be finished from), and model.pt and a complete
+    history.zarr of all epochs, both of these settings, are in place."""
+    if (out_dir / CHECKPOINT_FILE).exists() or not (out_dir / MODEL_FILE).is_file():
+        return None
+    try:
+        saved = read_history(out_dir)
+        model_metadata = _read(out_dir / MODEL_FILE, ("metadata", "state_dict"))["metadata"]
+    except HspecError:
+        return None
+    history = saved["history"]
+    if saved["metadata"] != metadata or model_metadata != metadata or len(history) != metadata["epochs"]:
+        return None
+    log.info("%s already holds the finished run; nothing to do", out_dir)
+    return history
+
+
+def _check_finite(out_dir: Path, epoch: int, losses: Tensor, record: Mapping[str, float]) -> None:
+    """A clear error naming the epoch and the first batch whose loss is not finite (or the
+    evaluation after the epoch), so a diverged run stops before its checkpoint is written."""
+    bad = (~torch.isfinite(losses)).nonzero()
+    if len(bad):
+        where = f"at batch {int(bad[0]) + 1} of {len(losses)}"
+    elif not all(math.isfinite(record[key]) for key in ("train_loss", "test_loss")):
+        where = "in the evaluation after its last batch"
+    else:
+        return
+    kept = f"; {CHECKPOINT_FILE} of epoch {epoch - 1} is kept" if epoch > 1 else ""
+    raise HspecError(f"training in {str(out_dir)!r} diverged: the loss is not finite in epoch {epoch} {where}; "
+                     f"no {MODEL_FILE} written{kept}; try a lower learning rate")
 
 
 def _remove_partial_writes(out_dir: Path) -> None:
@@ -176,7 +253,10 @@ def _resume(
     if not path.exists():
         return 0, []
     checkpoint = _read(path, ("metadata", "epoch", "model", "optimizer", "generator", "history"))
-    _check_metadata(path, checkpoint["metadata"], metadata)
+    differences = _differences(path, checkpoint["metadata"], metadata)
+    if differences:
+        log.warning("discarding checkpoint %s of other settings (%s); starting over", path, ", ".join(differences))
+        return 0, []
     _load_weights(path, model, checkpoint["model"], checkpoint["metadata"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     generator.set_state(checkpoint["generator"])
@@ -191,14 +271,19 @@ def _train_epoch(
     targets: Tensor,
     batch_size: int,
     generator: torch.Generator,
-) -> None:
-    """One pass over the examples in an order drawn from `generator`, one SGD step per batch."""
+) -> Tensor:
+    """One pass over the examples in an order drawn from `generator`, one SGD step per batch;
+    return the batch losses (kept on the device: no synchronization per batch)."""
     model.train()
     order = torch.randperm(len(targets), generator=generator).to(inputs.device)
+    losses = []
     for batch in order.split(batch_size):
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(inputs[batch]), targets[batch]).backward()
+        loss = F.cross_entropy(model(inputs[batch]), targets[batch])
+        loss.backward()
         optimizer.step()
+        losses.append(loss.detach())
+    return torch.stack(losses)
 
 
 @torch.no_grad()
@@ -256,12 +341,17 @@ def _build(path: Path, metadata: Mapping[str, Any]) -> nn.Module:
         raise HspecError(f"checkpoint {str(path)!r} has unusable metadata: {error!r}") from error
 
 
-def _check_metadata(path: Path, found: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
-    """A clear error naming `path` and every key where `found` differs from `expected`."""
+def _differences(path: Path, found: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+    """'key=found (expected value)' for every key where `found` differs from `expected`."""
     if not isinstance(found, Mapping):
         raise HspecError(f"checkpoint {str(path)!r} has no metadata dict")
-    differences = [f"{key}={found.get(key)!r} (expected {value!r})" for key, value in expected.items()
-                   if found.get(key) != value]
+    return [f"{key}={found.get(key)!r} (expected {value!r})" for key, value in expected.items()
+            if found.get(key) != value]
+
+
+def _check_metadata(path: Path, found: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
+    """A clear error naming `path` and every key where `found` differs from `expected`."""
+    differences = _differences(path, found, expected)
     if differences:
         raise HspecError(f"checkpoint {str(path)!r} does not match: {', '.join(differences)}")
 

@@ -49,7 +49,7 @@ def test_subsample_train_select_end_to_end(tmp_path: Path, capsys: pytest.Captur
     for run, lr in zip(runs, ("0.0001", "0.1")):
         assert cli.main(["train", "--dataset", "digits", "--arch", "mlp", "--indices", str(indices_file),
                          "--lr", lr, "--epochs", "3", "--device", "cpu", "--quiet", "--out", str(run)]) == 0
-        assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "history.zarr", "model.pt"]
+        assert sorted(p.name for p in run.iterdir()) == ["history.zarr", "model.pt"]
     history = training.read_history(runs[1])
     assert history["metadata"]["subset"] == data.fingerprint(indices)
     assert len(history["history"]) == 3
@@ -78,10 +78,10 @@ def test_train_uses_exactly_the_indexed_examples(tmp_path: Path) -> None:
     assert cli.main(["train", "--dataset", "digits", "--arch", "cnn", "--indices", str(tmp_path / "few.npy"),
                      "--lr", "0.05", "--epochs", "1", "--device", "cpu", "--quiet",
                      "--out", str(tmp_path / "run")]) == 0
-    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    saved = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     assert saved["metadata"]["subset"] == data.fingerprint(np.array([0, 1, 2]))
     # One SGD step on 3 examples: the BatchNorm layers counted exactly one batch.
-    assert saved["model"]["1.num_batches_tracked"].item() == 1
+    assert saved["state_dict"]["1.num_batches_tracked"].item() == 1
 
 
 @pytest.mark.parametrize(

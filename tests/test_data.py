@@ -278,6 +278,35 @@ def test_index_file_round_trip_and_errors(tmp_path: Path) -> None:
         data.load_indices(tmp_path / "text.npy")
 
 
+@pytest.mark.parametrize(("content", "message"), [
+    (np.array([], dtype=np.int64), "holds no indices"),
+    (np.array([3, 1, 3]), "repeats indices"),
+    (np.array([0, -1]), "has indices outside the split's 10 examples"),
+    (np.array([0, 10]), "has indices outside the split's 10 examples"),
+    (np.array([0.0, 1.5]), "does not hold a 1-D array of integers"),
+    (np.array([[0, 1]]), "does not hold a 1-D array of integers"),
+])
+def test_index_file_that_is_empty_repeats_or_is_out_of_range_is_refused(
+        tmp_path: Path, content: np.ndarray, message: str) -> None:
+    np.save(tmp_path / "bad.npy", content)
+    with pytest.raises(HspecError, match=f"^index file '{tmp_path / 'bad.npy'}' {message}$"):
+        data.load_indices(tmp_path / "bad.npy", size=10)
+
+
+def test_index_archive_or_empty_file_is_refused(tmp_path: Path) -> None:
+    np.savez(tmp_path / "archive.npz", indices=np.array([1, 2]))
+    with pytest.raises(HspecError, match="does not hold a 1-D array of integers"):
+        data.load_indices(tmp_path / "archive.npz")
+    (tmp_path / "empty.npy").write_bytes(b"")
+    with pytest.raises(HspecError, match="cannot read index file .*empty.npy"):
+        data.load_indices(tmp_path / "empty.npy")
+
+
+def test_subsample_refuses_a_negative_seed() -> None:
+    with pytest.raises(HspecError, match="^seed must be >= 0, got -1$"):
+        data.subsample(np.array([0, 1, 0, 1]), 1, seed=-1)
+
+
 def test_fingerprint_names_the_subset() -> None:
     assert data.fingerprint(None) == "all"
     assert data.fingerprint(np.array([1, 2])) == data.fingerprint(np.array([1, 2], dtype=np.int32))

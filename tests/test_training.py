@@ -2,7 +2,9 @@
 
 import datetime
 import logging
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import pytest
 import torch
 
 from hspec import cli, data, training
+from hspec.atomic import atomic_write
 from hspec.errors import HspecError
 from hspec.store import HISTORY_ARRAYS, write_history
 from hspec.training import TrainConfig
@@ -73,14 +76,13 @@ def test_digits_cnn_reaches_95_percent_within_a_minute(trained_cnn: tuple) -> No
     assert [record["lr"] for record in history] == [training.learning_rate(0.05, e, CNN_EPOCHS) for e in range(CNN_EPOCHS)]
 
 
-def test_run_directory_holds_model_history_and_checkpoint(trained_cnn: tuple, digits: dict) -> None:
+def test_finished_run_directory_holds_model_and_history_only(trained_cnn: tuple, digits: dict) -> None:
     run, history, _ = trained_cnn
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "history.zarr", "model.pt"]
+    assert sorted(p.name for p in run.iterdir()) == ["history.zarr", "model.pt"]
+    assert not list(run.parent.glob(".*.lock"))
     saved = training.read_history(run)
     assert saved["history"] == history
     assert saved["metadata"]["arch"] == "cnn" and saved["metadata"]["lr"] == 0.05
-    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
-    assert checkpoint["epoch"] == CNN_EPOCHS and checkpoint["history"] == history
     model, metadata = training.load_model(run / "model.pt", expect={"arch": "cnn", "num_classes": 10})
     assert metadata == saved["metadata"]
     assert not model.training
@@ -140,14 +142,85 @@ def test_partial_writes_of_a_killed_run_are_removed(tmp_path: Path, digits: dict
     partial = tmp_path / ".checkpoint.pt.x1y2z3.tmp"
     partial.write_bytes(b"half written")
     training.train(digits_config("mlp", epochs=1), digits["train"], digits["test"], tmp_path, progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "history.zarr", "model.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.zarr", "model.pt"]
 
 
-def test_run_directory_of_another_config_is_not_resumed(trained_cnn: tuple, digits: dict) -> None:
-    run, _, _ = trained_cnn
-    with pytest.raises(HspecError, match=f"checkpoint '{run / 'checkpoint.pt'}' does not match: "
-                                         "arch='cnn' \\(expected 'mlp'\\).*lr=0.05 \\(expected 0.1\\)"):
-        training.train(digits_config("mlp", lr=0.1, epochs=CNN_EPOCHS), digits["train"], digits["test"], run)
+class Killed(Exception):
+    """Stands for a kill -9 in the middle of `training.train`."""
+
+
+def kill_before_model_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make `training.train` die after its final checkpoint and history, before model.pt."""
+    def write(path: Path, write_file) -> None:
+        if path.name == training.MODEL_FILE:
+            raise Killed
+        atomic_write(path, write_file)
+    monkeypatch.setattr(training, "atomic_write", write)
+
+
+def test_resume_at_the_final_epoch_rewrites_deleted_history_and_model(
+        tmp_path: Path, digits: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = digits_config("mlp")
+    reference = training.train(config, digits["train"], digits["test"], tmp_path / "whole", progress=False)
+    kill_before_model_file(monkeypatch)
+    with pytest.raises(Killed):
+        training.train(config, digits["train"], digits["test"], tmp_path / "killed", progress=False)
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["epoch"] == config.epochs
+    shutil.rmtree(tmp_path / "killed" / "history.zarr")  # Snakemake deletes the outputs of a job it reruns
+    assert training.train(config, digits["train"], digits["test"], tmp_path / "killed", progress=False) == reference
+    assert sorted(p.name for p in (tmp_path / "killed").iterdir()) == ["history.zarr", "model.pt"]
+    assert training.read_history(tmp_path / "killed") == training.read_history(tmp_path / "whole")
+    whole, resumed = (torch.load(tmp_path / run / "model.pt", weights_only=True) for run in ("whole", "killed"))
+    assert state_dicts_equal(whole["state_dict"], resumed["state_dict"]) and whole["metadata"] == resumed["metadata"]
+
+
+def test_finished_run_with_deleted_outputs_is_trained_again(tmp_path: Path, digits: dict) -> None:
+    config = digits_config("mlp")
+    history = training.train(config, digits["train"], digits["test"], tmp_path, progress=False)
+    before = torch.load(tmp_path / "model.pt", weights_only=True)["state_dict"]
+    shutil.rmtree(tmp_path / "history.zarr")
+    (tmp_path / "model.pt").unlink()
+    assert training.train(config, digits["train"], digits["test"], tmp_path, progress=False) == history
+    assert state_dicts_equal(torch.load(tmp_path / "model.pt", weights_only=True)["state_dict"], before)
+
+
+def test_changed_epochs_retrain_a_finished_run(tmp_path: Path, digits: dict) -> None:
+    training.train(digits_config("mlp", epochs=1), digits["train"], digits["test"], tmp_path / "run", progress=False)
+    fresh = training.train(digits_config("mlp", epochs=2), digits["train"], digits["test"], tmp_path / "fresh",
+                           progress=False)
+    again = training.train(digits_config("mlp", epochs=2), digits["train"], digits["test"], tmp_path / "run",
+                           progress=False)
+    assert again == fresh and len(again) == 2
+    assert training.load_model(tmp_path / "run" / "model.pt")[1]["epochs"] == 2
+
+
+def test_checkpoint_of_other_settings_is_discarded_with_a_warning(
+        tmp_path: Path, digits: dict, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    kill_before_model_file(monkeypatch)  # leaves the checkpoint of an unfinished cnn run
+    with pytest.raises(Killed):
+        training.train(digits_config("cnn", epochs=1), digits["train"], digits["test"], tmp_path / "run")
+    monkeypatch.undo()
+    config = digits_config("mlp", lr=0.1, epochs=1)
+    with caplog.at_level(logging.WARNING, logger="hspec"):
+        history = training.train(config, digits["train"], digits["test"], tmp_path / "run", progress=False)
+    assert f"discarding checkpoint {tmp_path / 'run' / 'checkpoint.pt'} of other settings (arch='cnn' " \
+           "(expected 'mlp'), lr=0.05 (expected 0.1)); starting over" in caplog.text
+    assert history == training.train(config, digits["train"], digits["test"], tmp_path / "fresh", progress=False)
+    assert training.load_model(tmp_path / "run" / "model.pt")[1]["arch"] == "mlp"
+
+
+def test_a_diverging_run_stops_keeping_the_last_good_checkpoint(
+        tmp_path: Path, digits: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(training, "learning_rate", lambda initial, epoch, epochs: math.inf if epoch == 1 else initial)
+    with pytest.raises(HspecError, match=f"training in '{tmp_path}' diverged: the loss is not finite in epoch 2 at "
+                                         "batch 2 of 12; no model.pt written; checkpoint.pt of epoch 1 is kept"):
+        training.train(digits_config("mlp", epochs=3), digits["train"], digits["test"], tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "history.zarr"]
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert checkpoint["epoch"] == 1
+    assert all(torch.isfinite(value).all() for value in checkpoint["model"].values())
+    assert len(training.read_history(tmp_path)["history"]) == 1
 
 
 # --- load_model ----------------------------------------------------------------------------
@@ -214,6 +287,17 @@ def test_config_rejects_unknown_networks_and_nonpositive_values() -> None:
         digits_config("lenet")
     with pytest.raises(HspecError, match="epochs must be positive, got 0"):
         digits_config(epochs=0)
+
+
+@pytest.mark.parametrize(("field", "value", "rule"), [
+    ("lr", math.inf, "a finite number > 0"), ("lr", math.nan, "a finite number > 0"), ("lr", 0.0, "a finite number > 0"),
+    ("momentum", -1.0, "in \\[0, 1\\)"), ("momentum", 1.0, "in \\[0, 1\\)"), ("momentum", math.nan, "in \\[0, 1\\)"),
+    ("weight_decay", math.nan, "a finite number >= 0"), ("weight_decay", -1e-4, "a finite number >= 0"),
+    ("weight_decay", math.inf, "a finite number >= 0"),
+])
+def test_config_rejects_non_finite_or_out_of_range_optimizer_settings(field: str, value: float, rule: str) -> None:
+    with pytest.raises(HspecError, match=f"^{field} must be {rule}, got {value}$"):
+        digits_config(**{field: value})
 
 
 # --- learning-rate selection ---------------------------------------------------------------
