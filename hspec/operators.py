@@ -57,6 +57,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 from torch.utils.data import DataLoader, Dataset
 
+from hspec import settings
 from hspec.errors import HspecError
 from hspec.loss import cross_entropy, logit_gradient, logit_hessian_product
 
@@ -73,7 +74,7 @@ AUTO_HVP = {"cpu": "reverse-over-forward", "cuda": "forward-over-reverse"}
 PRECISIONS = {"float32": {"dtype": torch.float32, "tf32": False},
               "tf32": {"dtype": torch.float32, "tf32": True},
               "float64": {"dtype": torch.float64, "tf32": False}}
-DEFAULT_BATCH_SIZE = 512
+DEFAULT_BATCH_SIZE: int = settings.SPECTRUM["batch_size"]  # the workflow's spectrum.batch_size
 
 Params = dict[str, Tensor]
 
@@ -358,7 +359,7 @@ def curvature_operator(model: nn.Module, data, component: str = "hessian", *,
             ``DataLoader`` yielding such pairs (targets: int64 class indices).
         component: ``"hessian"`` (H), ``"gradient_covariance"`` (G) or
             ``"prediction_hessian"`` (R); H = G + R (paper eq. 4).
-        batch_size: examples per forward pass (default 512); any value gives the
+        batch_size: examples per forward pass (default: hspec.settings, 1000); any value gives the
             same average.
         dtype: floating dtype of the whole computation (default float32).
         device: where the products run (default: the device of the model's parameters).
