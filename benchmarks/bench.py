@@ -57,6 +57,7 @@ from hspec import curvature_operator, spectral_density  # noqa: E402
 from hspec.analysis import wasserstein1  # noqa: E402
 from hspec.linear_operator import LinearOperator  # noqa: E402
 from hspec.operators import HVP_MODES, PRECISIONS  # noqa: E402
+from hspec.settings import SPECTRUM  # noqa: E402
 from hspec.outliers import top_eigenpairs  # noqa: E402
 
 DIGITS_MODELS = ("mlp", "cnn")  # 8×8 one-channel nets, run on the real digits train split
@@ -714,7 +715,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--models", default="mlp,cnn,vgg11,resnet18")
     parser.add_argument("--n", type=int, default=1437,
                         help="examples (digits nets: at most the 1,437 of the train split)")
-    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=SPECTRUM["batch_size"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--block-repeats", type=int, default=2,
@@ -757,9 +758,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compile-modes", default="auto",
                         help="hvp modes timed compiled (default: auto, the device's)")
     parser.add_argument("--deflate", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=256)
-    parser.add_argument("--bound-steps", type=int, default=64)
-    parser.add_argument("--iterations", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=SPECTRUM["steps"])
+    parser.add_argument("--bound-steps", type=int, default=SPECTRUM["bound_steps"])
+    parser.add_argument("--iterations", type=int, default=SPECTRUM["iterations"])
     parser.add_argument("--tol", type=float, default=1e-4, help="top_eigenpairs tolerance")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 import hspec
-from hspec import data, distributed, locking, models, store, training
+from hspec import data, distributed, locking, models, settings, store, training
 from hspec.operators import COMPONENTS, HVP_MODES, PRECISIONS
 from hspec.spectrum import DEFLATIONS, METHODS
 from hspec.atomic import atomic_write
@@ -109,7 +109,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     epochs = ", ".join(f"{name} {count}" for name, count in training.EPOCHS.items())
     parser.add_argument("--epochs", type=int, default=None,
                         help=f"epochs (default: per dataset, Table 1; digits: ours: {epochs})")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=int, default=settings.defaults()["seed"],
                         help="seed of the initial weights and of the data order (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=training.BATCH_SIZE,
                         help="batch size (default: %(default)s)")
@@ -219,6 +219,7 @@ def _select(args: argparse.Namespace) -> None:
 
 
 def _add_spectrum(subparsers: argparse._SubParsersAction) -> None:
+    S = settings.SPECTRUM
     parser = subparsers.add_parser(
         "spectrum",
         help="estimate the spectral density of one curvature operator of a trained model",
@@ -234,37 +235,52 @@ def _add_spectrum(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--indices", type=Path, default=None,
                         help="index file of `hspec subsample` restricting the train split (default: whole split)")
     parser.add_argument("--component", choices=COMPONENTS, default="hessian", help="operator (default: %(default)s)")
-    parser.add_argument("--method", choices=METHODS, default="lanczos", help="density method (default: %(default)s)")
+    parser.add_argument("--settings", action=settings.SettingsFile, metavar="FILE",
+                        help="JSON object of spectrum settings (keys: the options below, with "
+                        "underscores: " + ", ".join(settings.SPECTRUM_OPTIONS) + "), as the workflow "
+                        "writes them; options given explicitly override the file")
+    spec = dict(action=settings.Explicit)
+    parser.add_argument("--method", choices=METHODS, default=S["method"], **spec,
+                        help="density method (default: %(default)s)")
     parser.add_argument("--deflate", type=int, default=0,
                         help="outliers removed first by LOWRANKDEFLATION, e.g. the number of classes (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=256, help="Lanczos steps M (default: %(default)s)")
-    parser.add_argument("--bound-steps", type=int, default=64, help="NORMALIZATION steps M0 (default: %(default)s)")
-    parser.add_argument("--margin", type=float, default=0.05, help="NORMALIZATION margin kappa (default: %(default)s)")
-    parser.add_argument("--points", type=int, default=1024, help="grid points K (default: %(default)s)")
-    parser.add_argument("--n-vec", type=int, default=1, help="Lanczos start vectors (default: %(default)s)")
-    parser.add_argument("--iterations", type=int, default=256, help="subspace iterations T (default: %(default)s)")
-    parser.add_argument("--deflation", choices=DEFLATIONS, default="subspace",
+    parser.add_argument("--steps", type=int, default=S["steps"], **spec, help="Lanczos steps M (default: %(default)s)")
+    parser.add_argument("--bound-steps", type=int, default=S["bound_steps"], **spec,
+                        help="NORMALIZATION steps M0 (default: %(default)s)")
+    parser.add_argument("--margin", type=float, default=S["margin"], **spec,
+                        help="NORMALIZATION margin kappa (default: %(default)s)")
+    parser.add_argument("--points", type=int, default=S["points"], **spec, help="grid points K (default: %(default)s)")
+    parser.add_argument("--n-vec", type=int, default=S["n_vec"], **spec,
+                        help="Lanczos start vectors (default: %(default)s)")
+    parser.add_argument("--iterations", type=int, default=S["iterations"], **spec,
+                        help="subspace iterations T (default: %(default)s)")
+    parser.add_argument("--deflation", choices=DEFLATIONS, default=S["deflation"], **spec,
                         help="outlier search: subspace = the paper's Alg. 5 (T x C products), krylov = thick-restart "
                         "Lanczos (a few dozen products) (default: %(default)s)")
-    parser.add_argument("--k", type=float, default=1.25, help="smoothing constant of Alg. 3 (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=1000, help="examples per forward pass (default: %(default)s)")
-    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="float32",
+    parser.add_argument("--k", type=float, default=S["k"], **spec,
+                        help="smoothing constant of Alg. 3 (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=S["batch_size"], **spec,
+                        help="examples per forward pass (default: %(default)s)")
+    parser.add_argument("--precision", choices=tuple(PRECISIONS), default=S["precision"], **spec,
                         help="products and vectors in float32, float32 with TF32 tensor cores on CUDA "
                         "(faster, ~1e-4 relative error per product), or float64 (default: %(default)s)")
-    parser.add_argument("--hvp", choices=("auto",) + HVP_MODES, default="auto",
+    parser.add_argument("--hvp", choices=("auto",) + HVP_MODES, default=S["hvp"], **spec,
                         help="how H v and R v are differentiated; all exact, they differ in speed; auto: "
                         "the fastest measured on the device's kind (default: %(default)s)")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the per-batch product: a one-time compile for faster products")
-    parser.add_argument("--resident", action="store_true",
-                        help="keep the whole split on the device instead of moving each batch at each product")
-    parser.add_argument("--device", default="auto",
+    parser.add_argument("--compile", "--no-compile", default=S["compile"], **settings.switch(
+                        help="torch.compile the per-batch product: a one-time compile for faster products "
+                        "(default: %(default)s)"))
+    parser.add_argument("--resident", "--no-resident", default=S["resident"], **settings.switch(
+                        help="keep the whole split on the device instead of moving each batch at each product "
+                        "(default: %(default)s)"))
+    parser.add_argument("--device", default="auto", **spec,
                         help="torch device; auto = cuda if available (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random vectors (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=settings.defaults()["seed"], **spec,
+                        help="seed of the random vectors (default: %(default)s)")
     parser.add_argument("--n-per-class", default=None,
                         help="examples per class the model was trained on, recorded in OUT "
                         "(default: counted from --indices, else 'full')")
-    parser.add_argument("--checkpoint-interval", type=float, default=60.0,
+    parser.add_argument("--checkpoint-interval", type=float, default=float(S["checkpoint_interval"]), **spec,
                         help="seconds between saves of the resumable state, OUT.rankR.ckpt (default: %(default)s)")
     parser.add_argument("--out", type=Path, required=True, help="Zarr group to write (required)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars (default: bars on a terminal)")

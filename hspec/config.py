@@ -1,7 +1,8 @@
 """Checks of the workflow configuration that a JSON schema cannot express.
 
-``workflow/schemas/config.schema.yaml`` fixes keys, types and ranges; :func:`check` then
-looks at the values together: every dataset a figure uses has a learning-rate grid
+``hspec/config.schema.yaml`` (see :mod:`hspec.settings`) fixes keys, types, ranges and
+defaults; :func:`check` then refuses what JSON schema lets through (30.0 for an integer,
+an infinite or NaN number) and looks at the values together: every dataset a figure uses has a learning-rate grid
 (Table 1), and no sample size per class exceeds the smallest class of that dataset's
 train split. Each problem raises one :class:`HspecError` naming the key.
 """
@@ -12,10 +13,14 @@ from collections.abc import Mapping
 
 from hspec.data import smallest_train_class
 from hspec.errors import HspecError
+from hspec.settings import type_errors
 
 
 def check(config: Mapping) -> None:
     """Raise an HspecError naming the first inconsistent key of a schema-valid config."""
+    errors = type_errors(config)
+    if errors:
+        raise HspecError(f"config: {errors[0].removeprefix('config.')}")
     for fig, spec in config["figures"].items():
         for dataset in spec["datasets"]:
             if dataset not in config["datasets"]:

@@ -57,6 +57,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 from torch.utils.data import DataLoader, Dataset
 
+from hspec import settings
 from hspec.errors import HspecError
 from hspec.linear_operator import SymmetricOperator, check_dtype
 from hspec.loss import cross_entropy, logit_gradient, logit_hessian_product
@@ -74,7 +75,7 @@ AUTO_HVP = {"cpu": "reverse-over-forward", "cuda": "forward-over-reverse"}
 PRECISIONS = {"float32": {"dtype": torch.float32, "tf32": False},
               "tf32": {"dtype": torch.float32, "tf32": True},
               "float64": {"dtype": torch.float64, "tf32": False}}
-DEFAULT_BATCH_SIZE = 512
+DEFAULT_BATCH_SIZE: int = settings.SPECTRUM["batch_size"]  # the workflow's spectrum.batch_size
 SUPPORTED_DATA = ("supported: an (inputs, targets) pair of tensors, or a Dataset or "
                   "DataLoader yielding such pairs")
 
@@ -383,7 +384,7 @@ def curvature_operator(model: nn.Module, data, component: str = "hessian", *,
             [0, C) or logits not of shape (batch, C) raise one error.
         component: ``"hessian"`` (H), ``"gradient_covariance"`` (G) or
             ``"prediction_hessian"`` (R); H = G + R (paper eq. 4).
-        batch_size: examples per forward pass (default 512); any value gives the
+        batch_size: examples per forward pass (default: hspec.settings, 1000); any value gives the
             same average.
         dtype: dtype of the whole computation: float32 (default) or float64 (Lanczos
             needs at least float32's precision; float16 and bfloat16 are refused).

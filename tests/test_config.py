@@ -12,9 +12,10 @@ from snakemake.utils import validate
 
 from hspec.config import check
 from hspec.errors import HspecError
+from hspec.settings import SCHEMA_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+SCHEMA = str(SCHEMA_FILE)
 
 
 def load(name):
@@ -22,8 +23,8 @@ def load(name):
 
 
 def validated(config):
-    """What the Snakefile does before anything runs."""
-    validate(config, SCHEMA)
+    """What the Snakefile does before anything runs (validate fills the defaults)."""
+    validate(config, SCHEMA, set_default=True)
     check(config)
 
 
@@ -44,6 +45,32 @@ def test_schema_errors_name_the_value(edit, culprit):
     edit(config)
     with pytest.raises(WorkflowError, match=culprit):
         validated(config)
+
+
+@pytest.mark.parametrize("edit, culprit", [
+    (lambda c: c["datasets"]["digits"].update(epochs=30.0), r"datasets\.digits\.epochs must be an integer, not 30\.0"),
+    (lambda c: c["spectrum"].update(steps=128.0), r"spectrum\.steps must be an integer, not 128\.0"),
+    (lambda c: c["figures"]["fig3"].update(per_class=[20.0]), r"figures\.fig3\.per_class\[0\] must be an integer"),
+    (lambda c: c["datasets"]["digits"].update(lrs=[float("inf")]), r"datasets\.digits\.lrs\[0\] must be finite, not inf"),
+    (lambda c: c["datasets"]["digits"].update(lrs=[float("nan")]), r"datasets\.digits\.lrs\[0\] must be finite"),
+    (lambda c: c["training"].update(momentum=float("nan")), r"training\.momentum must be finite"),
+    (lambda c: c.update(seed=2**70), "1180591620717411303424"),
+    (lambda c: c.update(seed=2**32), "4294967296"),
+    (lambda c: c.update(seed=-1), "-1"),
+])
+def test_what_the_cli_rejects_the_config_rejects(edit, culprit):
+    """Item 9: integers written as floats, infinite or NaN rates, seeds outside
+    [0, 2**32) used to pass validation and fail late, in a job."""
+    config = load("config/demo.yaml")
+    edit(config)
+    with pytest.raises((WorkflowError, HspecError), match=culprit):
+        validated(config)
+
+
+def test_the_largest_seed_passes():
+    config = load("config/demo.yaml")
+    config["seed"] = 2**32 - 1
+    validated(config)
 
 
 def test_too_many_per_class_names_the_figure_and_the_limit():

@@ -1,8 +1,11 @@
 # Paths and the per-figure choice of spectra. Every output lives under config["results"].
 import json
+from pathlib import Path
 
+from hspec.atomic import atomic_write
 from hspec.config import check
 from hspec.data import num_classes
+from hspec.settings import SPECTRUM_OPTIONS
 
 RESULTS = config["results"]
 SPECTRUM = config["spectrum"]
@@ -123,9 +126,10 @@ def train_inputs(wildcards):
 
 
 def indices_option(wildcards):
+    """--indices FILE as a list of arguments (quoted one by one by {params.indices:q})."""
     if wildcards.n == "full":
-        return ""
-    return f"--indices {indices_path(wildcards.dataset, wildcards.n)}"
+        return []
+    return ["--indices", indices_path(wildcards.dataset, wildcards.n)]
 
 
 def lr_runs(wildcards):
@@ -142,10 +146,65 @@ def spectrum_inputs(wildcards):
     }
     if wildcards.split == "train" and wildcards.n != "full":
         inputs["indices"] = indices_path(wildcards.dataset, wildcards.n)
+    inputs["settings"] = spectrum_settings_path(wildcards.variant)
     return inputs
 
 
 def spectrum_indices(wildcards):
+    """--indices FILE for a subsampled train split, as a list of arguments."""
     if wildcards.split == "train" and wildcards.n != "full":
-        return f"--indices {indices_path(wildcards.dataset, wildcards.n)}"
-    return ""
+        return ["--indices", indices_path(wildcards.dataset, wildcards.n)]
+    return []
+
+
+def spectrum_settings_path(variant):
+    return f"{RESULTS}/settings/spectrum-{variant}.json"
+
+
+def spectrum_settings(variant):
+    """What `hspec spectrum --settings` reads for a variant: the spectrum options, device
+    and seed; the log variant takes log_steps Lanczos steps."""
+    settings = {key: config[key] if key in ("device", "seed") else SPECTRUM[key]
+                for key in SPECTRUM_OPTIONS}
+    if variant == "log":
+        settings["steps"] = SPECTRUM["log_steps"]
+    return settings
+
+
+def write_spectrum_settings():
+    """Write each variant's settings file, only where its content changed: the file is an
+    input of the spectra, so a changed setting reruns exactly the spectra it affects
+    (params do not trigger reruns; an unchanged file keeps its mtime)."""
+    for variant in ("plain", "deflated", "log"):
+        path = Path(spectrum_settings_path(variant))
+        content = json.dumps(spectrum_settings(variant), indent=1, sort_keys=True) + "\n"
+        if not path.is_file() or path.read_text() != content:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda file: file.write(content.encode()))
+
+
+def selected_models():
+    """(arch, dataset, n) of every model the configured figures use, in order."""
+    models = {}
+    for spec in config["figures"].values():
+        for dataset in spec["datasets"]:
+            for n in spec["per_class"]:
+                models[(spec["arch"], dataset, str(n))] = None
+    return list(models)
+
+
+# The paper's eq. 11 grid: {train, test} x {H, G, R}, plain, and deflated for H and G.
+SPECTRA_GRID = [(split, component, variant)
+                for split in ("train", "test")
+                for component in ("hessian", "gradient_covariance", "prediction_hessian")
+                for variant in (("plain", "deflated") if component != "prediction_hessian"
+                                else ("plain",))]
+
+
+def all_spectra():
+    """Every spectrum of the eq. 11 grid for every model the figures select."""
+    return [spectrum_path(arch, dataset, n, *cell)
+            for arch, dataset, n in selected_models() for cell in SPECTRA_GRID]
+
+
+write_spectrum_settings()

@@ -1,3 +1,4 @@
+# Every value reaching a shell is quoted ({x:q}): config strings may hold spaces or ;.
 # Dataset download (torchvision layout under data_dir) and per-class subsampling.
 
 
@@ -16,8 +17,8 @@ rule download:
         mem_mb=4000,
         runtime=120,
     shell:
-        "hspec download --dataset {wildcards.dataset} --data-dir {params.data_dir} "
-        "{params.download} --out {output} > {log} 2>&1"
+        "hspec download --dataset {wildcards.dataset:q} --data-dir {params.data_dir:q} "
+        "{params.download:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule subsample:
@@ -37,5 +38,5 @@ rule subsample:
         mem_mb=4000,
         runtime=10,
     shell:
-        "hspec subsample --dataset {wildcards.dataset} --data-dir {params.data_dir} "
-        "--per-class {wildcards.n} --seed {params.seed} --out {output} > {log} 2>&1"
+        "hspec subsample --dataset {wildcards.dataset:q} --data-dir {params.data_dir:q} "
+        "--per-class {wildcards.n:q} --seed {params.seed:q} --out {output:q} > {log:q} 2>&1"

@@ -17,6 +17,7 @@ rule train:
         batch_size=config["training"]["batch_size"],
         momentum=config["training"]["momentum"],
         weight_decay=config["training"]["weight_decay"],
+        out=lambda w, output: os.path.dirname(output.model),
     conda:
         "../envs/hspec.yaml"
     log:
@@ -27,11 +28,11 @@ rule train:
         runtime=config["training"]["runtime"],
         gpu=GPU,
     shell:
-        "hspec train --dataset {wildcards.dataset} --data-dir {params.data_dir} "
-        "--arch {wildcards.arch} {params.indices} --lr {wildcards.lr} "
-        "--epochs {params.epochs} --seed {params.seed} --batch-size {params.batch_size} "
-        "--momentum {params.momentum} --weight-decay {params.weight_decay} "
-        "--device {params.device} --quiet --out $(dirname {output.model}) > {log} 2>&1"
+        "hspec train --dataset {wildcards.dataset:q} --data-dir {params.data_dir:q} "
+        "--arch {wildcards.arch:q} {params.indices:q} --lr {wildcards.lr:q} "
+        "--epochs {params.epochs:q} --seed {params.seed:q} --batch-size {params.batch_size:q} "
+        "--momentum {params.momentum:q} --weight-decay {params.weight_decay:q} "
+        "--device {params.device:q} --quiet --out {params.out:q} > {log:q} 2>&1"
 
 
 rule select:
@@ -41,7 +42,7 @@ rule select:
         model=f"{RESULTS}/models/{{arch}}/{{dataset}}/n{{n}}/model.pt",
         choice=f"{RESULTS}/models/{{arch}}/{{dataset}}/n{{n}}/selection.json",
     params:
-        runs=lambda w, input: " ".join(os.path.dirname(path) for path in input),
+        runs=lambda w, input: [os.path.dirname(path) for path in input],
     conda:
         "../envs/hspec.yaml"
     log:
@@ -51,5 +52,5 @@ rule select:
         mem_mb=2000,
         runtime=10,
     shell:
-        "hspec select {params.runs} --out {output.choice} --model-out {output.model} "
-        "> {log} 2>&1"
+        "hspec select {params.runs:q} --out {output.choice:q} --model-out {output.model:q} "
+        "> {log:q} 2>&1"
