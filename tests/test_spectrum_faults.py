@@ -72,6 +72,26 @@ def test_a_checkpoint_of_model_a_is_discarded_for_model_b(runs, tmp_path, monkey
     assert not list(tmp_path.glob("*.ckpt"))
 
 
+def test_the_same_model_resumes_its_checkpoint(runs, tmp_path, monkeypatch, caplog):
+    deflate = ["--deflate", "10", "--deflation", "krylov"]
+    out = tmp_path / "s.zarr"
+    with monkeypatch.context() as patch:
+        patch.setattr(spectrum, "fast_lanczos", lambda *args, **kwargs: (_ for _ in ()).throw(Killed()))
+        with pytest.raises(Killed):
+            spectrum_cli(runs["a"], out, *deflate)
+    searches = []
+    search = spectrum.top_eigenpairs
+    monkeypatch.setattr(spectrum, "top_eigenpairs", lambda *a, **k: searches.append(1) or search(*a, **k))
+    with caplog.at_level("WARNING", logger="hspec.checkpoint"):
+        assert spectrum_cli(runs["a"], out, *deflate) == 0
+    assert searches == [] and "discarded" not in caplog.text  # the deflation was resumed
+    assert spectrum_cli(runs["a"], tmp_path / "fresh.zarr", *deflate) == 0
+    (resumed, resumed_attrs), (fresh, fresh_attrs) = map(store.read_spectrum, (out, tmp_path / "fresh.zarr"))
+    for name in store.SPECTRUM_ARRAYS:
+        assert np.array_equal(resumed[name], fresh[name]), name
+    assert resumed_attrs["hvp_count"] == fresh_attrs["hvp_count"]
+
+
 # 2. --out that hspec did not write ---------------------------------------------------------
 
 def test_an_existing_foreign_directory_is_refused_before_any_computation(runs, tmp_path, capsys, monkeypatch):
