@@ -8,36 +8,92 @@ generator's state and the product count, so a killed run restarted with the same
 settings resumes where it stopped and ends with exactly the numbers of an uninterrupted
 run (the operator being deterministic).
 
-The file is written to a temporary sibling and renamed into place (never half-written)
-and read back with ``torch.load(weights_only=True)``: tensors, dicts, lists and numbers
-only, no pickled objects.
+A checkpoint resumes only the identical computation: its fingerprint holds the settings,
+``dim``, the caller's ``key`` (e.g. the model file's hash, the data, the component) and
+one *probe*: ‖A v‖ and a few entries of A v for a fixed vector drawn from its own seeded
+generator. On resume the probe is recomputed; if anything differs (probe beyond a relative
+1e-6), the file is discarded with a logged warning naming it and what differed, and the
+computation starts over. The probe product is not counted in ``hvp_count`` and draws
+nothing from the main generator, so results and counts are those of a run without it.
+
+The file is written with :func:`hspec.atomic.atomic_write` (a temporary sibling renamed
+into place, never half-written, removed on failure; a failed write is one ``HspecError``
+naming the file) and read back with ``torch.load(weights_only=True)``: tensors, dicts,
+lists and numbers only, no pickled objects.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 
+from hspec.atomic import atomic_write
 from hspec.errors import HspecError
+
+log = logging.getLogger(__name__)
+
+PROBE_SEED = 0x5EC7
+PROBE_ENTRIES = 8
+PROBE_TOLERANCE = 1e-6
+
+
+def probe(op) -> list[float]:
+    """‖A v‖ then ``PROBE_ENTRIES`` evenly spaced entries of A v for a fixed Gaussian v
+    (its own generator); ``op.hvp_count`` is left unchanged."""
+    count = op.hvp_count
+    product = op.matvec(op.randn(generator=torch.Generator().manual_seed(PROBE_SEED)))
+    op.hvp_count = count
+    index = torch.linspace(0, op.dim - 1, PROBE_ENTRIES).round().long().to(product.device)
+    return [float(torch.linalg.vector_norm(product))] + product[index].tolist()
+
+
+def _probe_differs(saved, now: list[float]) -> bool:
+    if not isinstance(saved, list) or len(saved) != len(now):
+        return True
+    scale = PROBE_TOLERANCE * max(abs(now[0]), math.ulp(0.0))
+    return any(not abs(a - b) <= scale for a, b in zip(saved, now))
+
+
+def _differences(found, fingerprint: dict) -> list[str]:
+    """What differs between a saved fingerprint and the current one, e.g. ``key.model``."""
+    if not isinstance(found, Mapping):
+        return ["not a fingerprint"]
+    out = []
+    for part in ("settings", "key"):
+        old, new = found.get(part) or {}, fingerprint[part]
+        out += [f"{part}.{name} {old.get(name)!r} -> {new.get(name)!r}"
+                for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]
+    if found.get("dim") != fingerprint["dim"]:
+        out.append(f"dim {found.get('dim')!r} -> {fingerprint['dim']!r}")
+    if _probe_differs(found.get("probe"), fingerprint["probe"]):
+        out.append("the probe product A v (another operator)")
+    return out
 
 
 class SpectrumCheckpoint:
     """The saved stages of one spectrum computation at ``path``."""
 
-    def __init__(self, path: str | os.PathLike, settings: dict, dim: int,
-                 device: torch.device | str = "cpu", interval: float = 60.0) -> None:
+    def __init__(self, path: str | os.PathLike, settings: dict, op,
+                 key: Mapping | None = None, interval: float = 60.0) -> None:
+        """``op``: the operator (a :class:`hspec.linear_operator.LinearOperator`), probed
+        with one uncounted product; ``key``: the caller's identity of the computation."""
         self.path = Path(path)
-        self.device = device
+        self.device = op.device
         self.interval = interval
         self._last_save = time.monotonic()
-        fingerprint = {"settings": dict(settings), "dim": dim}
+        fingerprint = {"settings": dict(settings), "dim": op.dim, "key": dict(key or {}),
+                       "probe": probe(op)}
         self.state = self._load(fingerprint) or {"fingerprint": fingerprint, "stages": {}}
 
     def _load(self, fingerprint: dict) -> dict | None:
+        """The saved state if it is of this very computation; otherwise None (and a
+        warning, the stale file deleted). An unreadable file is an error naming it."""
         if not self.path.exists():
             return None
         try:
@@ -46,9 +102,12 @@ class SpectrumCheckpoint:
         except Exception as error:
             raise HspecError(f"{self.path}: not a readable spectrum checkpoint ({error}); "
                              "delete it to start over") from error
-        if found != fingerprint:
-            raise HspecError(f"{self.path}: checkpoint of another computation ({found}, "
-                             f"now {fingerprint}); delete it to start over")
+        differences = _differences(found, fingerprint)
+        if differences:
+            log.warning("%s: discarded, a checkpoint of another computation (%s); starting "
+                        "over", self.path, "; ".join(differences))
+            self.path.unlink(missing_ok=True)
+            return None
         return state
 
     def restore(self, generator: torch.Generator) -> int:
@@ -74,10 +133,16 @@ class SpectrumCheckpoint:
         stages[stage + "/partial" if partial else stage] = value
         self.state["generator"] = generator.get_state()
         self.state["hvp_count"] = hvp_count
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        torch.save(self.state, tmp)
-        os.replace(tmp, self.path)
+        self._write()
         self._last_save = now
+
+    def _write(self) -> None:
+        """Write the state atomically; a failure is one HspecError naming the file."""
+        try:
+            atomic_write(self.path, lambda file: torch.save(self.state, file))
+        except (OSError, RuntimeError) as error:  # torch's writer reports I/O as RuntimeError
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise HspecError(f"{self.path}: cannot write the spectrum checkpoint ({reason})") from error
 
     def stage_runner(self, generator: torch.Generator, op) -> Callable:
         """``run(stage, compute)``: the stored result, or ``compute(partial, snapshot)``

@@ -7,6 +7,7 @@ examples per class) prints one line to stderr and exits with status 2.
 
 import argparse
 import contextlib
+import hashlib
 import logging
 import os
 import sys
@@ -288,15 +289,20 @@ def _add_spectrum(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _spectrum(args: argparse.Namespace) -> None:
+    _check_spectrum_out(args.out)
     rank, world = distributed.init_from_env(args.device if args.device != "auto" else None)
     device = distributed.local_device(str(_device(args.device)))
-    model, metadata = training.load_model(args.model, device=device, expect={"dataset": args.dataset})
+    stats = data.spec(args.dataset)
+    model, metadata = training.load_model(args.model, device=device, expect={
+        "dataset": args.dataset, "num_classes": stats.num_classes, "in_channels": stats.in_channels})
     inputs, targets = data.load_split(args.dataset, args.split, args.data_dir, args.download)
     n_per_class = args.n_per_class or "full"
+    indices = None
     if args.indices is not None:
         if args.split != "train":
             raise HspecError("--indices: only the train split is subsampled")
-        index = torch.from_numpy(data.load_indices(args.indices, size=len(targets)))
+        indices = data.load_indices(args.indices, size=len(targets))
+        index = torch.from_numpy(indices)
         inputs, targets = inputs[index], targets[index]
         n_per_class = args.n_per_class or int(torch.bincount(targets).max())
     n_samples = len(targets)
@@ -310,7 +316,8 @@ def _spectrum(args: argparse.Namespace) -> None:
                                     n_vec=args.n_vec, iterations=args.iterations, deflation=args.deflation,
                                     k=args.k, seed=args.seed,
                                     progress=not args.quiet and sys.stderr.isatty(), checkpoint=checkpoint,
-                                    checkpoint_interval=args.checkpoint_interval)
+                                    checkpoint_interval=args.checkpoint_interval,
+                                    checkpoint_key=_spectrum_identity(args, indices, targets, rank, world))
     if rank == 0:
         store.write_spectrum(args.out, result, {
             "component": args.component, "split": args.split, "dataset": args.dataset,
@@ -320,6 +327,32 @@ def _spectrum(args: argparse.Namespace) -> None:
         print(f"wrote {args.out}: range [{result.lambda_min:.4g}, {result.lambda_max:.4g}], "
               f"{len(result.outliers)} outliers, {result.hvp_count} products in {result.seconds:.1f} s")
     checkpoint.unlink(missing_ok=True)
+
+
+def _check_spectrum_out(out: Path) -> None:
+    """Before any computation: refuse an --out that hspec did not write, and create its
+    parent directory (where the checkpoint goes too)."""
+    store.check_overwritable(out, "spectrum")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise HspecError(f"--out {out}: cannot create its directory ({error})") from error
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def _spectrum_identity(args: argparse.Namespace, indices, targets: torch.Tensor, rank: int, world: int) -> dict:
+    """What a spectrum checkpoint must match to be resumed: the model file, the data, the operator."""
+    return {"model": _sha256(args.model), "dataset": args.dataset, "split": args.split,
+            "subset": data.fingerprint(indices),
+            "targets": "sha256:" + hashlib.sha256(targets.cpu().numpy().tobytes()).hexdigest(),
+            "component": args.component, "precision": args.precision, "rank": rank, "world_size": world}
 
 
 def _per_class_value(label) -> int | str:

@@ -144,6 +144,12 @@ def validate(name: str) -> None:
 
 
 def create(name: str, in_channels: int, num_classes: int) -> nn.Module:
-    """Build the network `name` (one of `ARCHS`) for `in_channels` inputs and `num_classes` outputs."""
+    """Build the network `name` (one of `ARCHS`) for `in_channels` inputs and `num_classes` outputs.
+
+    A name not in `ARCHS`, or `in_channels`/`num_classes` not a positive int, is an HspecError.
+    """
     validate(name)
+    for label, value in (("in_channels", in_channels), ("num_classes", num_classes)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise HspecError(f"{label}: must be a positive integer, got {value!r}")
     return _BUILDERS[name](in_channels, num_classes)

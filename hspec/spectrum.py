@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,7 +52,8 @@ class SpectralDensity:
         moments: Chebyshev moments (KPM only).
         lambda_min, lambda_max: NORMALIZATION's estimate of the full spectrum's range.
         bulk: the interval [c − d, c + d] the density was smoothed on.
-        hvp_count: operator products used, probes included.
+        hvp_count: operator products used, the symmetry probe included (the
+            checkpoint's identity probe is not counted).
         dim, seconds, settings: size, wall time and every setting used.
     """
 
@@ -135,7 +137,8 @@ def spectral_density(matvec, dim: int | None = None, *, method: str = "lanczos",
                      device: torch.device | str | None = None,
                      check_symmetric: bool = True, progress: bool = False,
                      checkpoint: str | os.PathLike | None = None,
-                     checkpoint_interval: float = 60.0) -> SpectralDensity:
+                     checkpoint_interval: float = 60.0,
+                     checkpoint_key: Mapping | None = None) -> SpectralDensity:
     """Estimate the spectral density of a symmetric operator (paper Section 3.2).
 
     Args:
@@ -157,7 +160,13 @@ def spectral_density(matvec, dim: int | None = None, *, method: str = "lanczos",
         checkpoint: a file where the computation saves its state (every
             ``checkpoint_interval`` seconds and after each stage) and from which a rerun
             with the same settings resumes (the Lanczos part of ``method="kpm"`` too, not
-            its Chebyshev moments); delete it once the result is stored.
+            its Chebyshev moments); delete it once the result is stored. It resumes only
+            the identical computation: same settings, ``dim``, ``checkpoint_key`` and one
+            probe product A v (one extra, uncounted product); otherwise it is discarded
+            with a logged warning and the computation starts over.
+        checkpoint_key: the caller's identity of the computation, stored in the
+            checkpoint and compared on resume (e.g. the model file's hash, dataset,
+            split, component); JSON-like values.
     """
     start_time = time.perf_counter()
     op = LinearOperator.wrap(matvec, dim, dtype=dtype, device=device)
@@ -184,7 +193,7 @@ def spectral_density(matvec, dim: int | None = None, *, method: str = "lanczos",
     generator = torch.Generator().manual_seed(seed)
     stage = _no_checkpoint
     if checkpoint is not None:
-        saved = SpectrumCheckpoint(checkpoint, settings, op.dim, device=op.device,
+        saved = SpectrumCheckpoint(checkpoint, settings, op, key=checkpoint_key,
                                    interval=checkpoint_interval)
         op.hvp_count = saved.restore(generator)
         stage = saved.stage_runner(generator, op)

@@ -9,6 +9,9 @@ per-epoch training curves.
 Every group is written into a temporary sibling directory and renamed into place, and its
 attributes carry ``complete: true`` last, so a killed job never leaves a group that looks
 complete. The attributes also hold a sha256 of every array (its dtype, shape and bytes).
+A writer replaces only what hspec wrote: an empty directory or a group of the same kind
+(complete or not); any other file or directory at the path is refused, and a failed write
+(disk full, no permission) is one error naming the path.
 
 Readers check the kind, that flag, that every array is present and matches its checksum
 (a deleted chunk file reads back as fill values, an array rewritten in place changes its
@@ -21,6 +24,7 @@ check (a deleted chunk in such a group cannot be told from stored values).
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -56,17 +60,47 @@ def checksum(values: np.ndarray) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
+def _kind(path: Path):
+    """The ``kind`` attribute of the Zarr group at ``path``, or None if it is none."""
+    try:
+        return json.loads((path / "zarr.json").read_text())["attributes"]["kind"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_overwritable(path: Path, kind: str) -> None:
+    """Refuse (HspecError) unless ``path`` is absent, an empty directory or a ``kind``
+    group written by hspec: nothing else is ever replaced."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_dir() and not path.is_symlink() and (
+            _kind(path) == kind or not any(path.iterdir())):
+        return
+    what = "a directory" if path.is_dir() else "a file"
+    raise HspecError(f"{path}: exists and is {what}, not a {kind} group written by hspec; "
+                     "refusing to overwrite it (move it or choose another path)")
+
+
 def write_group(path: Path, kind: str, arrays: Mapping[str, np.ndarray],
                 attrs: Mapping) -> None:
-    """Write a Zarr v3 group of 1-D float arrays and JSON attributes, atomically."""
-    with atomic_directory(path) as tmp:
-        group = zarr.open_group(tmp, mode="w", zarr_format=3)
-        checksums = {}
-        for name, values in arrays.items():
-            group.create_array(name, data=np.asarray(values))
-            checksums[name] = checksum(np.asarray(values))
-        group.attrs.update(_jsonable({**attrs, "kind": kind, "checksums": checksums}))
-        group.attrs["complete"] = True
+    """Write a Zarr v3 group of 1-D float arrays and JSON attributes (with a checksum
+    of every array), atomically, replacing only what :func:`check_overwritable` allows;
+    a failed write is one HspecError naming ``path`` and leaves no temporary directory."""
+    path = Path(path)
+    check_overwritable(path, kind)
+    try:
+        with atomic_directory(path) as tmp:
+            group = zarr.open_group(tmp, mode="w", zarr_format=3)
+            checksums = {}
+            for name, values in arrays.items():
+                group.create_array(name, data=np.asarray(values))
+                checksums[name] = checksum(np.asarray(values))
+            group.attrs.update(_jsonable({**attrs, "kind": kind, "checksums": checksums}))
+            group.attrs["complete"] = True
+    except OSError as error:
+        reason = str(error) or type(error).__name__
+        raise HspecError(f"{path}: cannot write the {kind} group ({reason})") from error
 
 
 def read_group(path: Path, kind: str, arrays: tuple[str, ...]
