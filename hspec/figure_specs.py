@@ -101,9 +101,10 @@ def spectrum_paths(parameters) -> list[str]:
 
 
 def papermill_yaml(fig: str, spec: Mapping, results) -> str:
-    """papermill ``-y``: the parameters plus the outputs, as JSON (which is YAML)."""
+    """papermill ``-y``: the parameters plus the outputs, as JSON (which is YAML), in
+    the config's order (papermill keeps it: the panels come in that order)."""
     return json.dumps({**figure_parameters(fig, spec, results),
-                       **figure_files(fig, results)}, sort_keys=True)
+                       **figure_files(fig, results)})
 
 
 def find_root(start) -> Path:

@@ -285,6 +285,10 @@ def test_spectrum_paths_and_papermill_yaml():
     loaded = json.loads(fs.papermill_yaml("fig4", SPEC, "r"))
     assert loaded == {**params, "figure": "r/figures/fig4/fig4",
                       "numbers": "r/figures/fig4/numbers.json"}
+    paper = {"arch": "vgg11", "datasets": ["mnist", "fashionmnist", "cifar10"],
+             "per_class": ["full"]}  # the paper's panel order, not alphabetical
+    assert list(json.loads(fs.papermill_yaml("fig1", paper, "r"))["spectra"]) == \
+        paper["datasets"]
 
 
 def test_notebook_defaults_are_relative_to_where_the_notebook_runs(tmp_path):
