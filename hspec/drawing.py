@@ -326,8 +326,8 @@ def deflation_figure(loaded: Mapping):
     return fig
 
 
-def _components_block(subfig, loaded: Mapping, log_loaded: Mapping, numbers: Mapping,
-                      label: str) -> None:
+def _components_block(subfig, loaded: Mapping, log_loaded: Mapping,
+                      numbers: Mapping) -> None:
     components = fn.ordered_components(loaded)
     rows = len(components)
     grid = subfig.add_gridspec(rows, 4)
@@ -367,7 +367,7 @@ def _components_block(subfig, loaded: Mapping, log_loaded: Mapping, numbers: Map
               "(d) tail: $\\lambda > 0$ red, $\\lambda < 0$ blue"]
     for axes, title in zip([axes_a, axes_b, axes_c, [ax_d]], titles):
         axes[0].set_title(f"{title}\n{axes[0].get_title()}")
-    subfig.suptitle(f"{label}: {describe(log_loaded[tail][1], component=False)}")
+    subfig.suptitle(describe(log_loaded[tail][1], component=False))  # names the entry
 
 
 def components_figure(loaded: Mapping, numbers: Mapping):
@@ -380,7 +380,7 @@ def components_figure(loaded: Mapping, numbers: Mapping):
     subfigs = fig.subfigures(len(rows), 1, squeeze=False, height_ratios=rows)[:, 0]
     for subfig, label in zip(subfigs, loaded):
         _components_block(subfig, loaded[label]["spectra"], loaded[label]["log_spectra"],
-                          numbers["panels"][label], label)
+                          numbers["panels"][label])
     fig.suptitle("The Hessian $H$ and its components $G$ and $R$")
     return fig
 
@@ -399,7 +399,8 @@ def sample_size_figure(loaded: Mapping, numbers: Mapping):
     fig = _new_figure(figsize=(9 * len(loaded), 8))
     axes = fig.subplots(2, len(loaded), squeeze=False)
     for column, (label, splits) in zip(axes.T, loaded.items()):
-        for ax, (split, curves) in zip(column, splits.items()):
+        for ax, split in zip(column, [s for s in ("train", "test") if s in splits]):
+            curves = splits[split]
             order = sorted(curves, key=lambda key: sizes[label][split][key])
             drawn = [plot_density(ax, *curves[key], label=f"{key}/class", title=False,
                                   color=cmap(norm(sizes[label][split][key])),

@@ -421,3 +421,13 @@ def test_captions_render_as_restructuredtext_for_the_report(fig):
 def test_fig4_caption_states_the_fit_rule_the_code_uses():
     assert fn.AUTO_FIT_RULE.format(span=1.0).replace("|λ|", "\\|λ\\|") in \
         captions.caption("fig4")
+
+
+def test_sample_size_figure_puts_train_on_top_whatever_the_order(stored):
+    # train: the plain spectrum, test: the deflated one; papermill may sort the keys
+    loaded = {"digits": {"test": {"20": stored["deflated"]}, "train": {"20": stored["plain"]}}}
+    numbers = fn.sample_size_numbers(loaded, {"digits": {"test": {"20": "a"},
+                                                         "train": {"20": "b"}}})
+    top, bottom = hd.sample_size_figure(loaded, numbers).axes[:2]
+    assert top.get_title().endswith("[plain]")
+    assert bottom.get_title().endswith("[deflated (C=5)]")
