@@ -351,9 +351,12 @@ def _components_block(subfig, loaded: Mapping, log_loaded: Mapping,
     # (d) the tail on log-log axes, both signs, with the power law
     tail = numbers["asymmetry_component"]
     drawn = [plot_log_density(ax_d, *log_loaded[tail], sign=1, label="$\\lambda > 0$",
-                              title=component_title(log_loaded[tail][1])),
-             plot_log_density(ax_d, *log_loaded[tail], sign=-1,
-                              label="$|\\lambda|,\\ \\lambda < 0$", title=False)]
+                              title=component_title(log_loaded[tail][1]))]
+    try:
+        drawn.append(plot_log_density(ax_d, *log_loaded[tail], sign=-1,
+                                      label="$|\\lambda|,\\ \\lambda < 0$", title=False))
+    except HspecError:  # a one-signed tail: no blue curve (its fit says why)
+        pass
     share_limits([ax_d], drawn)
     ax_d.set_ylim(min(d["floor"] for d in drawn) / 2, max(d["top"] for d in drawn) * 3)
     plot_fit(ax_d, numbers["fit"])

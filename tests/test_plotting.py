@@ -431,3 +431,16 @@ def test_sample_size_figure_puts_train_on_top_whatever_the_order(stored):
     top, bottom = hd.sample_size_figure(loaded, numbers).axes[:2]
     assert top.get_title().endswith("[plain]")
     assert bottom.get_title().endswith("[deflated (C=5)]")
+
+
+def test_components_figure_draws_a_one_signed_tail(stored):
+    arrays, attrs = stored["plain"]
+    positive = ({**arrays, "nodes": np.abs(arrays["nodes"]) + 1e-3}, attrs)  # no λ < 0
+    spectra = {"hessian": stored["deflated"], "prediction_hessian": positive}
+    loaded = {"digits": {"spectra": spectra, "log_spectra": spectra}}
+    numbers = fn.components_numbers(loaded, {"digits": {"spectra": dict.fromkeys(spectra, "p"),
+                                                        "log_spectra": dict.fromkeys(spectra, "q")}})
+    assert "error" in numbers["panels"]["digits"]["fit_negative"]
+    fig = hd.components_figure(loaded, numbers)
+    tail = [ax for ax in fig.axes if ax.get_title().startswith("(d)")]
+    assert len(tail) == 1 and len(tail[0].get_legend().get_texts()) >= 1
