@@ -1,22 +1,29 @@
-"""The figure notebooks: their papermill contract, and their numbers on synthetic spectra.
+"""The figure notebooks: their papermill contract, their defaults, and their numbers on
+synthetic spectra.
 
 Small spectra of synthetic symmetric matrices with a known structure (a Wishart bulk
 with planted spikes, a symmetric power-law spectrum) are stored with
 ``hspec.store.write_spectrum``; every notebook is executed with papermill on them, and
-the figures and numbers it writes are checked against what was planted.
+the figures and numbers it writes are checked against what was planted. Every notebook
+also runs as it is (no parameters) in a copy of the repository's layout holding such
+spectra at exactly its default paths, the demo's.
 """
 
 import json
-import shutil
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import hspec
+from hspec import captions, figure_specs
 from hspec.store import write_spectrum
 
 papermill = pytest.importorskip("papermill")
@@ -26,10 +33,7 @@ NOTEBOOKS = ["fig1_train_hessian", "fig2_test_hessian", "fig3_deflation",
              "fig4_components", "fig5_sample_size"]
 SPIKES = [20.0, 25.0, 30.0, 35.0, 40.0, 45.0, 50.0, 55.0, 60.0, 65.0]  # 10 = C (digits)
 TAIL_EXPONENT = 2.5
-# the workflow's layout, relative to notebooks/
-LAYOUT = re.compile(r"\.\./results/demo/spectra/cnn/digits/n(full|\d+)/(train|test)-"
-                    r"(hessian|gradient_covariance|prediction_hessian)-"
-                    r"(plain|deflated|log)\.zarr")
+DEMO = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
 
 
 def spiked(p, spikes, seed, rank=150):
@@ -63,7 +67,7 @@ def store(path, matrix, *, split="train", component="hessian", per_class=20,
     result = hspec.spectral_density(lambda v: op @ v, matrix.shape[0], dtype=torch.float64,
                                     **{"steps": 64, "iterations": 64, **settings})
     write_spectrum(path, result, {
-        "dataset": "digits", "arch": "cnn", "split": split, "component": component,
+        "dataset": "digits", "arch": "mlp", "split": split, "component": component,
         "n_per_class": per_class,
         "n_samples": n_samples if n_samples is not None else 10 * per_class})
     return str(path)
@@ -106,10 +110,10 @@ def spectra(tmp_path_factory):
     return made
 
 
-def execute(name, tmp_path, parameters):
+def execute(name, tmp_path, parameters, notebooks=ROOT / "notebooks", cwd=ROOT):
     out = tmp_path / f"{name}.ipynb"
-    papermill.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(out),
-                               parameters=parameters, cwd=str(ROOT),
+    papermill.execute_notebook(str(notebooks / f"{name}.ipynb"), str(out),
+                               parameters=parameters, cwd=str(cwd),
                                kernel_name="python3", progress_bar=False)
     return nbformat.read(out, as_version=4)
 
@@ -119,45 +123,60 @@ def outputs(tmp_path, number):
     return {"figure": str(stem), "numbers": str(tmp_path / "numbers.json")}
 
 
-def check_written(tmp_path, number, executed):
-    stem = tmp_path / "figures" / f"fig{number}"
+def shown(executed, kind):
+    return [o["data"][kind] for cell in executed.cells if cell.cell_type == "code"
+            for o in cell.outputs if kind in o.get("data", {})]
+
+
+def check_written(stem, numbers_path, executed):
     assert Path(f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert Path(f"{stem}.pdf").read_bytes()[:5] == b"%PDF-"
-    images = [o for cell in executed.cells if cell.cell_type == "code"
-              for o in cell.outputs if "image/png" in o.get("data", {})]
-    assert images, "the executed notebook shows no figure (inline backend?)"
-    text = (tmp_path / "numbers.json").read_text()
+    assert shown(executed, "image/png"), "the executed notebook shows no figure"
+    assert any("numbers are what they are" in text
+               for text in shown(executed, "text/markdown")), "no caption shown"
+    text = Path(numbers_path).read_text()
     numbers = json.loads(text)
     assert text == json.dumps(numbers, sort_keys=True, indent=2) + "\n"
     return numbers
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_is_committed_clean_with_one_parameters_cell(name):
-    notebook = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
-    nbformat.validate(notebook)
+def check_outputs(tmp_path, number, executed):
+    return check_written(tmp_path / "figures" / f"fig{number}", tmp_path / "numbers.json",
+                         executed)
+
+
+def parameters_cell(notebook):
     tagged = [cell for cell in notebook.cells
               if "parameters" in cell.metadata.get("tags", [])]
-    assert len(tagged) == 1
-    assert tagged[0].cell_type == "code"
+    assert len(tagged) == 1 and tagged[0].cell_type == "code"
+    return tagged[0]
+
+
+@pytest.mark.parametrize("fig, name", list(figure_specs.NOTEBOOKS.items()))
+def test_notebook_is_committed_clean_with_the_demo_defaults(fig, name, monkeypatch):
+    notebook = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    nbformat.validate(notebook)
+    monkeypatch.chdir(ROOT / "notebooks")  # where Jupyter runs a notebook
     defaults = {}
-    exec(tagged[0].source, defaults)  # noqa: S102 - the notebook's own parameter cell
-    paths = []
-    for name_, value in defaults.items():
-        if name_ in ("spectra", "log_spectra", "train", "test"):
-            paths += list(value.values())
-        elif name_ in ("deflated", "plain"):
-            paths.append(value)
-    assert paths and all(LAYOUT.fullmatch(path) for path in paths), paths
-    assert defaults["figure"].startswith("../results/demo/figures/fig")
-    assert defaults["numbers"].startswith("../results/demo/figures/fig")
-    assert defaults["numbers"].endswith("/numbers.json")
+    exec(parameters_cell(notebook).source, defaults)  # noqa: S102 - the notebook's own cell
+    # the one figure -> spectra map, applied to config/demo.yaml, relative to notebooks/
+    expected = {**figure_specs.figure_parameters(fig, DEMO["figures"][fig], "../results/demo"),
+                **figure_specs.figure_files(fig, "../results/demo")}
+    assert {key: defaults[key] for key in expected} == expected
+    paths = figure_specs.spectrum_paths({k: v for k, v in expected.items()
+                                         if k not in ("figure", "numbers")})
+    # what the demo writes: the mlp, at the demo's sizes
+    sizes = {f"n{n}" for n in DEMO["figures"][fig]["per_class"]}
+    assert paths and all(p.startswith("../results/demo/spectra/mlp/digits/") and
+                         p.split("/")[6] in sizes for p in paths), paths
+    assert defaults["num_classes"] is None
     for cell in notebook.cells:
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None
             assert "MPLBACKEND" not in cell.source and "use(\"Agg\")" not in cell.source
     assert notebook.cells[0].cell_type == "markdown"
-    assert "numbers are what they are" in notebook.cells[0].source
+    assert notebook.cells[0].source.startswith(f"# {captions.title(fig)}\n")
+    assert f'captions.caption("{fig}")' in "".join(c.source for c in notebook.cells)
 
 
 @pytest.mark.slow  # executes a notebook: a kernel, torch and matplotlib start (~10 s)
@@ -167,7 +186,7 @@ def test_hessian_figures_count_the_planted_outliers(spectra, tmp_path, number, n
     executed = execute(name, tmp_path, {
         "spectra": {"ten": spectra[f"ten-{split}"], "three": spectra[f"three-{split}"]},
         **outputs(tmp_path, number)})
-    numbers = check_written(tmp_path, number, executed)
+    numbers = check_outputs(tmp_path, number, executed)
     ten, three = numbers["spectra"]["ten"], numbers["spectra"]["three"]
     assert (ten["outliers_found"], three["outliers_found"]) == (10, 3)
     assert (ten["outliers_equal_classes"], three["outliers_equal_classes"]) == (True, False)
@@ -184,24 +203,28 @@ def test_hessian_figures_count_the_planted_outliers(spectra, tmp_path, number, n
 
 
 @pytest.mark.slow  # executes a notebook: a kernel, torch and matplotlib start (~10 s)
-def test_deflation_figure_aligns_deflated_and_plain_outliers(spectra, tmp_path):
+def test_deflation_figure_aligns_deflated_and_plain_outliers_per_panel(spectra, tmp_path):
     executed = execute("fig3_deflation", tmp_path, {
-        "deflated": spectra["ten-deflated"], "plain": spectra["ten-plain"],
+        "panels": {"ten": {"deflated": spectra["ten-deflated"], "plain": spectra["ten-plain"]},
+                   "three": {"deflated": spectra["three-deflated"],
+                             "plain": spectra["three-plain"]}},
         **outputs(tmp_path, 3)})
-    numbers = check_written(tmp_path, 3, executed)
-    assert numbers["deflated"]["outliers_found"] == numbers["plain"]["outliers_found"] == 10
-    assert len(numbers["alignment"]) == 10
-    assert numbers["max_relative_difference"] < 1e-4
+    panels = check_outputs(tmp_path, 3, executed)["panels"]
+    ten, three = panels["ten"], panels["three"]
+    assert ten["deflated"]["outliers_found"] == ten["plain"]["outliers_found"] == 10
+    assert len(ten["alignment"]) == 10
+    assert ten["max_relative_difference"] < 1e-4
+    assert three["plain"]["outliers_found"] == 3 and len(three["alignment"]) == 3
 
 
 @pytest.mark.slow  # executes a notebook: a kernel, torch and matplotlib start (~10 s)
 def test_components_figure_fits_the_planted_power_law(spectra, tmp_path):
     components = ["hessian", "gradient_covariance", "prediction_hessian"]
     executed = execute("fig4_components", tmp_path, {
-        "spectra": {c: spectra[c] for c in components},
-        "log_spectra": {c: spectra[f"{c}-log"] for c in components},
+        "panels": {"digits": {"spectra": {c: spectra[c] for c in components},
+                              "log_spectra": {c: spectra[f"{c}-log"] for c in components}}},
         "fit_range": None, **outputs(tmp_path, 4)})
-    numbers = check_written(tmp_path, 4, executed)
+    numbers = check_outputs(tmp_path, 4, executed)["panels"]["digits"]
     assert numbers["spectra"]["hessian"]["outliers_found"] == 10
     assert numbers["spectra"]["gradient_covariance"]["outliers_found"] == 10
     fit = numbers["fit"]
@@ -215,16 +238,18 @@ def test_components_figure_fits_the_planted_power_law(spectra, tmp_path):
     assert len(numbers["outlier_attribution"]) == 10
     assert all(p["relative_difference"] < 0.1 for p in numbers["outlier_attribution"])
     assert numbers["fit_range_given"] is False
+    assert numbers["zoom_reference"] == "prediction_hessian"
 
 
 @pytest.mark.slow  # executes a notebook: a kernel, torch and matplotlib start (~10 s)
 def test_sample_size_figure_orders_the_curves_and_counts_outliers(spectra, tmp_path):
     executed = execute("fig5_sample_size", tmp_path, {
         # string keys, as papermill needs (it stores parameters as sorted JSON)
-        "train": {str(key): spectra[f"train-{key}"] for key in (10, 20, "full")},
-        "test": {str(key): spectra[f"test-{key}"] for key in ("full", 10, 20)},
+        "panels": {"digits": {
+            "train": {str(key): spectra[f"train-{key}"] for key in (10, 20, "full")},
+            "test": {str(key): spectra[f"test-{key}"] for key in ("full", 10, 20)}}},
         **outputs(tmp_path, 5)})
-    numbers = check_written(tmp_path, 5, executed)
+    numbers = check_outputs(tmp_path, 5, executed)["panels"]["digits"]
     assert numbers["outliers_by_size"]["train"] == [["10", 10.0, 2], ["20", 20.0, 5],
                                                     ["full", 60.0, 9]]
     assert numbers["outliers_by_size"]["test"] == [["10", 10.0, 1], ["20", 20.0, 3],
@@ -242,3 +267,69 @@ def test_a_truncated_group_is_named_in_one_clear_error(spectra, tmp_path):
                                                  **outputs(tmp_path, 1)})
     assert error.value.ename == "HspecError"
     assert f"{broken}: not a readable spectrum result" in error.value.evalue
+
+
+def planted(path, spectra):
+    """The synthetic spectrum standing in for the demo's spectrum at ``path``."""
+    n, split, component, variant = re.search(
+        r"/n(\w+)/(train|test)-(\w+)-(plain|deflated|log)\.zarr$", path).groups()
+    if variant == "log":
+        return spectra[f"{component}-log"]
+    if component == "hessian":
+        return spectra["hessian" if (split, variant) == ("test", "deflated")
+                       else f"ten-{variant}"]
+    if component == "prediction_hessian" or variant == "deflated":
+        return spectra[component]
+    return spectra[f"{split}-{'full' if n == '60' else n}"]
+
+
+@pytest.fixture(scope="module")
+def demo_layout(spectra, tmp_path_factory):
+    """A copy of the repository's layout (notebooks/, config/demo.yaml) with synthetic
+    spectra at exactly the notebooks' default paths, as ``make demo`` would leave them."""
+    root = tmp_path_factory.mktemp("repo")
+    shutil.copytree(ROOT / "notebooks", root / "notebooks")
+    (root / "config").mkdir()
+    shutil.copy(ROOT / "config" / "demo.yaml", root / "config" / "demo.yaml")
+    for fig in figure_specs.NOTEBOOKS:
+        defaults = figure_specs.notebook_defaults(fig, root / "notebooks")
+        for path in figure_specs.spectrum_paths({k: v for k, v in defaults.items()
+                                                 if k not in ("figure", "numbers")}):
+            target = root / "notebooks" / path
+            if not target.exists():
+                shutil.copytree(planted(path, spectra), target)
+    return root
+
+
+@pytest.mark.slow  # executes a notebook
+@pytest.mark.parametrize("fig, name", list(figure_specs.NOTEBOOKS.items()))
+def test_notebook_runs_as_it_is_on_the_demo_layout(demo_layout, tmp_path, fig, name):
+    notebooks = demo_layout / "notebooks"
+    executed = execute(name, tmp_path, None, notebooks=notebooks, cwd=notebooks)
+    figures = demo_layout / "results" / "demo" / "figures" / fig
+    numbers = check_written(figures / fig, figures / "numbers.json", executed)
+    assert numbers["figure"] == fig
+
+
+@pytest.mark.slow  # executes a notebook
+def test_nbconvert_executes_a_notebook_as_it_is(demo_layout, tmp_path):
+    notebook = demo_layout / "notebooks" / "fig2_test_hessian.ipynb"
+    subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook",
+                    "--execute", str(notebook), "--output-dir", str(tmp_path)],
+                   check=True, capture_output=True)
+    executed = nbformat.read(tmp_path / notebook.name, as_version=4)
+    figures = demo_layout / "results" / "demo" / "figures" / "fig2"
+    assert check_written(figures / "fig2", figures / "numbers.json", executed)["spectra"]
+
+
+@pytest.mark.slow  # executes a notebook
+def test_a_missing_spectrum_names_the_snakemake_target(demo_layout, tmp_path):
+    missing = demo_layout / "results" / "demo" / "spectra" / "mlp" / "digits" / "n7" / (
+        "train-hessian-plain.zarr")
+    with pytest.raises(papermill.PapermillExecutionError) as error:
+        execute("fig1_train_hessian", tmp_path, {"spectra": {"digits": str(missing)},
+                                                 **outputs(tmp_path, 1)})
+    assert error.value.ename == "HspecError"
+    assert ("no such spectrum; it is written by `snakemake --cores all "
+            "results/demo/spectra/mlp/digits/n7/train-hessian-plain.zarr`") in error.value.evalue
+    assert "`make demo`" in error.value.evalue and "delete it" not in error.value.evalue

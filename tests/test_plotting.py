@@ -1,4 +1,5 @@
-"""hspec.plotting: drawing helpers, outlier counting, tail fits and the files written."""
+"""hspec.drawing, hspec.figure_numbers, hspec.figure_specs, hspec.captions: drawing
+helpers, outlier counting, tail fits, the figure → spectra map and the files written."""
 
 import json
 import math
@@ -10,7 +11,10 @@ from matplotlib.figure import Figure
 
 import hspec
 from hspec import HspecError
-from hspec import plotting as hp
+from hspec import drawing as hd
+from hspec import figure_numbers as fn
+from hspec import captions
+from hspec import figure_specs as fs
 from hspec.density import gaussian_density, smoothing_width
 from hspec.store import write_spectrum
 
@@ -39,7 +43,7 @@ def stored(tmp_path_factory):
         write_spectrum(root / f"{name}.zarr", result, {
             "dataset": "digits", "arch": "cnn", "split": "train", "component": "hessian",
             "n_per_class": 20, "n_samples": 200})
-        out[name] = hp.load(root / f"{name}.zarr")
+        out[name] = fs.load(root / f"{name}.zarr")
     out["exact"] = np.linalg.eigvalsh(matrix.numpy())
     torch.set_num_threads(threads)
     return out
@@ -49,29 +53,29 @@ def test_save_figure_writes_png_and_pdf_atomically(tmp_path):
     fig = Figure()
     fig.subplots().plot([0, 1], [1, 2])
     stem = tmp_path / "deep" / "fig1"
-    paths = hp.save_figure(fig, stem)
+    paths = hd.save_figure(fig, stem)
     assert [p.name for p in paths] == ["fig1.png", "fig1.pdf"]
     assert paths[0].read_bytes()[:4] == b"\x89PNG" and paths[1].read_bytes()[:4] == b"%PDF"
-    hp.save_figure(fig, stem)  # replaces, leaves no temporary file
+    hd.save_figure(fig, stem)  # replaces, leaves no temporary file
     assert sorted(p.name for p in stem.parent.iterdir()) == ["fig1.pdf", "fig1.png"]
 
 
 def test_floor_density_clips_for_a_log_scale():
     density = np.array([0.0, 1e-12, 0.5, 2.0])
-    clipped, level = hp.floor_density(density, 1e-8)
+    clipped, level = hd.floor_density(density, 1e-8)
     assert level == pytest.approx(2e-8)
     assert np.all(clipped >= level) and clipped[-1] == 2.0
-    assert hp.floor_density(density, 1e-8, at_most=1e-10)[1] == 1e-10
-    assert hp.floor_density(density, 1e-8, at_most=1.0)[1] == pytest.approx(2e-8)
+    assert hd.floor_density(density, 1e-8, at_most=1e-10)[1] == 1e-10
+    assert hd.floor_density(density, 1e-8, at_most=1.0)[1] == pytest.approx(2e-8)
     with pytest.raises(HspecError):
-        hp.floor_density(np.zeros(3))
+        hd.floor_density(np.zeros(3))
 
 
 def test_mark_outliers_puts_markers_at_the_values():
     ax = Figure().subplots()
-    stems = hp.mark_outliers(ax, [3.0, 5.0], height=0.1, bottom=1e-6)
+    stems = hd.mark_outliers(ax, [3.0, 5.0], height=0.1, bottom=1e-6)
     assert list(stems.get_xdata()) == [3.0, 5.0] and list(stems.get_ydata()) == [0.1, 0.1]
-    ticks = hp.mark_outliers(ax, [7.0])
+    ticks = hd.mark_outliers(ax, [7.0])
     assert list(ticks.get_xdata()) == [7.0]
     assert ticks.get_transform() == ax.get_xaxis_transform()  # y in axes fraction
 
@@ -79,7 +83,7 @@ def test_mark_outliers_puts_markers_at_the_values():
 def test_plot_density_log_scale_floor_and_outlier_positions(stored):
     arrays, attrs = stored["deflated"]
     ax = Figure().subplots()
-    drawn = hp.plot_density(ax, arrays, attrs)
+    drawn = hd.plot_density(ax, arrays, attrs)
     assert ax.get_yscale() == "log"
     assert ax.get_ylim()[0] == pytest.approx(drawn["floor"])
     assert np.all(drawn["line"].get_ydata() >= drawn["floor"])
@@ -96,7 +100,7 @@ def test_plot_density_log_scale_floor_and_outlier_positions(stored):
 def test_separated_counts_spikes_with_and_without_deflation(stored):
     exact = stored["exact"]
     for variant in ("plain", "deflated"):
-        found = hp.separated(*stored[variant])
+        found = fn.separated(*stored[variant])
         np.testing.assert_allclose(found, exact[::-1][:3], rtol=1e-6)
     # deflation of C=5 > 3 spikes: two deflated values touch the bulk and do not count
     assert len(stored["deflated"][0]["outliers"]) == 5
@@ -109,22 +113,22 @@ def test_separated_ignores_ghosts_and_weightless_ritz_values(stored):
     ghosts = dict(arrays)
     ghosts["nodes"] = np.concatenate([arrays["nodes"], [top * (1 + 1e-9), gap]])
     ghosts["weights"] = np.concatenate([arrays["weights"], [1e-3 / 300, 1e-31]])
-    np.testing.assert_allclose(hp.separated(ghosts, attrs), hp.separated(arrays, attrs))
+    np.testing.assert_allclose(fn.separated(ghosts, attrs), fn.separated(arrays, attrs))
 
 
 def test_atom_height_is_the_bump_of_one_deflated_outlier(stored):
     arrays, attrs = stored["deflated"]
     top = arrays["outliers"][0]
     bump = gaussian_density(np.array([top]), np.array([1 / attrs["n_params"]]),
-                            np.array([top]), hp.kernel_width(attrs))
-    assert bump[0] == pytest.approx(hp.atom_height(attrs), rel=1e-9)
-    assert hp.kernel_width(attrs) == pytest.approx(
+                            np.array([top]), fn.kernel_width(attrs))
+    assert bump[0] == pytest.approx(fn.atom_height(attrs), rel=1e-9)
+    assert fn.kernel_width(attrs) == pytest.approx(
         smoothing_width(48) * attrs["bulk_d"])
 
 
 def test_bulk_edges_leave_out_the_outliers(stored):
     for variant in ("plain", "deflated"):
-        lo, hi = hp.bulk_edges(*stored[variant])
+        lo, hi = fn.bulk_edges(*stored[variant])
         assert lo == pytest.approx(0.0, abs=0.1)
         assert 5.0 < hi < 10.0  # the Wishart bulk ends near 7.5, the spikes at 15+
 
@@ -150,33 +154,33 @@ def power_law_quadrature(b=2.5, x0=0.1, x1=10.0, n=4000, zeros=0.0, zero_at=1e-6
 def test_auto_fit_recovers_a_power_law_and_ignores_the_mass_at_zero(zeros):
     arrays = power_law_quadrature(zeros=zeros)
     attrs = quadrature_attrs(len(arrays["nodes"]))
-    fit = hp.fit_tail(arrays, attrs, 1)
+    fit = fn.fit_tail(arrays, attrs, 1)
     assert fit["b"] == pytest.approx(2.5, abs=0.05) and fit["r2"] > 0.99
     # the decade below the largest eigenvalue, short of the smoothed edge
     top = arrays["nodes"].max()
     assert fit["lo"] == pytest.approx(top / 10) and 0.8 * top < fit["hi"] < top
     assert fit["rule"].startswith("automatic")
-    negative = hp.fit_tail(arrays, attrs, -1)
+    negative = fn.fit_tail(arrays, attrs, -1)
     assert negative["b"] == pytest.approx(fit["b"], abs=1e-6)
-    assert hp.asymmetry(arrays, attrs) == pytest.approx(0.0, abs=1e-9)
+    assert fn.asymmetry(arrays, attrs) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_fit_uses_a_given_range_and_reports_failures():
     arrays = power_law_quadrature()
     attrs = quadrature_attrs(len(arrays["nodes"]))
-    fit = hp.fit_tail(arrays, attrs, 1, [0.3, 2.0])
+    fit = fn.fit_tail(arrays, attrs, 1, [0.3, 2.0])
     assert (fit["lo"], fit["hi"], fit["rule"]) == (0.3, 2.0, "given")
     assert fit["b"] == pytest.approx(2.5, abs=0.05)
-    failed = hp.fit_tail(arrays, attrs, 1, [100.0, 200.0])  # no density there
-    assert "error" in failed and hp.plot_fit(Figure().subplots(), failed) is None
-    line = hp.plot_fit(Figure().subplots(), fit)
+    failed = fn.fit_tail(arrays, attrs, 1, [100.0, 200.0])  # no density there
+    assert "error" in failed and hd.plot_fit(Figure().subplots(), failed) is None
+    line = hd.plot_fit(Figure().subplots(), fit)
     assert line.get_xdata()[0] == pytest.approx(0.3)
 
 
 def test_log_tail_is_a_density_in_lambda():
     def positive_mass(zero_at):
         arrays = power_law_quadrature(zeros=0.5, zero_at=zero_at)
-        x, phi = hp.log_tail(arrays, quadrature_attrs(len(arrays["nodes"])), 1)
+        x, phi = fn.log_tail(arrays, quadrature_attrs(len(arrays["nodes"])), 1)
         return np.sum((phi[1:] + phi[:-1]) / 2 * np.diff(x))
 
     # the grid spans 8 decades below the top (10): zeros at 1e-6 are on it, at 1e-9 not
@@ -185,28 +189,28 @@ def test_log_tail_is_a_density_in_lambda():
     arrays = power_law_quadrature(zeros=0.5)
     attrs = quadrature_attrs(len(arrays["nodes"]))
     ax = Figure().subplots()
-    drawn = hp.plot_log_density(ax, arrays, attrs, sign=-1)
+    drawn = hd.plot_log_density(ax, arrays, attrs, sign=-1)
     assert ax.get_xscale() == ax.get_yscale() == "log"
-    assert drawn["line"].get_color() == hp.SIGN_COLORS[-1]
+    assert drawn["line"].get_color() == hd.SIGN_COLORS[-1]
 
 
 def test_asymmetry_of_a_one_signed_spectrum_is_one(stored):
-    assert hp.asymmetry(*stored["plain"]) == pytest.approx(1.0, abs=1e-6)
+    assert fn.asymmetry(*stored["plain"]) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_spectrum_numbers_and_summary(stored):
-    numbers = hp.spectrum_numbers(*stored["deflated"], path="x.zarr")
+    numbers = fn.spectrum_numbers(*stored["deflated"], path="x.zarr")
     assert numbers["outliers_found"] == 3 and numbers["num_classes"] == 10
     assert numbers["outliers_equal_classes"] is False
     assert len(numbers["deflated_outliers"]) == 5 and numbers["deflate"] == 5
     assert numbers["component"] == "hessian" and numbers["path"] == "x.zarr"
-    assert hp.spectrum_numbers(*stored["deflated"], classes=3)["outliers_equal_classes"]
-    line = hp.summary("digits", numbers)
+    assert fn.spectrum_numbers(*stored["deflated"], classes=3)["outliers_equal_classes"]
+    line = fn.summary("digits", numbers)
     assert "outliers found: 3 (classes: 10; differs from C)" in line
 
 
 def test_write_numbers_sorted_plain_json(tmp_path):
-    path = hp.write_numbers({"b": np.float32(1.5), "a": [np.int64(2), float("nan")],
+    path = fn.write_numbers({"b": np.float32(1.5), "a": [np.int64(2), float("nan")],
                              "c": {"z": np.bool_(True), "y": np.arange(2.0)}},
                             tmp_path / "sub" / "numbers.json")
     text = path.read_text()
@@ -217,24 +221,226 @@ def test_write_numbers_sorted_plain_json(tmp_path):
 
 
 def test_align_and_per_class_value():
-    pairs = hp.align([10.0, 5.0], [5.001, 9.0, 10.0])
+    pairs = fn.align([10.0, 5.0], [5.001, 9.0, 10.0])
     assert [p["reference"] for p in pairs] == [10.0, 5.001]
     assert pairs[1]["relative_difference"] == pytest.approx(2e-4)
-    assert hp.align([1.0], []) == []
+    assert fn.align([1.0], []) == []
     train = {"split": "train", "dataset": "digits", "n_per_class": "full", "n_samples": 1437}
-    assert hp.per_class_value("20", train) == 20.0
-    assert hp.per_class_value("full", train) == pytest.approx(143.7)
-    assert hp.per_class_value("full", {**train, "split": "test"}) is None
+    assert fn.per_class_value("20", train) == 20.0
+    assert fn.per_class_value("full", train) == pytest.approx(143.7)
+    assert fn.per_class_value("full", {**train, "split": "test"}) is None
 
 
 def test_describe_and_num_classes():
     attrs = {"dataset": "cifar10", "arch": "vgg11", "split": "test",
              "component": "prediction_hessian", "n_per_class": 2599,
              "settings": {"deflate": 0}}
-    assert hp.describe(attrs) == ("CIFAR10, VGG11, test, averaged Hessian of predictions "
+    assert hd.describe(attrs) == ("CIFAR10, VGG11, test, averaged Hessian of predictions "
                                   "$R$, 2599/class")
-    assert hp.num_classes(attrs) == 10 and hp.num_classes(attrs, 7) == 7
-    assert hp.num_classes({"dataset": "unknown", "settings": {"deflate": 4}}) == 4
-    assert hp.variant(attrs) == "plain"
-    assert not math.isnan(hp.atom_height(
+    assert fn.num_classes(attrs) == 10 and fn.num_classes(attrs, 7) == 7
+    assert fn.num_classes({"dataset": "unknown", "settings": {"deflate": 4}}) == 4
+    assert hd.variant(attrs) == "plain"
+    assert not math.isnan(fn.atom_height(
         {"n_params": 10, "bulk_d": 2.0, "settings": {"steps": 64}}))
+
+
+# ------------------------------------------------------------- the figure -> spectra map
+
+SPEC = {"arch": "mlp", "datasets": ["digits", "mnist"], "per_class": [20, "full"]}
+
+
+def test_figure_parameters_honour_every_dataset_and_size():
+    def path(d, n, name):
+        return f"r/spectra/mlp/{d}/n{n}/{name}.zarr"
+
+    labels = ["digits n=20", "digits n=full", "mnist n=20", "mnist n=full"]
+    fig1 = fs.figure_parameters("fig1", SPEC, "r")["spectra"]
+    assert list(fig1) == labels
+    assert fig1["mnist n=full"] == path("mnist", "full", "train-hessian-plain")
+    fig3 = fs.figure_parameters("fig3", SPEC, "r")["panels"]
+    assert list(fig3) == labels
+    assert fig3["mnist n=20"] == {"deflated": path("mnist", 20, "train-hessian-deflated"),
+                                  "plain": path("mnist", 20, "train-hessian-plain")}
+    fig4 = fs.figure_parameters("fig4", SPEC, "r")["panels"]
+    assert list(fig4) == labels
+    assert fig4["digits n=full"]["spectra"]["prediction_hessian"] == path(
+        "digits", "full", "test-prediction_hessian-plain")
+    assert fig4["digits n=full"]["log_spectra"]["hessian"] == path(
+        "digits", "full", "test-hessian-log")
+    fig5 = fs.figure_parameters("fig5", SPEC, "r")["panels"]
+    assert list(fig5) == ["digits", "mnist"]
+    assert fig5["mnist"]["test"] == {
+        "20": path("mnist", 20, "test-gradient_covariance-plain"),
+        "full": path("mnist", "full", "test-gradient_covariance-plain")}
+    one = {"arch": "mlp", "datasets": ["digits"], "per_class": [60]}
+    assert list(fs.figure_parameters("fig3", one, "r")["panels"]) == ["digits"]
+    with pytest.raises(HspecError, match="unknown figure 'fig9'"):
+        fs.figure_parameters("fig9", one, "r")
+
+
+def test_spectrum_paths_and_papermill_yaml():
+    params = fs.figure_parameters("fig4", SPEC, "r")
+    paths = fs.spectrum_paths(params)
+    assert len(paths) == len(set(paths)) == 4 * 6
+    loaded = json.loads(fs.papermill_yaml("fig4", SPEC, "r"))
+    assert loaded == {**params, "figure": "r/figures/fig4/fig4",
+                      "numbers": "r/figures/fig4/numbers.json"}
+    paper = {"arch": "vgg11", "datasets": ["mnist", "fashionmnist", "cifar10"],
+             "per_class": ["full"]}  # the paper's panel order, not alphabetical
+    assert list(json.loads(fs.papermill_yaml("fig1", paper, "r"))["spectra"]) == \
+        paper["datasets"]
+
+
+def test_notebook_defaults_are_relative_to_where_the_notebook_runs(tmp_path):
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "demo.yaml").write_text(
+        "results: results/demo\nfigures:\n  fig1: {arch: mlp, datasets: [digits], "
+        "per_class: [full]}\n")
+    (tmp_path / "notebooks").mkdir()
+    inside = fs.notebook_defaults("fig1", tmp_path / "notebooks")
+    assert inside["spectra"] == {
+        "digits": "../results/demo/spectra/mlp/digits/nfull/train-hessian-plain.zarr"}
+    assert inside["figure"] == "../results/demo/figures/fig1/fig1"
+    assert fs.notebook_defaults("fig1", tmp_path)["numbers"] == \
+        "results/demo/figures/fig1/numbers.json"
+    with pytest.raises(HspecError, match="no config/demo.yaml"):
+        fs.notebook_defaults("fig1", "/")
+
+
+def test_a_missing_spectrum_names_the_target_that_writes_it(tmp_path):
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "demo.yaml").write_text("results: results/demo\n")
+    missing = tmp_path / "results" / "demo" / "spectra" / "x.zarr"
+    with pytest.raises(HspecError) as error:
+        fs.load_all({"a": {"b": missing}})
+    assert str(error.value).startswith(f"{missing}: no such spectrum; it is written by "
+                                       "`snakemake --cores all results/demo/spectra/x.zarr`")
+    assert "`make demo`" in str(error.value)
+
+
+def test_load_all_keeps_the_nesting(stored, tmp_path):
+    matrix = torch.tensor(spiked(p=60, rank=20))
+    result = hspec.spectral_density(lambda v: matrix @ v, 60, dtype=torch.float64, steps=16)
+    write_spectrum(tmp_path / "s.zarr", result, {
+        "dataset": "digits", "arch": "mlp", "split": "train", "component": "hessian",
+        "n_per_class": 20, "n_samples": 200})
+    loaded = fs.load_all({"p": {"deflated": tmp_path / "s.zarr"}})
+    arrays, attrs = loaded["p"]["deflated"]
+    assert attrs["arch"] == "mlp" and arrays["grid"].size > 0
+
+
+# -------------------------------------------------------------- per-figure logic, tested
+
+def test_zoom_range_and_tail_component_prefer_r(stored):
+    plain, deflated = stored["plain"], stored["deflated"]
+    reference, (lo, hi) = fn.zoom_range({"hessian": deflated, "prediction_hessian": plain})
+    edges = fn.bulk_edges(*plain)
+    width = edges[1] - edges[0]
+    assert reference == "prediction_hessian"
+    assert (lo, hi) == pytest.approx((edges[0] - 0.1 * width, edges[1] + 0.1 * width))
+    assert fn.zoom_range({"gradient_covariance": plain, "hessian": deflated})[0] == "hessian"
+    assert fn.tail_component(["hessian", "prediction_hessian"]) == "prediction_hessian"
+    assert fn.tail_component(["gradient_covariance", "hessian"]) == "gradient_covariance"
+    assert fn.ordered_components(["x", "prediction_hessian", "hessian"]) == [
+        "hessian", "prediction_hessian", "x"]
+
+
+def test_curve_sizes_fall_back_to_train_then_after_the_largest():
+    train = {"split": "train", "dataset": "digits", "n_per_class": "full", "n_samples": 600}
+    test = {"split": "test", "dataset": "digits", "n_per_class": "full"}
+    sizes = fn.curve_sizes({"train": {"20": ({}, train), "full": ({}, train)},
+                            "test": {"full": ({}, test), "odd": ({}, test)}})
+    assert sizes["train"] == {"20": 20.0, "full": 60.0}
+    assert sizes["test"] == {"full": 60.0, "odd": 90.0}  # borrowed; 1.5 x the largest
+
+
+def test_components_panel_names_a_missing_log_variant(stored):
+    with pytest.raises(HspecError, match="fig4: log_spectra has no hessian"):
+        fn.components_panel({"hessian": stored["plain"]}, {}, {"hessian": "h"}, {})
+
+
+def test_share_limits_covers_every_curve(stored):
+    axes = Figure().subplots(2)
+    drawn = [hd.plot_density(ax, *stored[v]) for ax, v in zip(axes, ("plain", "deflated"))]
+    xlim = hd.share_limits(axes, drawn, y=True)
+    assert xlim == (min(d["xlim"][0] for d in drawn), max(d["xlim"][1] for d in drawn))
+    assert all(ax.get_xlim() == xlim for ax in axes)
+    assert axes[0].get_ylim()[0] == pytest.approx(min(d["floor"] for d in drawn))
+
+
+def test_figures_share_one_look_and_one_panel_per_entry(stored):
+    from matplotlib import rcParams
+
+    fig = hd.deflation_figure({"a": {"deflated": stored["deflated"], "plain": stored["plain"]},
+                               "b": {"deflated": stored["deflated"], "plain": stored["plain"]}})
+    main = fig.axes
+    insets = [inset for ax in main for inset in ax.child_axes]
+    assert len(main) == 4  # 2 columns x (deflated, plain)
+    assert [inset.get_title() for inset in insets] == ["bulk"] * 4
+    assert all(ax.get_yscale() == "log" for ax in main + insets)
+    colors = [c["color"] for c in rcParams["axes.prop_cycle"]]
+    assert [mpl_hex(c) for c in colors[:4]] == hd.PALETTE[:4]
+    assert rcParams["axes.titlesize"] == 9
+    assert main[0].lines[0].get_color() == hd.BULK_COLOR
+    numbers = fn.hessian_numbers("fig1", {"x": stored["deflated"]}, {"x": "x.zarr"})
+    assert numbers["spectra"]["x"]["outliers_found"] == 3
+    assert "x: outliers found: 3" in fn.summary_lines(numbers)[0]
+
+
+def mpl_hex(color):
+    from matplotlib.colors import to_hex
+
+    return to_hex(color)
+
+
+def test_save_figure_leaves_nothing_when_drawing_fails(tmp_path):
+    class Broken(Figure):
+        def savefig(self, *args, **kwargs):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        hd.save_figure(Broken(), tmp_path / "fig1")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------ captions
+
+@pytest.mark.parametrize("fig", list(fs.NOTEBOOKS))
+def test_captions_render_as_restructuredtext_for_the_report(fig):
+    from docutils.core import publish_parts
+
+    text = captions.caption(fig)
+    assert "numbers are what they are" in text and "MLP" in text and "CNN" not in text
+    # the report renders captions as reStructuredText: no warning, no error
+    html = publish_parts(text, writer="html",
+                         settings_overrides={"halt_level": 2, "report_level": 2})["body"]
+    assert "system-message" not in html
+    assert captions.title(fig).startswith(f"Figure {fig[-1]}:")
+
+
+def test_fig4_caption_states_the_fit_rule_the_code_uses():
+    assert fn.AUTO_FIT_RULE.format(span=1.0).replace("|λ|", "\\|λ\\|") in \
+        captions.caption("fig4")
+
+
+def test_sample_size_figure_puts_train_on_top_whatever_the_order(stored):
+    # train: the plain spectrum, test: the deflated one; papermill may sort the keys
+    loaded = {"digits": {"test": {"20": stored["deflated"]}, "train": {"20": stored["plain"]}}}
+    numbers = fn.sample_size_numbers(loaded, {"digits": {"test": {"20": "a"},
+                                                         "train": {"20": "b"}}})
+    top, bottom = hd.sample_size_figure(loaded, numbers).axes[:2]
+    assert top.get_title().endswith("[plain]")
+    assert bottom.get_title().endswith("[deflated (C=5)]")
+
+
+def test_components_figure_draws_a_one_signed_tail(stored):
+    arrays, attrs = stored["plain"]
+    positive = ({**arrays, "nodes": np.abs(arrays["nodes"]) + 1e-3}, attrs)  # no λ < 0
+    spectra = {"hessian": stored["deflated"], "prediction_hessian": positive}
+    loaded = {"digits": {"spectra": spectra, "log_spectra": spectra}}
+    numbers = fn.components_numbers(loaded, {"digits": {"spectra": dict.fromkeys(spectra, "p"),
+                                                        "log_spectra": dict.fromkeys(spectra, "q")}})
+    assert "error" in numbers["panels"]["digits"]["fit_negative"]
+    fig = hd.components_figure(loaded, numbers)
+    tail = [ax for ax in fig.axes if ax.get_title().startswith("(d)")]
+    assert len(tail) == 1 and len(tail[0].get_legend().get_texts()) >= 1

@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+from hspec import captions, figure_specs
 from hspec.atomic import atomic_write
 from hspec.config import check
 from hspec.data import num_classes
@@ -11,13 +12,7 @@ RESULTS = config["results"]
 SPECTRUM = config["spectrum"]
 GPU = 1 if config["device"].startswith("cuda") else 0
 FIGURE_FILES = ("ipynb", "html", "png", "pdf")
-NOTEBOOKS = {
-    "fig1": "notebooks/fig1_train_hessian.ipynb",
-    "fig2": "notebooks/fig2_test_hessian.ipynb",
-    "fig3": "notebooks/fig3_deflation.ipynb",
-    "fig4": "notebooks/fig4_components.ipynb",
-    "fig5": "notebooks/fig5_sample_size.ipynb",
-}
+NOTEBOOKS = {fig: f"notebooks/{name}.ipynb" for fig, name in figure_specs.NOTEBOOKS.items()}
 
 
 wildcard_constraints:
@@ -56,7 +51,7 @@ def figure_stem(fig):
 
 def figure_outputs(fig):
     return [f"{figure_stem(fig)}.{ext}" for ext in FIGURE_FILES] + [
-        f"{RESULTS}/figures/{fig}/numbers.json"
+        figure_specs.figure_files(fig, RESULTS)["numbers"]
     ]
 
 
@@ -65,57 +60,24 @@ def all_figure_targets():
 
 
 def figure_parameters(fig):
-    """The notebook's parameters: which spectrum group goes where."""
-    spec = config["figures"][fig]
-    arch, datasets, sizes = spec["arch"], spec["datasets"], spec["per_class"]
-    path = lambda d, n, split, comp, var: spectrum_path(arch, d, n, split, comp, var)
-    d, n = datasets[0], sizes[0]
-    if fig in ("fig1", "fig2"):
-        split = "train" if fig == "fig1" else "test"
-        label = lambda d, n: d if len(sizes) == 1 else f"{d} n={n}"
-        return {"spectra": {label(d, n): path(d, n, split, "hessian", "plain")
-                            for d in datasets for n in sizes}}
-    if fig == "fig3":
-        return {"deflated": path(d, n, "train", "hessian", "deflated"),
-                "plain": path(d, n, "train", "hessian", "plain")}
-    if fig == "fig4":
-        return {
-            "spectra": {"hessian": path(d, n, "test", "hessian", "deflated"),
-                        "gradient_covariance": path(d, n, "test", "gradient_covariance",
-                                                    "deflated"),
-                        "prediction_hessian": path(d, n, "test", "prediction_hessian",
-                                                   "plain")},
-            "log_spectra": {c: path(d, n, "test", c, "log")
-                            for c in ("hessian", "gradient_covariance",
-                                      "prediction_hessian")},
-        }
-    # string keys: papermill sorts parameter keys, and "full" does not sort with numbers
-    return {split: {str(size): path(d, size, split, "gradient_covariance", "plain")
-                    for size in sizes} for split in ("train", "test")}
+    """The notebook's parameters: hspec.figure_specs.figure_parameters, the one map."""
+    return figure_specs.figure_parameters(fig, config["figures"][fig], RESULTS)
 
 
 def figure_inputs(wildcards):
     """The spectrum groups a figure reads (every path among its parameters)."""
-    found = []
-
-    def walk(value):
-        if isinstance(value, dict):
-            for item in value.values():
-                walk(item)
-        else:
-            found.append(value)
-
-    walk(figure_parameters(wildcards.fig))
-    return found
+    return figure_specs.spectrum_paths(figure_parameters(wildcards.fig))
 
 
 def figure_yaml(wildcards):
-    """papermill -y: the parameters plus where to write the figure and its numbers, as
-    JSON (valid YAML, with no single quote to break the shell's quoting)."""
-    params = figure_parameters(wildcards.fig)
-    params.update(figure=figure_stem(wildcards.fig),
-                  numbers=f"{RESULTS}/figures/{wildcards.fig}/numbers.json")
-    return json.dumps(params, sort_keys=True)
+    """papermill -y: the parameters plus where to write the figure and its numbers."""
+    return figure_specs.papermill_yaml(wildcards.fig, config["figures"][wildcards.fig],
+                                       RESULTS)
+
+
+def figure_caption(wildcards):
+    """The figure's caption (hspec.captions), for the report."""
+    return f"**{captions.title(wildcards.fig)}**\n\n{captions.caption(wildcards.fig)}"
 
 
 def train_inputs(wildcards):

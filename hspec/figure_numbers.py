@@ -1,69 +1,35 @@
-"""Plots and caption numbers for the paper's figures, from stored spectra.
+"""The numbers the figures' captions quote, from stored spectra.
 
-The figure notebooks (``notebooks/fig*.ipynb``) stay short: they load spectra with
-:func:`load`, draw them with the helpers here, and write the numbers the captions quote
-with :func:`spectrum_numbers` and :func:`write_numbers`.
+Conventions (as in the paper): eigenvalues are denormalized (λ itself); an outlier is
+*separated* when it lies above the bulk's smoothed density (:func:`separated`); the
+bulk's edges are quantiles of its quadrature without those outliers.
 
-Conventions (as in the paper):
-
-* the x-axis is denormalized (the eigenvalue λ itself);
-* densities are drawn on a log y-scale, clipped at ``floor``·max so that the log works;
-* deflated outliers, which are not part of the stored bulk density, are drawn as stems
-  at their positions, as tall as the smoothed bump one eigenvalue of mass 1/n_params
-  would make with the bulk's kernel (so they compare with the bumps of a spectrum
-  computed without deflation);
-* outliers *separated* from the bulk (the count the captions quote) are marked with
-  small triangles along the top of the axes.
-
-Nothing here imports pyplot: the helpers draw on axes they are given, and
-:func:`save_figure` writes a figure object, so notebooks keep their inline backend.
+Besides the measures of one spectrum (:func:`spectrum_numbers`), one function per
+figure gathers what its caption quotes (:func:`hessian_numbers`,
+:func:`deflation_numbers`, :func:`components_numbers`, :func:`sample_size_numbers`),
+:func:`summary_lines` says it in words, and :func:`write_numbers` stores it as JSON.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from hspec import analysis
+from hspec.atomic import atomic_write
 from hspec.density import log_density, smoothing_width
 from hspec.errors import HspecError
-from hspec.store import read_spectrum
 
-COMPONENT_NAMES = {
-    "hessian": "Hessian $H$",
-    "gradient_covariance": "covariance of gradients $G$",
-    "prediction_hessian": "averaged Hessian of predictions $R$",
-}
-DATASET_NAMES = {"digits": "digits", "mnist": "MNIST", "fashionmnist": "FashionMNIST",
-                 "cifar10": "CIFAR10", "cifar100": "CIFAR100"}
-ARCH_NAMES = {"cnn": "CNN", "vgg11": "VGG11", "resnet18": "ResNet18"}
-SIGN_COLORS = {1: "tab:red", -1: "tab:blue"}  # Fig. 4d: positive red, negative blue
-OUTLIER_COLOR = "tab:red"
-DEFAULT_FLOOR = 1e-8
 GHOST_TOLERANCE = 1e-4  # Ritz values closer than this × spectrum width count once
 # Ritz values with a weight below this × 1/n_params (one eigenvalue's share) are taken
 # for Lanczos ghosts or unconverged copies (their weights are near machine precision
 # squared); a genuine eigenvalue gets so little weight from a Gaussian start vector
 # with probability ≈ 2.5e-5 (weight·n_params ~ χ²₁).
 MIN_WEIGHT = 1e-9
-
-
-# ----------------------------------------------------------------------------- loading
-
-def load(path) -> tuple[dict[str, np.ndarray], dict]:
-    """(arrays, attrs) of a stored spectrum (:func:`hspec.store.read_spectrum`)."""
-    return read_spectrum(Path(path))
-
-
-def load_all(paths: Mapping) -> dict:
-    """``{key: (arrays, attrs)}`` for a mapping ``{key: path}``, in the given order."""
-    return {key: load(path) for key, path in paths.items()}
 
 
 def _settings(attrs: Mapping) -> dict:
@@ -73,30 +39,6 @@ def _settings(attrs: Mapping) -> dict:
 def _steps_and_k(attrs: Mapping) -> tuple[int, float]:
     settings = _settings(attrs)
     return int(settings.get("steps", 256)), float(settings.get("k", 1.25))
-
-
-def variant(attrs: Mapping) -> str:
-    """'deflated (C=…)' or 'plain', from the stored settings."""
-    deflate = int(_settings(attrs).get("deflate", 0) or 0)
-    return f"deflated (C={deflate})" if deflate else "plain"
-
-
-def describe(attrs: Mapping, *, dataset: bool = True, arch: bool = True,
-             split: bool = True, component: bool = True, size: bool = True) -> str:
-    """A title naming dataset, arch, split, component and examples per class."""
-    parts = []
-    if dataset:
-        parts.append(DATASET_NAMES.get(attrs.get("dataset"), str(attrs.get("dataset"))))
-    if arch:
-        parts.append(ARCH_NAMES.get(attrs.get("arch"), str(attrs.get("arch"))))
-    if split:
-        parts.append(str(attrs.get("split")))
-    if component:
-        parts.append(COMPONENT_NAMES.get(attrs.get("component"),
-                                         str(attrs.get("component"))))
-    if size and attrs.get("n_per_class") is not None:
-        parts.append(f"{attrs['n_per_class']}/class")
-    return ", ".join(parts)
 
 
 def num_classes(attrs: Mapping, override=None) -> int | None:
@@ -177,91 +119,6 @@ def asymmetry(arrays: Mapping, attrs: Mapping) -> float:
     return analysis.asymmetry(*atoms(arrays, attrs))
 
 
-# ------------------------------------------------------------------------------ drawing
-
-def floor_density(density, floor: float = DEFAULT_FLOOR, reference: float | None = None,
-                  at_most: float | None = None) -> tuple[np.ndarray, float]:
-    """(density clipped below at a level, the level) for a log scale: the level is
-    floor·reference (reference = max(density)), or ``at_most`` if that is lower."""
-    density = np.asarray(density, dtype=float)
-    reference = float(np.max(density)) if reference is None else float(reference)
-    if not reference > 0:
-        raise HspecError("density: no positive value to put on a log scale")
-    level = floor * reference
-    if at_most is not None and 0 < at_most < level:
-        level = float(at_most)
-    return np.maximum(density, level), level
-
-
-def mark_outliers(ax, values, *, height: float | None = None, bottom: float | None = None,
-                  color: str = OUTLIER_COLOR, label: str | None = None, size: float = 5,
-                  linewidth: float = 1.0):
-    """Mark eigenvalues at their x positions and return the markers' Line2D.
-
-    With ``height`` (and ``bottom``): stems from ``bottom`` to ``height`` in data units,
-    a dot on top (deflated outliers). Without: small down-triangles along the top
-    edge of the axes (separated outliers).
-    """
-    values = np.asarray(values, dtype=float)
-    if height is None:
-        (line,) = ax.plot(values, np.full(values.size, 0.97), linestyle="none",
-                          marker="v", markersize=size, color=color, label=label,
-                          transform=ax.get_xaxis_transform(), zorder=4)
-        return line
-    if bottom is not None and values.size:
-        ax.vlines(values, bottom, height, colors=color, linewidth=linewidth, zorder=3)
-    (line,) = ax.plot(values, np.full(values.size, height), linestyle="none",
-                      marker="o", markersize=size, color=color, label=label, zorder=4)
-    return line
-
-
-def plot_density(ax, arrays: Mapping, attrs: Mapping, *, floor: float = DEFAULT_FLOOR,
-                 color: str = "C0", label: str | None = None, title: str | bool = True,
-                 stems: bool = True, mark_separated: bool = True,
-                 outlier_color: str | None = None, linewidth: float = 1.2,
-                 pad: float = 0.03, set_limits: bool = True) -> dict:
-    """The bulk density on a log y-scale over the denormalized axis, with the
-    deflated outliers as stems and the separated outliers marked along the top.
-
-    The floor is ``floor`` × the highest point drawn, lowered if need be to 1/100 of
-    the bump one eigenvalue makes (:func:`atom_height`), so that the outliers of a
-    spectrum with many parameters stay above it.
-
-    Returns ``{"line", "floor", "top", "outliers", "separated", "xlim"}``.
-    """
-    grid, density = np.asarray(arrays["grid"]), np.asarray(arrays["density"])
-    outliers = np.asarray(arrays["outliers"], dtype=float)
-    height = atom_height(attrs) if outliers.size else 0.0
-    clipped, level = floor_density(density, floor, max(density.max(), height),
-                                   at_most=0.01 * atom_height(attrs))
-    (line,) = ax.plot(grid, clipped, color=color, linewidth=linewidth, label=label)
-    ax.set_yscale("log")
-    outlier_color = outlier_color or (OUTLIER_COLOR if color == "C0" else color)
-    if stems and outliers.size:
-        mark_outliers(ax, outliers, height=height, bottom=level, color=outlier_color,
-                      label=None if label else f"deflated outliers ({outliers.size})")
-    found = separated(arrays, attrs)
-    if mark_separated and found.size:
-        mark_outliers(ax, found, color=outlier_color, size=4,
-                      label=None if label else f"separated outliers ({found.size})")
-    lo = min(grid[0], outliers.min()) if outliers.size else grid[0]
-    hi = max(grid[-1], outliers.max()) if outliers.size else grid[-1]
-    margin = pad * (hi - lo)
-    xlim = (lo - margin, hi + margin)
-    top = max(density.max(), height)
-    if set_limits:
-        ax.set_xlim(*xlim)
-        ax.set_ylim(level, top * 3)
-    ax.set_xlabel("eigenvalue $\\lambda$")
-    ax.set_ylabel("density")
-    if title is True:
-        ax.set_title(f"{describe(attrs)} [{variant(attrs)}]", fontsize=9)
-    elif title:
-        ax.set_title(title, fontsize=9)
-    return {"line": line, "floor": level, "top": top, "outliers": outliers,
-            "separated": found, "xlim": xlim}
-
-
 def log_tail(arrays: Mapping, attrs: Mapping, sign: int = 1, *, decades: float = 8.0,
              points: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """(|λ|, density in λ) over the eigenvalues of one sign, on a log grid.
@@ -278,33 +135,10 @@ def log_tail(arrays: Mapping, attrs: Mapping, sign: int = 1, *, decades: float =
     return x, density_u / (x * math.log(10))
 
 
-def plot_log_density(ax, arrays: Mapping, attrs: Mapping, sign: int = 1, *,
-                     floor: float = DEFAULT_FLOOR, color: str | None = None,
-                     label: str | None = None, decades: float = 8.0,
-                     title: str | bool = True) -> dict:
-    """The density of |λ| over one sign on log–log axes (Fig. 4b, 4d); the x-range
-    is where the density is above the floor (``xlim`` in the result)."""
-    x, phi = log_tail(arrays, attrs, sign, decades=decades)
-    clipped, level = floor_density(phi, floor)
-    color = color or SIGN_COLORS[sign]
-    (line,) = ax.loglog(x, clipped, color=color, linewidth=1.2, label=label)
-    above = np.flatnonzero(phi > level)
-    xlim = (x[max(above[0] - 1, 0)] / 1.5, x[min(above[-1] + 1, x.size - 1)] * 1.5)
-    ax.set_xlim(*xlim)
-    ax.set_ylim(level / 2, phi.max() * 3)
-    ax.set_xlabel("$|\\lambda|$" + (" ($\\lambda > 0$)" if sign > 0 and not label else ""))
-    ax.set_ylabel("density")
-    if title is True:
-        ax.set_title(describe(attrs), fontsize=9)
-    elif title:
-        ax.set_title(title, fontsize=9)
-    return {"line": line, "floor": level, "x": x, "phi": phi, "xlim": xlim}
-
-
 # ------------------------------------------------------------------------- power law
 
 AUTO_FIT_RULE = (
-    "automatic fit range, per sign: the {span:g} decades of |λ| below the largest |λ| of "
+    "automatic fit range, per sign: the {span:g} decade(s) of |λ| below the largest |λ| of "
     "that sign, ending two kernel widths (of the log-axis smoothing) below it so that "
     "the smoothed edge is left out: the tail of the spectrum, away from the concentration "
     "of eigenvalues near zero")
@@ -340,44 +174,6 @@ def fit_tail(arrays: Mapping, attrs: Mapping, sign: int = 1, fit_range=None, *,
     except HspecError as error:
         return {"error": str(error), "sign": sign, "rule": rule}
     return {**fit, "sign": sign, "rule": rule}
-
-
-def plot_fit(ax, fit: Mapping, *, color: str = "black", shade: bool = True):
-    """The fitted power law as a dashed line over its range (and the range shaded)."""
-    if "error" in fit:
-        return None
-    x = np.geomspace(fit["lo"], fit["hi"], 64)
-    if shade:
-        ax.axvspan(fit["lo"], fit["hi"], color="0.85", alpha=0.5, zorder=0)
-    (line,) = ax.loglog(x, fit["a"] * x ** -fit["b"], linestyle="--", color=color,
-                        linewidth=1.5,
-                        label=f"$\\phi = {fit['a']:.2g}\\,|\\lambda|^{{-{fit['b']:.2f}}}$, "
-                              f"$R^2 = {fit['r2']:.2f}$")
-    return line
-
-
-def legend(ax, **kwargs):
-    """``ax.legend(**kwargs)`` if the axes hold labelled artists (else nothing)."""
-    handles, _ = ax.get_legend_handles_labels()
-    return ax.legend(**kwargs) if handles else None
-
-
-def zoom(ax, arrays: Mapping, lo: float, hi: float, floor: float = DEFAULT_FLOOR) -> None:
-    """Limit the x-axis to [lo, hi] and the y-axis to the density drawn there."""
-    grid, density = np.asarray(arrays["grid"]), np.asarray(arrays["density"])
-    inside = density[(grid >= lo) & (grid <= hi)]
-    ax.set_xlim(lo, hi)
-    if inside.size and inside.max() > 0:
-        top = inside.max()
-        ax.set_ylim(max(inside[inside > 0].min(), floor * top) / 2, top * 3)
-
-
-def union_limits(ax, drawn) -> None:
-    """Set the limits of an axis holding several :func:`plot_density` curves (drawn
-    with ``set_limits=False``) to cover all of them."""
-    drawn = list(drawn)
-    ax.set_xlim(min(d["xlim"][0] for d in drawn), max(d["xlim"][1] for d in drawn))
-    ax.set_ylim(min(d["floor"] for d in drawn), max(d["top"] for d in drawn) * 3)
 
 
 # ------------------------------------------------------------------------------ numbers
@@ -468,33 +264,199 @@ def jsonable(value):
     return value
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_numbers(numbers: Mapping, path) -> Path:
-    """Write numbers as JSON (sorted keys, indented), atomically."""
+    """Write numbers as JSON (sorted keys, indented), atomically (complete or absent)."""
     path = Path(path)
-    text = json.dumps(jsonable(numbers), sort_keys=True, indent=2, allow_nan=False)
-    _atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))
+    text = json.dumps(jsonable(numbers), sort_keys=True, indent=2, allow_nan=False) + "\n"
+    atomic_write(path, lambda handle: handle.write(text.encode()))
     return path
 
 
-def save_figure(fig, stem, dpi: int = 150) -> list[Path]:
-    """Write ``stem.png`` and ``stem.pdf`` (each via a temporary file and os.replace)."""
-    stem = Path(stem)
-    paths = []
-    for fmt in ("png", "pdf"):
-        path = stem.with_name(f"{stem.name}.{fmt}")
-        # no bbox_inches="tight": the notebooks lay figures out themselves, and a tight
-        # box costs one more full draw per format
-        _atomic_write(path, lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt, dpi=dpi))
-        paths.append(path)
-    return paths
+# -------------------------------------------------------------------------- per figure
+
+def _largest(pairs) -> float | None:
+    return max((p["relative_difference"] for p in pairs), default=None)
+
+
+def hessian_numbers(fig: str, loaded: Mapping, paths: Mapping, classes=None) -> dict:
+    """Figs. 1–2: :func:`spectrum_numbers` of every panel's Hessian."""
+    return {"figure": fig, "split": "train" if fig == "fig1" else "test",
+            "component": "hessian",
+            "spectra": {label: spectrum_numbers(*loaded[label], paths[label], classes)
+                        for label in loaded}}
+
+
+def deflation_panel(loaded: Mapping, paths: Mapping, classes=None) -> dict:
+    """Fig. 3, one panel: both spectra's numbers, and each separated outlier of the
+    deflated spectrum paired with the nearest separated Ritz value of the plain one."""
+    top = spectrum_numbers(*loaded["deflated"], paths["deflated"], classes)
+    bottom = spectrum_numbers(*loaded["plain"], paths["plain"], classes)
+    pairs = align(top["separated_outliers"], bottom["separated_outliers"])
+    return {"deflated": top, "plain": bottom, "alignment": pairs,
+            "max_relative_difference": _largest(pairs)}
+
+
+def deflation_numbers(loaded: Mapping, paths: Mapping, classes=None) -> dict:
+    """Fig. 3: :func:`deflation_panel` per panel."""
+    return {"figure": "fig3", "panels": {label: deflation_panel(loaded[label], paths[label],
+                                                                classes)
+                                         for label in loaded}}
+
+
+COMPONENT_ORDER = ("hessian", "gradient_covariance", "prediction_hessian")
+
+
+def ordered_components(components) -> list:
+    """H, G, R first (in that order), then any other component as given."""
+    components = list(components)
+    return ([c for c in COMPONENT_ORDER if c in components]
+            + [c for c in components if c not in COMPONENT_ORDER])
+
+
+def tail_component(components) -> str:
+    """The component whose tail Fig. 4d fits: R if present, else the last one."""
+    return "prediction_hessian" if "prediction_hessian" in components else \
+        ordered_components(components)[-1]
+
+
+def zoom_range(loaded: Mapping) -> tuple[str, tuple[float, float]]:
+    """Fig. 4c's x-range: the bulk edges of R (of the first component if R is absent),
+    widened by 10 % on each side; returns (that component, (lo, hi))."""
+    reference = "prediction_hessian" if "prediction_hessian" in loaded else \
+        ordered_components(loaded)[0]
+    lo, hi = bulk_edges(*loaded[reference])
+    return reference, (lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo))
+
+
+def components_panel(loaded: Mapping, log_loaded: Mapping, paths: Mapping,
+                     log_paths: Mapping, fit_range=None, classes=None) -> dict:
+    """Fig. 4, one model: every component's numbers (plain and log variants), H's
+    outliers paired with G's, the power law fitted to each sign of the tail component's
+    log variant, its asymmetry, and the zoom range of (c)."""
+    components = ordered_components(loaded)
+    missing = [c for c in components if c not in log_loaded]
+    if missing:
+        raise HspecError(f"fig4: log_spectra has no {', '.join(missing)}")
+    results = {c: spectrum_numbers(*loaded[c], paths[c], classes) for c in components}
+    log_results = {c: spectrum_numbers(*log_loaded[c], log_paths[c], classes)
+                   for c in components}
+    attribution = []
+    if "hessian" in results and "gradient_covariance" in results:
+        attribution = align(results["hessian"]["separated_outliers"],
+                            results["gradient_covariance"]["separated_outliers"])
+    tail = tail_component(components)
+    fit = fit_tail(*log_loaded[tail], 1, fit_range)
+    reference, zoom = zoom_range(loaded)
+    return {"spectra": results, "log_spectra": log_results,
+            "fit": fit, "fit_negative": fit_tail(*log_loaded[tail], -1, fit_range),
+            "fit_range": None if "error" in fit else [fit["lo"], fit["hi"]],
+            "fit_range_given": fit_range is not None,
+            "asymmetry": asymmetry(*log_loaded[tail]), "asymmetry_component": tail,
+            "outlier_attribution": attribution,
+            "zoom_range": list(zoom), "zoom_reference": reference}
+
+
+def components_numbers(loaded: Mapping, paths: Mapping, fit_range=None,
+                       classes=None) -> dict:
+    """Fig. 4: :func:`components_panel` per model; ``loaded`` and ``paths`` map a panel
+    label to ``{"spectra": {component: ...}, "log_spectra": {component: ...}}``."""
+    return {"figure": "fig4", "fit_rule": AUTO_FIT_RULE.format(span=1.0),
+            "panels": {label: components_panel(
+                loaded[label]["spectra"], loaded[label]["log_spectra"],
+                paths[label]["spectra"], paths[label]["log_spectra"], fit_range, classes)
+                for label in loaded}}
+
+
+def curve_sizes(splits: Mapping, classes=None) -> dict:
+    """Fig. 5: ``{split: {key: examples per class}}`` (:func:`per_class_value`); a test
+    curve whose size is unknown borrows the train curve's of the same key, and any still
+    unknown is put after the largest known (1.5 × it; 1 if none is known)."""
+    sizes = {split: {key: per_class_value(key, attrs, classes)
+                     for key, (_, attrs) in curves.items()}
+             for split, curves in splits.items()}
+    for key, value in sizes.get("test", {}).items():
+        if value is None:
+            sizes["test"][key] = sizes.get("train", {}).get(key)
+    known = [v for s in sizes.values() for v in s.values() if v is not None]
+    fallback = 1.5 * max(known) if known else 1.0
+    return {split: {key: fallback if value is None else value for key, value in s.items()}
+            for split, s in sizes.items()}
+
+
+def sample_size_panel(splits: Mapping, paths: Mapping, classes=None) -> dict:
+    """Fig. 5, one dataset: every curve's numbers (with ``per_class_value``) and, per
+    split, ``[key, examples per class, outliers found]`` in order of the size."""
+    sizes = curve_sizes(splits, classes)
+    results, trend = {}, {}
+    for split, curves in splits.items():
+        results[split] = {str(key): {**spectrum_numbers(*curves[key], paths[split][key],
+                                                        classes),
+                                     "per_class_value": sizes[split][key]}
+                          for key in curves}
+        order = sorted(curves, key=lambda key: sizes[split][key])
+        trend[split] = [[str(key), sizes[split][key],
+                         results[split][str(key)]["outliers_found"]] for key in order]
+    return {"spectra": results, "outliers_by_size": trend}
+
+
+def sample_size_numbers(loaded: Mapping, paths: Mapping, classes=None) -> dict:
+    """Fig. 5: :func:`sample_size_panel` per dataset."""
+    return {"figure": "fig5", "component": "gradient_covariance",
+            "panels": {label: sample_size_panel(loaded[label], paths[label], classes)
+                       for label in loaded}}
+
+
+def _pairs_lines(pairs, value, reference) -> list[str]:
+    return [f"  {value} {p['value']:.5g} <-> {reference} {p['reference']:.5g}: "
+            f"relative difference {p['relative_difference']:.2e}" for p in pairs]
+
+
+def _fit_line(sign, fit) -> str:
+    if "error" in fit:
+        return f"power law on {sign}: no fit ({fit['error']})"
+    return (f"power law on {sign}: phi = {fit['a']:.3g} |lambda|^-{fit['b']:.3f}, "
+            f"R^2 = {fit['r2']:.3f}, on |lambda| in [{fit['lo']:.3g}, {fit['hi']:.3g}] "
+            f"({fit['points']} grid points)")
+
+
+def summary_lines(numbers: Mapping) -> list[str]:
+    """What a figure's numbers say, in words (what its notebook prints)."""
+    fig, lines = numbers["figure"], []
+    if fig in ("fig1", "fig2"):
+        for label, values in numbers["spectra"].items():
+            lines += [summary(label, values), "   separated outliers: "
+                      + str([round(v, 4) for v in values["separated_outliers"]])]
+    for label, panel in numbers.get("panels", {}).items():
+        lines.append(f"[{label}]")
+        if fig == "fig3":
+            lines += [summary("deflated (top)", panel["deflated"]),
+                      summary("plain (bottom)", panel["plain"])]
+            lines += _pairs_lines(panel["alignment"], "deflated", "plain Ritz value")
+            lines.append("largest relative difference: "
+                         f"{panel['max_relative_difference']}")
+        elif fig == "fig4":
+            for c, values in panel["spectra"].items():
+                lines += [summary(c, values),
+                          summary(f"{c} (log variant)", panel["log_spectra"][c])]
+            lines.append("H's separated outliers against the nearest of G's:")
+            lines += _pairs_lines(panel["outlier_attribution"], "H", "G")
+            lines += [_fit_line("lambda > 0", panel["fit"]),
+                      _fit_line("lambda < 0", panel["fit_negative"]),
+                      "fit range: " + ("given" if panel["fit_range_given"]
+                                       else "automatic rule"),
+                      f"asymmetry of {panel['asymmetry_component']} (log variant): "
+                      f"{panel['asymmetry']:.4f}; 0 = symmetric about 0, 1 = one-signed",
+                      f"zoom range of (c): [{panel['zoom_range'][0]:.4g}, "
+                      f"{panel['zoom_range'][1]:.4g}] from the bulk edges of "
+                      f"{panel['zoom_reference']}"]
+        elif fig == "fig5":
+            for split, trend in panel["outliers_by_size"].items():
+                lines.append(f"{split}:")
+                lines += ["  " + summary(f"{key}/class", panel["spectra"][split][key])
+                          for key, _, _ in trend]
+                counts = [count for _, _, count in trend]
+                lines.append(f"  outliers in order of sample size: {counts}; "
+                             f"non-decreasing: {all(a <= b for a, b in zip(counts, counts[1:]))}")
+    return lines
