@@ -10,7 +10,7 @@ For each model, on the same data and device, in one process (see benchmarks/READ
   ``GGNLinearOperator`` (for cross-entropy the GGN is G), with the relative difference of
   every result from hspec's on the same vector;
 * one whole spectrum (``spectral_density`` with deflation: Alg. 4, Alg. 5, Alg. 3) and the
-  same outliers by ``hspec.outliers.top_eigenpairs``, with their product counts.
+  same outliers by ``hspec.numerics.outliers.top_eigenpairs``, with their product counts.
 
 Each timing is the median over ``--repeats`` runs after a warm-up run, synchronized on
 CUDA. Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over the timed runs (also
@@ -54,11 +54,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import hspec  # noqa: E402
 from hspec import curvature_operator, spectral_density  # noqa: E402
-from hspec.analysis import wasserstein1  # noqa: E402
-from hspec.linear_operator import LinearOperator  # noqa: E402
-from hspec.operators import HVP_MODES, PRECISIONS  # noqa: E402
+from hspec.numerics.analysis import wasserstein1  # noqa: E402
+from hspec.numerics.linear_operator import LinearOperator  # noqa: E402
+from hspec.curvature.operators import HVP_MODES, PRECISIONS  # noqa: E402
 from hspec.settings import SPECTRUM  # noqa: E402
-from hspec.outliers import top_eigenpairs  # noqa: E402
+from hspec.numerics.outliers import top_eigenpairs  # noqa: E402
 
 DIGITS_MODELS = ("mlp", "cnn")  # 8×8 one-channel nets, run on the real digits train split
 COMPONENTS = ("hessian", "gradient_covariance", "prediction_hessian")
@@ -189,7 +189,7 @@ def load_data(name: str, n: int, seed: int, separation: float = 0.0
     CIFAR-shaped random data, 3×32×32 Gaussian inputs with uniform labels of 10 classes,
     plus ``separation`` × a random unit-variance mean image per class (0: no structure)."""
     if name in DIGITS_MODELS:
-        from hspec.data import load_split
+        from hspec.pipeline.data import load_split
 
         x, y = load_split("digits", "train")
         return x[:n], y[:n], f"digits train split, first {min(n, len(x))} of {len(x)}"
@@ -207,7 +207,7 @@ def build_model(name: str, x: torch.Tensor, y: torch.Tensor, epochs: int,
                 lr: float = 0.05) -> tuple[nn.Module, dict]:
     """The network with seeded weights; ``epochs`` of plain SGD on (x, y) first, so the
     spectrum has the trained shape (bulk plus outliers). Returned in eval mode."""
-    from hspec.models import create
+    from hspec.pipeline.models import create
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -53,7 +53,7 @@ step vgg11-small 135 "${bench[@]}" --models vgg11 --n "${N_SMALL:-1000}" --batch
   --repeats 3 --block-modes "" --spectrum-models "" --outlier-models vgg11 \
   --precision-models vgg11 --compile-models vgg11 --steps 64 \
   --out "$out/vgg11-small.json" --markdown "$out/vgg11-small.md"
-# 6. float32 (no TF32) against float64 H v, G v, R v on a trained VGG11, hspec.loss against the
+# 6. float32 (no TF32) against float64 H v, G v, R v on a trained VGG11, hspec.curvature.loss against the
 #    textbook logit forms (CPU, N = 32: 1.8e-3, one ReLU sign flip; benchmarks/README.md)
 step product-precision 45 "$python" benchmarks/product_precision.py --model vgg11 --n 1000 \
   --device "$device"

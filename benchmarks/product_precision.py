@@ -3,7 +3,7 @@
 Trains the model as bench.py does (class-structured CIFAR-shaped data for VGG11/ResNet18),
 then reports how saturated its softmax is (quantiles of 1 − max_c p_c over the split) and,
 for one random v and each component (H, G, R), the float32 product against the float64
-one: through hspec's operators (hspec.loss, the shifted forms) and through the textbook
+one: through hspec's operators (hspec.curvature.loss, the shifted forms) and through the textbook
 forms of the logit derivatives (p − e_y and p ⊙ (u − pᵀu), as in torch's cross_entropy).
 Also two float32 H v against each other (determinism) and ⟨u, H v⟩ against ⟨H u, v⟩.
 
@@ -19,7 +19,7 @@ import torch
 
 import bench
 from hspec import curvature_operator
-from hspec.operators import COMPONENTS
+from hspec.curvature.operators import COMPONENTS
 
 
 def textbook_cross_entropy(logits, targets):
@@ -40,7 +40,7 @@ def textbook_hessian_product(logits, u):
 @contextlib.contextmanager
 def textbook_forms():
     """hspec's operators with the logit derivatives of the textbook (cancelling) forms."""
-    with mock.patch.multiple("hspec.operators", cross_entropy=textbook_cross_entropy,
+    with mock.patch.multiple("hspec.curvature.operators", cross_entropy=textbook_cross_entropy,
                              logit_gradient=textbook_gradient,
                              logit_hessian_product=textbook_hessian_product):
         yield

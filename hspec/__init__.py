@@ -7,10 +7,9 @@ NORMALIZATION, LOWRANKDEFLATION, LANCZOSAPPROXSPEC (Algs. 1–5) and KPM.
 """
 
 from hspec.errors import HspecError
-from hspec.operators import COMPONENTS, CurvatureOperator, curvature_operator
-from hspec.spectrum import METHODS, SpectralDensity, spectral_density
-
-__version__ = "0.1.0"
+from hspec.curvature.operators import COMPONENTS, CurvatureOperator, curvature_operator
+from hspec.numerics.spectrum import METHODS, SpectralDensity, spectral_density
+from hspec.version import __version__
 
 __all__ = ["COMPONENTS", "METHODS", "CurvatureOperator", "HspecError", "SpectralDensity",
            "__version__", "curvature_operator", "spectral_density"]

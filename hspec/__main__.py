@@ -2,6 +2,6 @@
 
 import sys
 
-from hspec.cli import main
+from hspec.pipeline.cli import main
 
 sys.exit(main())

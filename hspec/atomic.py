@@ -1,19 +1,24 @@
 """Atomic writes: a result is either complete at its path or absent, never half-written.
 
 Files and directories are written under a temporary name in the same directory and moved
-into place with ``os.replace`` (atomic on POSIX within one file system).
+into place with ``os.replace`` (atomic on POSIX within one file system). JSON is written
+through :func:`write_json`, after :func:`jsonable` turns numpy values into plain ones.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
+
+import numpy as np
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
@@ -50,3 +55,27 @@ def atomic_directory(path: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def jsonable(value):
+    """``value`` in plain JSON types: numpy scalars and arrays as Python numbers and
+    lists, mapping keys as strings, non-finite floats as None (JSON has no NaN)."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    """Write ``jsonable(obj)`` as indented JSON with sorted keys, atomically."""
+    path = Path(path)
+    text = json.dumps(jsonable(obj), sort_keys=True, indent=2, allow_nan=False) + "\n"
+    atomic_write(path, lambda file: file.write(text.encode()))
+    return path

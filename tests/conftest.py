@@ -8,7 +8,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from hspec import curvature_operator
-from hspec.exact import dense_matrices, eigenvalues
+from hspec.curvature.exact import dense_matrices, eigenvalues
 
 
 @pytest.fixture

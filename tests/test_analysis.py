@@ -1,10 +1,10 @@
-"""hspec.analysis against exact references (scipy's W1 on weighted samples)."""
+"""hspec.numerics.analysis against exact references (scipy's W1 on weighted samples)."""
 
 import numpy as np
 import pytest
 from scipy.stats import wasserstein_distance
 
-from hspec.analysis import asymmetry, wasserstein1
+from hspec.numerics.analysis import asymmetry, wasserstein1
 
 
 @pytest.mark.parametrize("seed", range(4))

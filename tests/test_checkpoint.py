@@ -73,7 +73,7 @@ def test_a_checkpoint_of_another_computation_is_discarded(matrix, tmp_path, capl
     assert path.exists()
     scale = change.pop("scale", 1.0)
     second = first | change
-    with caplog.at_level("WARNING", logger="hspec.checkpoint"):
+    with caplog.at_level("WARNING", logger="hspec.numerics.checkpoint"):
         resumed = compute(scale * matrix, path, **second)
     assert f"{path}: discarded" in caplog.text and differs in caplog.text
     assert_same_result(resumed, compute(scale * matrix, **second))
@@ -84,7 +84,7 @@ def test_a_resumed_run_is_not_warned_about(matrix, tmp_path, caplog):
     key = {"model": "sha256:a", "split": "train"}
     with pytest.raises(Killed):
         compute(matrix, path, die_at=70, checkpoint_key=key)
-    with caplog.at_level("WARNING", logger="hspec.checkpoint"):
+    with caplog.at_level("WARNING", logger="hspec.numerics.checkpoint"):
         resumed = compute(matrix, path, checkpoint_key=key)
     assert "discarded" not in caplog.text
     assert_same_result(resumed, compute(matrix))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from hspec import cli, data, training
+from hspec.pipeline import cli, data, run_files
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -50,7 +50,7 @@ def test_subsample_train_select_end_to_end(tmp_path: Path, capsys: pytest.Captur
         assert cli.main(["train", "--dataset", "digits", "--arch", "mlp", "--indices", str(indices_file),
                          "--lr", lr, "--epochs", "3", "--device", "cpu", "--quiet", "--out", str(run)]) == 0
         assert sorted(p.name for p in run.iterdir()) == ["history.zarr", "model.pt"]
-    history = training.read_history(runs[1])
+    history = run_files.read_history(runs[1])
     assert history["metadata"]["subset"] == data.fingerprint(indices)
     assert len(history["history"]) == 3
     assert f"wrote {runs[1] / 'model.pt'}: test accuracy" in capsys.readouterr().out
@@ -125,7 +125,7 @@ def test_corrupted_checkpoint_in_run_directory_is_named(tmp_path: Path, capsys: 
 
 def test_entry_point_exits_2_without_traceback(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", "import sys; from hspec.cli import main; sys.exit(main())",
+        [sys.executable, "-c", "import sys; from hspec.pipeline.cli import main; sys.exit(main())",
          "select", str(tmp_path / "no-run")],
         capture_output=True, text=True, timeout=120,
     )
@@ -136,7 +136,7 @@ def test_entry_point_exits_2_without_traceback(tmp_path: Path) -> None:
 
 
 def test_spectrum_writes_a_zarr_group_and_cleans_its_checkpoint(tmp_path: Path) -> None:
-    from hspec.store import read_spectrum
+    from hspec.pipeline.store import read_spectrum
 
     run = tmp_path / "run"
     assert cli.main(["train", "--dataset", "digits", "--arch", "mlp", "--lr", "0.05", "--epochs", "1",

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from hspec.config import check
+from hspec.pipeline.config import check
 from hspec.errors import HspecError
 from hspec.settings import SCHEMA_FILE
 

@@ -12,7 +12,7 @@ import torch
 import torchvision.datasets as tvd
 from sklearn.datasets import load_digits
 
-from hspec import data
+from hspec.pipeline import data
 from hspec.errors import HspecError
 
 REAL_MNIST_T10K = Path(__file__).parents[2] / "shared" / "data" / "mnist-t10k"

@@ -7,7 +7,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from hspec import HspecError, curvature_operator, spectral_density
-from hspec.distributed import shard
+from hspec.curvature.distributed import shard
 
 SETTINGS = dict(deflate=3, iterations=20, steps=30, bound_steps=16)
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from hspec import curvature_operator
-from hspec.exact import dense_matrices, eigenvalues, gram_spectrum
+from hspec.curvature.exact import dense_matrices, eigenvalues, gram_spectrum
 
 
 def test_gram_spectrum_equals_dense_nonzero_spectrum():

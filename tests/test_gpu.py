@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from hspec import curvature_operator
-from hspec.exact import dense_matrices
-from hspec.operators import COMPONENTS, HVP_MODES
+from hspec.curvature.exact import dense_matrices
+from hspec.curvature.operators import COMPONENTS, HVP_MODES
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

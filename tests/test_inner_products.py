@@ -1,9 +1,9 @@
-"""Blocked inner products (hspec.inner_products) against float64 sums."""
+"""Blocked inner products (hspec.numerics.inner_products) against float64 sums."""
 
 import pytest
 import torch
 
-from hspec.inner_products import BLOCK, dot, gram, norm, orthonormalize
+from hspec.numerics.inner_products import BLOCK, dot, gram, norm, orthonormalize
 
 P = 8 * BLOCK * 128 + 123  # 4.2M rows, not a multiple of the block
 

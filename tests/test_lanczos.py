@@ -9,10 +9,10 @@ import scipy.linalg
 import torch
 
 from hspec import HspecError
-from hspec.density import gaussian_density, lanczos_approx_spec, smoothing_width
-from hspec.lanczos import fast_lanczos, slow_lanczos, tridiagonal_eigh
-from hspec.linear_operator import LinearOperator
-from hspec.normalization import normalization
+from hspec.numerics.density import gaussian_density, lanczos_approx_spec, smoothing_width
+from hspec.numerics.lanczos import fast_lanczos, slow_lanczos, tridiagonal_eigh
+from hspec.numerics.linear_operator import LinearOperator
+from hspec.numerics.normalization import normalization
 
 
 def symmetric(n, seed=0):

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from hspec import HspecError, spectral_density
-from hspec.lanczos import slow_lanczos
-from hspec.linear_operator import Deflated, LinearOperator, Normalized, SymmetricOperator
+from hspec.numerics.lanczos import slow_lanczos
+from hspec.numerics.linear_operator import Deflated, LinearOperator, Normalized, SymmetricOperator
 
 DIAGONAL = torch.linspace(-1.0, 3.0, 50)
 
@@ -38,7 +38,7 @@ def test_half_precision_is_refused(dtype):
 
 @pytest.mark.parametrize("scale", [1e30, 1e20, 1e-20, 1e-38])
 def test_a_float32_scale_beyond_its_inner_products_is_refused(scale):
-    with pytest.raises(HspecError, match=rf"scale ‖A v‖/‖v‖ ≈ .*e[+-]\d+ is outside what "
+    with pytest.raises(HspecError, match=r"scale ‖A v‖/‖v‖ ≈ .*e[+-]\d+ is outside what "
                        "float32 inner products hold"):
         spectral_density(diagonal(scale), steps=8, bound_steps=8, points=8)
 

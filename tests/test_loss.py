@@ -1,4 +1,4 @@
-"""The shifted cross-entropy forms (hspec.loss) against the textbook ones, and their float32
+"""The shifted cross-entropy forms (hspec.curvature.loss) against the textbook ones, and their float32
 accuracy when the softmax saturates."""
 
 from unittest import mock
@@ -9,8 +9,8 @@ from torch import nn
 from torch.func import vmap
 
 from hspec import curvature_operator
-from hspec.loss import cross_entropy, logit_gradient, logit_hessian_product
-from hspec.operators import COMPONENTS, HVP_MODES, second_order_product
+from hspec.curvature.loss import cross_entropy, logit_gradient, logit_hessian_product
+from hspec.curvature.operators import COMPONENTS, HVP_MODES, second_order_product
 
 C = 6
 
@@ -117,7 +117,7 @@ def test_float32_products_of_a_saturated_net_match_float64(component):
     exact = curvature_operator(model, (x, y), component, dtype=torch.float64).matvec(v.double())
     product = curvature_operator(model, (x, y), component).matvec(v)
     assert float((product.double() - exact).norm() / exact.norm()) <= 3e-5
-    with mock.patch.multiple("hspec.operators", cross_entropy=textbook_loss,
+    with mock.patch.multiple("hspec.curvature.operators", cross_entropy=textbook_loss,
                              logit_gradient=textbook_gradient,
                              logit_hessian_product=textbook_hessian_product):
         product = curvature_operator(model, (x, y), component).matvec(v)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from hspec import models
+from hspec.pipeline import models
 from hspec.errors import HspecError
 
 DIGITS_TRAIN_SIZE = 1437

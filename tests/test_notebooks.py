@@ -3,7 +3,7 @@ synthetic spectra.
 
 Small spectra of synthetic symmetric matrices with a known structure (a Wishart bulk
 with planted spikes, a symmetric power-law spectrum) are stored with
-``hspec.store.write_spectrum``; every notebook is executed with papermill on them, and
+``hspec.pipeline.store.write_spectrum``; every notebook is executed with papermill on them, and
 the figures and numbers it writes are checked against what was planted. Every notebook
 also runs as it is (no parameters) in a copy of the repository's layout holding such
 spectra at exactly its default paths, the demo's.
@@ -23,8 +23,8 @@ import torch
 import yaml
 
 import hspec
-from hspec import captions, figure_specs
-from hspec.store import write_spectrum
+from hspec.figures import captions, specs
+from hspec.pipeline.store import write_spectrum
 
 papermill = pytest.importorskip("papermill")
 
@@ -152,7 +152,7 @@ def parameters_cell(notebook):
     return tagged[0]
 
 
-@pytest.mark.parametrize("fig, name", list(figure_specs.NOTEBOOKS.items()))
+@pytest.mark.parametrize("fig, name", list(specs.NOTEBOOKS.items()))
 def test_notebook_is_committed_clean_with_the_demo_defaults(fig, name, monkeypatch):
     notebook = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
     nbformat.validate(notebook)
@@ -160,10 +160,10 @@ def test_notebook_is_committed_clean_with_the_demo_defaults(fig, name, monkeypat
     defaults = {}
     exec(parameters_cell(notebook).source, defaults)  # noqa: S102 - the notebook's own cell
     # the one figure -> spectra map, applied to config/demo.yaml, relative to notebooks/
-    expected = {**figure_specs.figure_parameters(fig, DEMO["figures"][fig], "../results/demo"),
-                **figure_specs.figure_files(fig, "../results/demo")}
+    expected = {**specs.figure_parameters(fig, DEMO["figures"][fig], "../results/demo"),
+                **specs.figure_files(fig, "../results/demo")}
     assert {key: defaults[key] for key in expected} == expected
-    paths = figure_specs.spectrum_paths({k: v for k, v in expected.items()
+    paths = specs.spectrum_paths({k: v for k, v in expected.items()
                                          if k not in ("figure", "numbers")})
     # what the demo writes: the mlp, at the demo's sizes
     sizes = {f"n{n}" for n in DEMO["figures"][fig]["per_class"]}
@@ -291,9 +291,9 @@ def demo_layout(spectra, tmp_path_factory):
     shutil.copytree(ROOT / "notebooks", root / "notebooks")
     (root / "config").mkdir()
     shutil.copy(ROOT / "config" / "demo.yaml", root / "config" / "demo.yaml")
-    for fig in figure_specs.NOTEBOOKS:
-        defaults = figure_specs.notebook_defaults(fig, root / "notebooks")
-        for path in figure_specs.spectrum_paths({k: v for k, v in defaults.items()
+    for fig in specs.NOTEBOOKS:
+        defaults = specs.notebook_defaults(fig, root / "notebooks")
+        for path in specs.spectrum_paths({k: v for k, v in defaults.items()
                                                  if k not in ("figure", "numbers")}):
             target = root / "notebooks" / path
             if not target.exists():
@@ -302,7 +302,7 @@ def demo_layout(spectra, tmp_path_factory):
 
 
 @pytest.mark.slow  # executes a notebook
-@pytest.mark.parametrize("fig, name", list(figure_specs.NOTEBOOKS.items()))
+@pytest.mark.parametrize("fig, name", list(specs.NOTEBOOKS.items()))
 def test_notebook_runs_as_it_is_on_the_demo_layout(demo_layout, tmp_path, fig, name):
     notebooks = demo_layout / "notebooks"
     executed = execute(name, tmp_path, None, notebooks=notebooks, cwd=notebooks)

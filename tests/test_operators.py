@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from hspec import HspecError, curvature_operator
-from hspec.exact import dense_matrices
-from hspec.operators import AUTO_HVP, COMPONENTS, HVP_MODES, float32_matmul
+from hspec.curvature.exact import dense_matrices
+from hspec.curvature.operators import AUTO_HVP, COMPONENTS, HVP_MODES, float32_matmul
 
 N = 20
 
@@ -226,7 +226,7 @@ def small_data(n=4):
 
 
 def test_the_operator_base_checks_inputs_and_counts_products():
-    from hspec.linear_operator import SymmetricOperator
+    from hspec.numerics.linear_operator import SymmetricOperator
     op = curvature_operator(tiny_mlp(), small_data())
     assert isinstance(op, SymmetricOperator)
     V = torch.randn(op.dim, 3)

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from hspec import HspecError
-from hspec.deflation import low_rank_deflation
-from hspec.lanczos import fast_lanczos
-from hspec.linear_operator import LinearOperator
-from hspec.outliers import NotConvergedWarning, top_eigenpairs
+from hspec.numerics.deflation import low_rank_deflation
+from hspec.numerics.lanczos import fast_lanczos
+from hspec.numerics.linear_operator import LinearOperator
+from hspec.numerics.outliers import NotConvergedWarning, top_eigenpairs
 
 C = 10
 BUDGET = 4 * C + 64  # products allowed for C = 10 outliers (Alg. 5 at T = 256: 2,560)

@@ -1,4 +1,4 @@
-"""hspec.drawing, hspec.figure_numbers, hspec.figure_specs, hspec.captions: drawing
+"""hspec.figures.drawing, hspec.figures.caption_numbers, hspec.figures.specs, hspec.figures.captions: drawing
 helpers, outlier counting, tail fits, the figure → spectra map and the files written."""
 
 import json
@@ -11,12 +11,12 @@ from matplotlib.figure import Figure
 
 import hspec
 from hspec import HspecError
-from hspec import drawing as hd
-from hspec import figure_numbers as fn
-from hspec import captions
-from hspec import figure_specs as fs
-from hspec.density import gaussian_density, smoothing_width
-from hspec.store import write_spectrum
+from hspec.figures import drawing as hd
+from hspec.figures import caption_numbers as fn
+from hspec.figures import captions
+from hspec.figures import specs as fs
+from hspec.numerics.density import gaussian_density, smoothing_width
+from hspec.pipeline.store import write_spectrum
 
 SPIKES = [15.0, 20.0, 30.0]
 

@@ -1,4 +1,4 @@
-"""The Snakemake report: a figure's PNG with its caption (hspec.captions) and its
+"""The Snakemake report: a figure's PNG with its caption (hspec.figures.captions) and its
 numbers.json, from a run of the figure rule alone on planted spectra, under a results
 folder whose name holds a space (every shell value of the rule is quoted)."""
 
@@ -15,8 +15,8 @@ import torch
 import yaml
 
 import hspec
-from hspec import captions, figure_specs
-from hspec.store import write_spectrum
+from hspec.figures import captions, specs
+from hspec.pipeline.store import write_spectrum
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -55,7 +55,7 @@ def test_report_shows_the_figure_with_its_caption_and_numbers(tmp_path):
     demo = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     # every figure's spectra must exist for the report's DAG; fig1's is the planted one
     paths = [path for fig, spec in demo["figures"].items() for path in
-             figure_specs.spectrum_paths(figure_specs.figure_parameters(fig, spec, RESULTS))]
+             specs.spectrum_paths(specs.figure_parameters(fig, spec, RESULTS))]
     plant(tmp_path / paths[0])
     for path in set(paths) - {paths[0]}:
         shutil.copytree(tmp_path / paths[0], tmp_path / path)

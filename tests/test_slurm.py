@@ -108,7 +108,7 @@ def failure_report(run: subprocess.CompletedProcess | None, tmp_path: Path,
 
 
 def test_demo_dag_on_slurm(slurm, tmp_path):
-    from hspec.store import read_spectrum
+    from hspec.pipeline.store import read_spectrum
 
     config = reduced_demo(tmp_path)
     env = {key: value for key, value in os.environ.items()

@@ -5,8 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from hspec import HspecError, analysis, curvature_operator, spectral_density
-from hspec.density import gaussian_density, smoothing_width
+from hspec import HspecError, curvature_operator, spectral_density
+from hspec.numerics import analysis
+from hspec.numerics.density import gaussian_density, smoothing_width
 
 
 def wasserstein1(atoms, masses, eigenvalues):

@@ -10,7 +10,9 @@ import pytest
 import torch
 import zarr.storage._local
 
-from hspec import HspecError, cli, models, spectrum, store
+from hspec import HspecError
+from hspec.pipeline import cli, models, store
+from hspec.numerics import spectrum
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -60,7 +62,7 @@ def test_a_checkpoint_of_model_a_is_discarded_for_model_b(runs, tmp_path, monkey
             spectrum_cli(runs["a"], out, *deflate)
     checkpoint = tmp_path / "s.zarr.rank0.ckpt"
     assert checkpoint.exists()
-    with caplog.at_level("WARNING", logger="hspec.checkpoint"):
+    with caplog.at_level("WARNING", logger="hspec.numerics.checkpoint"):
         assert spectrum_cli(runs["b"], out, *deflate) == 0
     assert spectrum_cli(runs["b"], tmp_path / "fresh_b.zarr", *deflate) == 0
     assert spectrum_cli(runs["a"], tmp_path / "fresh_a.zarr", *deflate) == 0
@@ -82,7 +84,7 @@ def test_the_same_model_resumes_its_checkpoint(runs, tmp_path, monkeypatch, capl
     searches = []
     search = spectrum.top_eigenpairs
     monkeypatch.setattr(spectrum, "top_eigenpairs", lambda *a, **k: searches.append(1) or search(*a, **k))
-    with caplog.at_level("WARNING", logger="hspec.checkpoint"):
+    with caplog.at_level("WARNING", logger="hspec.numerics.checkpoint"):
         assert spectrum_cli(runs["a"], out, *deflate) == 0
     assert searches == [] and "discarded" not in caplog.text  # the deflation was resumed
     assert spectrum_cli(runs["a"], tmp_path / "fresh.zarr", *deflate) == 0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zarr
 
-from hspec import store, training
+from hspec.pipeline import selection, store
 from hspec.errors import HspecError
 
 SPECTRUM = {"grid": np.linspace(0, 1, 8), "density": np.full(8, 0.5),
@@ -88,7 +88,7 @@ def test_select_refuses_a_run_whose_test_accuracy_is_nan(tmp_path: Path) -> None
     for run, accuracy in (("a", 0.6), ("b", np.nan)):
         (tmp_path / run).mkdir()
         history(tmp_path / run / "history.zarr", test_accuracy=[0.5, accuracy])
-    assert training.select([tmp_path / "a"])["test_accuracy"] == 0.6
+    assert selection.select([tmp_path / "a"])["test_accuracy"] == 0.6
     with pytest.raises(HspecError, match=f"{tmp_path / 'b' / 'history.zarr'}: array "
                        "'test_accuracy' of this history holds NaN"):
-        training.select([tmp_path / "a", tmp_path / "b"])
+        selection.select([tmp_path / "a", tmp_path / "b"])

@@ -15,16 +15,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from hspec import cli, data, training
+from hspec.pipeline import cli, data, run_files, selection, training
 from hspec.atomic import atomic_write
 from hspec.errors import HspecError
-from hspec.store import HISTORY_ARRAYS, write_history
-from hspec.training import TrainConfig
+from hspec.pipeline.store import HISTORY_ARRAYS, write_history
+from hspec.pipeline.training import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = "import sys; from hspec.cli import main; sys.exit(main())"
+CLI = "import sys; from hspec.pipeline.cli import main; sys.exit(main())"
 CNN_EPOCHS = 10
 
 
@@ -80,10 +80,10 @@ def test_finished_run_directory_holds_model_and_history_only(trained_cnn: tuple,
     run, history, _ = trained_cnn
     assert sorted(p.name for p in run.iterdir()) == ["history.zarr", "model.pt"]
     assert not list(run.parent.glob(".*.lock"))
-    saved = training.read_history(run)
+    saved = run_files.read_history(run)
     assert saved["history"] == history
     assert saved["metadata"]["arch"] == "cnn" and saved["metadata"]["lr"] == 0.05
-    model, metadata = training.load_model(run / "model.pt", expect={"arch": "cnn", "num_classes": 10})
+    model, metadata = run_files.load_model(run / "model.pt", expect={"arch": "cnn", "num_classes": 10})
     assert metadata == saved["metadata"]
     assert not model.training
     assert training.evaluate(model, *digits["test"]) == (history[-1]["test_loss"], history[-1]["test_accuracy"])
@@ -134,7 +134,7 @@ def test_killed_run_resumes_to_the_same_weights_bit_for_bit(tmp_path: Path, capl
     resumed = torch.load(tmp_path / "killed" / "model.pt", weights_only=True)
     assert state_dicts_equal(whole["state_dict"], resumed["state_dict"])
     assert whole["metadata"] == resumed["metadata"]
-    assert training.read_history(tmp_path / "whole") == training.read_history(tmp_path / "killed")
+    assert run_files.read_history(tmp_path / "whole") == run_files.read_history(tmp_path / "killed")
     assert not [p.name for p in (tmp_path / "killed").iterdir() if p.name.endswith(".tmp")]
 
 
@@ -152,7 +152,7 @@ class Killed(Exception):
 def kill_before_model_file(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make `training.train` die after its final checkpoint and history, before model.pt."""
     def write(path: Path, write_file) -> None:
-        if path.name == training.MODEL_FILE:
+        if path.name == run_files.MODEL_FILE:
             raise Killed
         atomic_write(path, write_file)
     monkeypatch.setattr(training, "atomic_write", write)
@@ -170,7 +170,7 @@ def test_resume_at_the_final_epoch_rewrites_deleted_history_and_model(
     shutil.rmtree(tmp_path / "killed" / "history.zarr")  # Snakemake deletes the outputs of a job it reruns
     assert training.train(config, digits["train"], digits["test"], tmp_path / "killed", progress=False) == reference
     assert sorted(p.name for p in (tmp_path / "killed").iterdir()) == ["history.zarr", "model.pt"]
-    assert training.read_history(tmp_path / "killed") == training.read_history(tmp_path / "whole")
+    assert run_files.read_history(tmp_path / "killed") == run_files.read_history(tmp_path / "whole")
     whole, resumed = (torch.load(tmp_path / run / "model.pt", weights_only=True) for run in ("whole", "killed"))
     assert state_dicts_equal(whole["state_dict"], resumed["state_dict"]) and whole["metadata"] == resumed["metadata"]
 
@@ -192,7 +192,7 @@ def test_changed_epochs_retrain_a_finished_run(tmp_path: Path, digits: dict) -> 
     again = training.train(digits_config("mlp", epochs=2), digits["train"], digits["test"], tmp_path / "run",
                            progress=False)
     assert again == fresh and len(again) == 2
-    assert training.load_model(tmp_path / "run" / "model.pt")[1]["epochs"] == 2
+    assert run_files.load_model(tmp_path / "run" / "model.pt")[1]["epochs"] == 2
 
 
 def test_checkpoint_of_other_settings_is_discarded_with_a_warning(
@@ -207,7 +207,7 @@ def test_checkpoint_of_other_settings_is_discarded_with_a_warning(
     assert f"discarding checkpoint {tmp_path / 'run' / 'checkpoint.pt'} of other settings (arch='cnn' " \
            "(expected 'mlp'), lr=0.05 (expected 0.1)); starting over" in caplog.text
     assert history == training.train(config, digits["train"], digits["test"], tmp_path / "fresh", progress=False)
-    assert training.load_model(tmp_path / "run" / "model.pt")[1]["arch"] == "mlp"
+    assert run_files.load_model(tmp_path / "run" / "model.pt")[1]["arch"] == "mlp"
 
 
 def test_a_diverging_run_stops_keeping_the_last_good_checkpoint(
@@ -220,7 +220,7 @@ def test_a_diverging_run_stops_keeping_the_last_good_checkpoint(
     checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert checkpoint["epoch"] == 1
     assert all(torch.isfinite(value).all() for value in checkpoint["model"].values())
-    assert len(training.read_history(tmp_path)["history"]) == 1
+    assert len(run_files.read_history(tmp_path)["history"]) == 1
 
 
 # --- load_model ----------------------------------------------------------------------------
@@ -238,7 +238,7 @@ def test_load_model_checks_the_expected_architecture_and_classes(saved_model: tu
     path, _ = saved_model
     with pytest.raises(HspecError, match=f"checkpoint '{path}' does not match: "
                                          "arch='cnn' \\(expected 'mlp'\\), num_classes=10 \\(expected 100\\)"):
-        training.load_model(path, expect={"arch": "mlp", "num_classes": 100})
+        run_files.load_model(path, expect={"arch": "mlp", "num_classes": 100})
 
 
 @pytest.mark.parametrize(("key", "value"), [("arch", "mlp"), ("num_classes", 100), ("in_channels", 3)])
@@ -247,7 +247,7 @@ def test_weights_of_another_architecture_are_a_clear_error(saved_model: tuple, k
     saved["metadata"][key] = value
     torch.save(saved, path)
     with pytest.raises(HspecError, match=f"checkpoint '{path}': its weights do not fit a "):
-        training.load_model(path)
+        run_files.load_model(path)
 
 
 @pytest.mark.parametrize("spoil", ["truncate", "garbage", "empty"])
@@ -257,7 +257,7 @@ def test_corrupted_model_file_is_a_clear_error_naming_it(saved_model: tuple, spo
                "empty": b""}[spoil]
     path.write_bytes(content)
     with pytest.raises(HspecError, match=f"cannot read checkpoint '{path}' \\(truncated or corrupted\\?\\)"):
-        training.load_model(path)
+        run_files.load_model(path)
 
 
 def test_model_file_with_arbitrary_objects_is_refused(saved_model: tuple) -> None:
@@ -265,15 +265,15 @@ def test_model_file_with_arbitrary_objects_is_refused(saved_model: tuple) -> Non
     saved["metadata"]["when"] = datetime.date(2019, 1, 1)  # torch.save pickles it; weights_only refuses it
     torch.save(saved, path)
     with pytest.raises(HspecError, match=f"cannot read checkpoint '{path}'"):
-        training.load_model(path)
+        run_files.load_model(path)
 
 
 def test_missing_or_foreign_model_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(HspecError, match=f"checkpoint '{tmp_path / 'model.pt'}' does not exist"):
-        training.load_model(tmp_path / "model.pt")
+        run_files.load_model(tmp_path / "model.pt")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(HspecError, match="is not an hspec checkpoint: missing metadata, state_dict"):
-        training.load_model(tmp_path / "other.pt")
+        run_files.load_model(tmp_path / "other.pt")
 
 
 def test_corrupted_checkpoint_is_not_resumed(tmp_path: Path, digits: dict) -> None:
@@ -319,8 +319,8 @@ def test_select_picks_the_best_trained_run(tmp_path: Path, digits: dict) -> None
     for lr in (1e-4, 0.05):
         runs.append(tmp_path / f"lr{lr}")
         training.train(digits_config("mlp", lr=lr), digits["train"], digits["test"], runs[-1], progress=False)
-    choice = training.select(runs)
-    accuracies = [training.read_history(run)["history"][-1]["test_accuracy"] for run in runs]
+    choice = selection.select(runs)
+    accuracies = [run_files.read_history(run)["history"][-1]["test_accuracy"] for run in runs]
     assert accuracies[1] > accuracies[0]
     assert (choice["best"], choice["lr"], choice["test_accuracy"]) == (str(runs[1]), 0.05, accuracies[1])
     assert [run["lr"] for run in choice["runs"]] == [1e-4, 0.05]
@@ -329,21 +329,21 @@ def test_select_picks_the_best_trained_run(tmp_path: Path, digits: dict) -> None
 def test_select_breaks_ties_by_lower_lr_then_order(tmp_path: Path) -> None:
     high, low, low_again = fake_run(tmp_path / "a", 0.1, 0.9), fake_run(tmp_path / "b", 0.05, 0.9), \
         fake_run(tmp_path / "c", 0.05, 0.9)
-    assert training.select([high, low, low_again])["best"] == str(low)
-    assert training.select([low_again, low, high])["best"] == str(low_again)
-    assert training.select([high, low, fake_run(tmp_path / "d", 0.25, 0.91)])["best"] == str(tmp_path / "d")
+    assert selection.select([high, low, low_again])["best"] == str(low)
+    assert selection.select([low_again, low, high])["best"] == str(low_again)
+    assert selection.select([high, low, fake_run(tmp_path / "d", 0.25, 0.91)])["best"] == str(tmp_path / "d")
 
 
 def test_select_refuses_unfinished_mismatched_or_missing_runs(tmp_path: Path) -> None:
     finished = fake_run(tmp_path / "a", 0.1, 0.9)
     unfinished = fake_run(tmp_path / "b", 0.05, 0.9)
-    content = training.read_history(unfinished)
+    content = run_files.read_history(unfinished)
     write_history(unfinished / "history.zarr",
                   {name: [r[name] for r in content["history"][:-1]] for name in HISTORY_ARRAYS},
                   content["metadata"])
     with pytest.raises(HspecError, match="is unfinished: 1 of 2 epochs"):
-        training.select([finished, unfinished])
+        selection.select([finished, unfinished])
     with pytest.raises(HspecError, match="differ in arch, not only in lr"):
-        training.select([finished, fake_run(tmp_path / "c", 0.05, 0.9, arch="mlp")])
+        selection.select([finished, fake_run(tmp_path / "c", 0.05, 0.9, arch="mlp")])
     with pytest.raises(HspecError, match=f"{tmp_path / 'd' / 'history.zarr'}: not a readable history"):
-        training.select([finished, tmp_path / "d"])
+        selection.select([finished, tmp_path / "d"])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from hspec import cli, locking, training
+from hspec.pipeline import cli, locking, run_files
 from test_workflow import prepare, snakemake
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -38,7 +38,7 @@ def test_invalid_or_diverging_settings_are_one_line_and_write_no_model(
         tmp_path: Path, capsys: pytest.CaptureFixture, options: list[str], message: str) -> None:
     run = tmp_path / "run"
     assert one_line_error(capsys, [*TRAIN, *options, "--out", str(run)]).startswith(message.format(run=run))
-    assert not (run / training.MODEL_FILE).exists()
+    assert not (run / run_files.MODEL_FILE).exists()
 
 
 @pytest.mark.parametrize(("device", "message"), [
@@ -144,9 +144,9 @@ def test_snakemake_reruns_a_finished_train_job(tmp_path: Path) -> None:
     run = work / "results" / "ci" / "runs" / "mlp" / "digits" / "nfull" / "lr0.05"
     target = str((run / "model.pt").relative_to(work))
     snakemake(target, "--cores", "1", "--configfile", "reduced.yaml", cwd=work)
-    first = training.read_history(run), torch.load(run / "model.pt", weights_only=True)
+    first = run_files.read_history(run), torch.load(run / "model.pt", weights_only=True)
     snakemake(target, "--cores", "1", "--configfile", "reduced.yaml", "--forcerun", "train", cwd=work)
-    again = training.read_history(run), torch.load(run / "model.pt", weights_only=True)
+    again = run_files.read_history(run), torch.load(run / "model.pt", weights_only=True)
     assert again[0] == first[0] and again[1]["metadata"] == first[1]["metadata"]
     assert all(torch.equal(again[1]["state_dict"][k], v) for k, v in first[1]["state_dict"].items())
     assert sorted(p.name for p in run.iterdir()) == ["history.zarr", "model.pt"]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from hspec.store import read_history, read_spectrum
+from hspec.pipeline.store import read_history, read_spectrum
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -14,8 +14,10 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from hspec import operators, settings, spectral_density, training
-from hspec.cli import build_parser
+from hspec import settings, spectral_density
+from hspec.curvature import operators
+from hspec.pipeline import training
+from hspec.pipeline.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

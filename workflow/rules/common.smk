@@ -2,17 +2,17 @@
 import json
 from pathlib import Path
 
-from hspec import captions, figure_specs
+from hspec.figures import captions, specs
 from hspec.atomic import atomic_write
-from hspec.config import check
-from hspec.data import num_classes
+from hspec.pipeline.config import check
+from hspec.pipeline.data import num_classes
 from hspec.settings import SPECTRUM_OPTIONS
 
 RESULTS = config["results"]
 SPECTRUM = config["spectrum"]
 GPU = 1 if config["device"].startswith("cuda") else 0
 FIGURE_FILES = ("ipynb", "html", "png", "pdf")
-NOTEBOOKS = {fig: f"notebooks/{name}.ipynb" for fig, name in figure_specs.NOTEBOOKS.items()}
+NOTEBOOKS = {fig: f"notebooks/{name}.ipynb" for fig, name in specs.NOTEBOOKS.items()}
 
 
 wildcard_constraints:
@@ -51,7 +51,7 @@ def figure_stem(fig):
 
 def figure_outputs(fig):
     return [f"{figure_stem(fig)}.{ext}" for ext in FIGURE_FILES] + [
-        figure_specs.figure_files(fig, RESULTS)["numbers"]
+        specs.figure_files(fig, RESULTS)["numbers"]
     ]
 
 
@@ -60,23 +60,23 @@ def all_figure_targets():
 
 
 def figure_parameters(fig):
-    """The notebook's parameters: hspec.figure_specs.figure_parameters, the one map."""
-    return figure_specs.figure_parameters(fig, config["figures"][fig], RESULTS)
+    """The notebook's parameters: hspec.figures.specs.figure_parameters, the one map."""
+    return specs.figure_parameters(fig, config["figures"][fig], RESULTS)
 
 
 def figure_inputs(wildcards):
     """The spectrum groups a figure reads (every path among its parameters)."""
-    return figure_specs.spectrum_paths(figure_parameters(wildcards.fig))
+    return specs.spectrum_paths(figure_parameters(wildcards.fig))
 
 
 def figure_yaml(wildcards):
     """papermill -y: the parameters plus where to write the figure and its numbers."""
-    return figure_specs.papermill_yaml(wildcards.fig, config["figures"][wildcards.fig],
+    return specs.papermill_yaml(wildcards.fig, config["figures"][wildcards.fig],
                                        RESULTS)
 
 
 def figure_caption(wildcards):
-    """The figure's caption (hspec.captions), for the report."""
+    """The figure's caption (hspec.figures.captions), for the report."""
     return f"**{captions.title(wildcards.fig)}**\n\n{captions.caption(wildcards.fig)}"
 
 

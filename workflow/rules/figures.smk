@@ -1,7 +1,7 @@
 # One papermill-parameterized notebook per figure. The notebook is an input, so editing it
 # reruns only its figure; spectra are inputs, so a figure never recomputes them.
 # `snakemake --report report.html` gathers the figures (PNG), each with its caption
-# (hspec.captions), and their numbers.json. Every shell value is quoted ({x:q}): config
+# (hspec.figures.captions), and their numbers.json. Every shell value is quoted ({x:q}): config
 # strings may hold spaces or ";". papermill's -p takes scalars only, hence -y with JSON.
 
 

@@ -26,15 +26,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from hspec.checkpoint import SpectrumCheckpoint
-from hspec.deflation import low_rank_deflation
-from hspec.density import lanczos_approx_spec, log_density, quadrature
+from hspec.numerics.checkpoint import SpectrumCheckpoint
+from hspec.numerics.deflation import low_rank_deflation
+from hspec.numerics.density import lanczos_approx_spec, log_density, quadrature
 from hspec.errors import HspecError
-from hspec.kpm import kpm_density, kpm_moments
-from hspec.lanczos import LanczosRun, fast_lanczos
-from hspec.linear_operator import Deflated, LinearOperator, Normalized
-from hspec.normalization import Normalization, bounds_from_runs, normalization
-from hspec.outliers import top_eigenpairs
+from hspec.numerics.kpm import kpm_density, kpm_moments
+from hspec.numerics.lanczos import LanczosRun, fast_lanczos
+from hspec.numerics.linear_operator import Deflated, LinearOperator, Normalized
+from hspec.numerics.normalization import Normalization, bounds_from_runs, normalization
+from hspec.numerics.outliers import top_eigenpairs
 
 METHODS = ("lanczos", "kpm")
 DEFLATIONS = ("subspace", "krylov")
@@ -151,7 +151,7 @@ def spectral_density(matvec, dim: int | None = None, *, method: str = "lanczos",
         points: grid size K. n_vec: number of random start vectors.
         deflation: how the outliers are found: ``"subspace"`` (the paper's Alg. 5,
             ``iterations`` × ``deflate`` products) or ``"krylov"`` (thick-restart
-            Lanczos, :func:`hspec.outliers.top_eigenpairs`, to relative accuracy
+            Lanczos, :func:`hspec.numerics.outliers.top_eigenpairs`, to relative accuracy
             ``deflation_tol``: a few dozen products for C = 10).
         iterations: subspace iterations T of Alg. 5. k: smoothing constant (Alg. 3).
         seed: seeds every random vector (drawn on the CPU, so devices agree).

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from hspec.data import smallest_train_class
+from hspec.pipeline.data import smallest_train_class
 from hspec.errors import HspecError
 from hspec.settings import type_errors
 

@@ -1,8 +1,8 @@
-"""The paper's training recipe (Section 3.1, Table 1), resumable checkpoints and learning-rate selection.
+"""The paper's training recipe (Section 3.1, Table 1), with resumable checkpoints.
 
 SGD with momentum 0.9, batch size 128 and weight decay 5e-4; the learning rate is divided by
 10 at 1/3 and 2/3 of the epochs; one run per initial learning rate of a grid, and the run with
-the best test accuracy is kept.
+the best test accuracy is kept (:mod:`hspec.pipeline.selection`).
 
 A run writes into its own directory:
 
@@ -13,30 +13,30 @@ A run writes into its own directory:
   checkpoint of other settings is discarded with a warning naming what differs, and the
   run starts over. Once `model.pt` and `history.zarr` are written, the checkpoint is
   removed: those two files hold the finished run.
-- `history.zarr` after every epoch: a Zarr v3 group (hspec.store) of the per-epoch
+- `history.zarr` after every epoch: a Zarr v3 group (hspec.pipeline.store) of the per-epoch
   learning rate and train/test loss and accuracy (both measured in eval mode after the
   epoch), with the run's metadata as attributes.
 - `model.pt` at the end: the final weights and the metadata (arch, in_channels,
-  num_classes, dataset and the rest of the recipe), read back by `load_model`.
+  num_classes, dataset and the rest of the recipe), read back by
+  `hspec.pipeline.run_files.load_model`.
 
 Rerunning a finished run (`model.pt` and a complete `history.zarr` of the same settings)
 returns its history and rewrites nothing; a run with either file missing is trained again
 (or, if its checkpoint is still there, rewritten from it). A run whose loss becomes
 non-finite (a diverging learning rate) stops with an `HspecError` naming the epoch and the
 batch; the checkpoint of the last good epoch is kept and no `model.pt` is written. A run
-directory is written under `hspec.locking.hold`, so two processes never write one at once.
+directory is written under `hspec.pipeline.locking.hold`, so two processes never write one at once.
 
 Every file is written atomically (a temporary file in the same directory, then os.replace)
 and holds only tensors, dicts, lists, strings and numbers, so it loads with
 `torch.load(..., weights_only=True)`.
 """
 
-import json
 import logging
 import math
 import os
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from hspec import locking, models, store
+from hspec.pipeline import locking, models, store
+from hspec.pipeline.run_files import (CHECKPOINT_FILE, HISTORY_FILE, MODEL_FILE, load_weights, metadata_differences,
+                                      read_file, read_history)
 from hspec.atomic import atomic_write
 from hspec import settings
 from hspec.errors import HspecError
@@ -61,10 +63,6 @@ WEIGHT_DECAY: float = settings.TRAINING["weight_decay"]
 LR_GRID: dict[str, tuple[float, ...]] = settings.LR_GRID
 EPOCHS: dict[str, int] = settings.EPOCHS
 
-MODEL_FILE = "model.pt"
-CHECKPOINT_FILE = "checkpoint.pt"
-HISTORY_FILE = "history.zarr"
-
 EVAL_BATCH_SIZE = 1024
 
 
@@ -72,7 +70,7 @@ EVAL_BATCH_SIZE = 1024
 class TrainConfig:
     """Everything that determines a training run; stored as the metadata of its files.
 
-    `subset` names the train examples used (`hspec.data.fingerprint` of the index file), so
+    `subset` names the train examples used (`hspec.pipeline.data.fingerprint` of the index file), so
     that a run directory is never resumed on different data.
     """
 
@@ -197,7 +195,7 @@ def _finished(out_dir: Path, metadata: dict[str, Any]) -> list[dict[str, float]]
         return None
     try:
         saved = read_history(out_dir)
-        model_metadata = _read(out_dir / MODEL_FILE, ("metadata", "state_dict"))["metadata"]
+        model_metadata = read_file(out_dir / MODEL_FILE, ("metadata", "state_dict"))["metadata"]
     except HspecError:
         return None
     history = saved["history"]
@@ -246,12 +244,12 @@ def _resume(
     """Restore the state saved in `path`, if any; return (epochs done, history so far)."""
     if not path.exists():
         return 0, []
-    checkpoint = _read(path, ("metadata", "epoch", "model", "optimizer", "generator", "history"))
-    differences = _differences(path, checkpoint["metadata"], metadata)
-    if differences:
-        log.warning("discarding checkpoint %s of other settings (%s); starting over", path, ", ".join(differences))
+    checkpoint = read_file(path, ("metadata", "epoch", "model", "optimizer", "generator", "history"))
+    found_differences = metadata_differences(path, checkpoint["metadata"], metadata)
+    if found_differences:
+        log.warning("discarding checkpoint %s of other settings (%s); starting over", path, ", ".join(found_differences))
         return 0, []
-    _load_weights(path, model, checkpoint["model"], checkpoint["metadata"])
+    load_weights(path, model, checkpoint["model"], checkpoint["metadata"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     generator.set_state(checkpoint["generator"])
     log.info("resuming %s at epoch %d of %d", path, checkpoint["epoch"], metadata["epochs"])
@@ -292,129 +290,12 @@ def evaluate(model: nn.Module, inputs: Tensor, targets: Tensor) -> tuple[float, 
     return loss / len(targets), correct / len(targets)
 
 
-def load_model(
-    path: str | os.PathLike[str],
-    device: str | torch.device | None = None,
-    expect: Mapping[str, Any] | None = None,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Read a `model.pt` (weights_only=True); return (model in eval mode on `device`, metadata).
-
-    `expect` maps metadata keys (e.g. arch, num_classes, dataset) to required values. A
-    missing, truncated or corrupted file, a mismatch with `expect`, or weights that do not
-    fit the stored architecture raise an `HspecError` naming the file.
-    """
-    path = Path(path)
-    saved = _read(path, ("metadata", "state_dict"))
-    metadata = saved["metadata"]
-    _check_metadata(path, metadata, expect or {})
-    model = _build(path, metadata)
-    _load_weights(path, model, saved["state_dict"], metadata)
-    return model.to(device or "cpu").eval(), metadata
 
 
-def _read(path: Path, keys: Iterable[str]) -> dict[str, Any]:
-    """torch.load(weights_only=True) of an hspec file holding at least `keys`, or a clear error naming it."""
-    if not path.is_file():
-        raise HspecError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 -- torch.load signals bad files by assorted exceptions
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise HspecError(f"cannot read checkpoint {str(path)!r} (truncated or corrupted?): {first_line}") from error
-    missing = [key for key in keys if not isinstance(saved, dict) or key not in saved]
-    if missing:
-        raise HspecError(f"{str(path)!r} is not an hspec checkpoint: missing {', '.join(missing)}")
-    return saved
 
 
-def _build(path: Path, metadata: Mapping[str, Any]) -> nn.Module:
-    """The network that `metadata` describes, or a clear error naming `path`."""
-    try:
-        return models.create(metadata["arch"], metadata["in_channels"], metadata["num_classes"])
-    except (KeyError, TypeError, HspecError) as error:
-        raise HspecError(f"checkpoint {str(path)!r} has unusable metadata: {error!r}") from error
 
 
-def _differences(path: Path, found: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
-    """'key=found (expected value)' for every key where `found` differs from `expected`."""
-    if not isinstance(found, Mapping):
-        raise HspecError(f"checkpoint {str(path)!r} has no metadata dict")
-    return [f"{key}={found.get(key)!r} (expected {value!r})" for key, value in expected.items()
-            if found.get(key) != value]
 
 
-def _check_metadata(path: Path, found: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
-    """A clear error naming `path` and every key where `found` differs from `expected`."""
-    differences = _differences(path, found, expected)
-    if differences:
-        raise HspecError(f"checkpoint {str(path)!r} does not match: {', '.join(differences)}")
 
-
-def _load_weights(path: Path, model: nn.Module, state_dict: Mapping[str, Tensor], metadata: Mapping[str, Any]) -> None:
-    """load_state_dict(strict), turning a key or shape mismatch into one clear line naming `path`."""
-    try:
-        model.load_state_dict(state_dict)
-    except RuntimeError as error:
-        raise HspecError(
-            f"checkpoint {str(path)!r}: its weights do not fit a {metadata.get('arch')} "
-            f"with {metadata.get('in_channels')} input channels and {metadata.get('num_classes')} classes"
-        ) from error
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write `obj` as indented JSON, atomically."""
-    atomic_write(path, lambda file: file.write(json.dumps(obj, indent=2).encode()))
-
-
-def read_history(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """{"metadata", "history"} of a run directory's history.zarr (history: one record per
-    epoch), or a clear error naming the group."""
-    arrays, attrs = store.read_history(Path(run_dir) / HISTORY_FILE)
-    metadata = {key: value for key, value in attrs.items() if key not in ("kind", "complete")}
-    history = [{name: arrays[name][i].item() for name in store.HISTORY_ARRAYS}
-               for i in range(len(arrays["epoch"]))]
-    return {"metadata": metadata, "history": history}
-
-
-def select(run_dirs: Iterable[str | os.PathLike[str]]) -> dict[str, Any]:
-    """Pick the best of finished runs that differ only in their initial learning rate (Section 3.1).
-
-    Best = highest final test accuracy; ties go to the lower learning rate, then to the run
-    listed first. Returns {"best", "lr", "test_accuracy", "rule", "runs"}.
-    """
-    runs = [_final_result(run_dir) for run_dir in run_dirs]
-    if not runs:
-        raise HspecError("no runs to select from")
-    _check_same_recipe(runs)
-    best = min(runs, key=lambda run: (-run["test_accuracy"], run["lr"]))
-    return {
-        "best": best["run"],
-        "lr": best["lr"],
-        "test_accuracy": best["test_accuracy"],
-        "rule": "highest final test accuracy; ties: lower learning rate, then the run listed first",
-        "runs": [{key: run[key] for key in ("run", "lr", "test_accuracy")} for run in runs],
-    }
-
-
-def _final_result(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """{"run", "lr", "test_accuracy", "metadata"} of a finished run, or a clear error naming it."""
-    content = read_history(run_dir)
-    metadata, history = content["metadata"], content["history"]
-    try:
-        if len(history) != metadata["epochs"]:
-            raise HspecError(f"run {str(run_dir)!r} is unfinished: {len(history)} of {metadata['epochs']} epochs")
-        return {"run": str(run_dir), "lr": metadata["lr"], "test_accuracy": history[-1]["test_accuracy"],
-                "metadata": metadata}
-    except (KeyError, TypeError, IndexError) as error:
-        raise HspecError(f"training history of run {str(run_dir)!r} lacks {error}") from error
-
-
-def _check_same_recipe(runs: list[dict[str, Any]]) -> None:
-    """All runs must share their metadata except the initial learning rate."""
-    reference = {key: value for key, value in runs[0]["metadata"].items() if key != "lr"}
-    for run in runs[1:]:
-        differing = sorted(key for key, value in reference.items() if run["metadata"].get(key) != value)
-        if differing:
-            raise HspecError(
-                f"runs {runs[0]['run']!r} and {run['run']!r} differ in {', '.join(differing)}, not only in lr"
-            )

@@ -12,16 +12,15 @@ figure gathers what its caption quotes (:func:`hessian_numbers`,
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-from hspec import analysis
-from hspec.atomic import atomic_write
-from hspec.density import log_density, smoothing_width
+from hspec.numerics import analysis
+from hspec.atomic import write_json
+from hspec.numerics.density import log_density, smoothing_width
 from hspec.errors import HspecError
 
 GHOST_TOLERANCE = 1e-4  # Ritz values closer than this × spectrum width count once
@@ -42,12 +41,12 @@ def _steps_and_k(attrs: Mapping) -> tuple[int, float]:
 
 
 def num_classes(attrs: Mapping, override=None) -> int | None:
-    """C: ``override`` if given, else ``hspec.data.num_classes(dataset)``, else the
+    """C: ``override`` if given, else ``hspec.pipeline.data.num_classes(dataset)``, else the
     deflation rank stored in the settings (None if neither is known)."""
     if override is not None:
         return int(override)
     try:
-        from hspec.data import num_classes as lookup
+        from hspec.pipeline.data import num_classes as lookup
 
         return int(lookup(attrs.get("dataset")))
     except (ImportError, HspecError, KeyError, TypeError):
@@ -83,7 +82,7 @@ def atoms(arrays: Mapping, attrs: Mapping) -> tuple[np.ndarray, np.ndarray]:
 
 def separated(arrays: Mapping, attrs: Mapping) -> np.ndarray:
     """The outliers separated from the bulk, descending, each counted once:
-    :func:`hspec.analysis.separated_outliers` of the whole distribution (bulk quadrature
+    :func:`hspec.numerics.analysis.separated_outliers` of the whole distribution (bulk quadrature
     and deflated outliers) with the bulk's kernel reach, ignoring Ritz values lighter
     than ``MIN_WEIGHT``/n_params and merging repeats within ``GHOST_TOLERANCE`` × the
     spectrum's width."""
@@ -98,7 +97,7 @@ def separated(arrays: Mapping, attrs: Mapping) -> np.ndarray:
 
 def bulk_edges(arrays: Mapping, attrs: Mapping, outliers=None,
                quantiles: tuple[float, float] = (0.001, 0.999)) -> tuple[float, float]:
-    """:func:`hspec.analysis.bulk_edges` of the bulk's quadrature, leaving out the Ritz
+    """:func:`hspec.numerics.analysis.bulk_edges` of the bulk's quadrature, leaving out the Ritz
     values of separated outliers (for spectra computed without deflation)."""
     outliers = separated(arrays, attrs) if outliers is None else np.asarray(outliers)
     nodes, weights = np.asarray(arrays["nodes"]), np.asarray(arrays["weights"])
@@ -115,7 +114,7 @@ def bulk_edges(arrays: Mapping, attrs: Mapping, outliers=None,
 
 
 def asymmetry(arrays: Mapping, attrs: Mapping) -> float:
-    """:func:`hspec.analysis.asymmetry` of the whole estimated distribution."""
+    """:func:`hspec.numerics.analysis.asymmetry` of the whole estimated distribution."""
     return analysis.asymmetry(*atoms(arrays, attrs))
 
 
@@ -123,7 +122,7 @@ def log_tail(arrays: Mapping, attrs: Mapping, sign: int = 1, *, decades: float =
              points: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """(|λ|, density in λ) over the eigenvalues of one sign, on a log grid.
 
-    :func:`hspec.density.log_density` of the whole distribution (deflated outliers as
+    :func:`hspec.numerics.density.log_density` of the whole distribution (deflated outliers as
     atoms of mass 1/n_params plus the bulk quadrature), converted from the density of
     u = log10|λ| to the density in |λ|: φ = density_u / (|λ| ln 10).
     """
@@ -160,7 +159,7 @@ def auto_fit_range(arrays: Mapping, attrs: Mapping, sign: int = 1, *, span: floa
 def fit_tail(arrays: Mapping, attrs: Mapping, sign: int = 1, fit_range=None, *,
              span: float = 1.0, decades: float = 8.0) -> dict:
     """Power law φ = a·|λ|^(−b) fitted to the density of |λ| over one sign
-    (:func:`hspec.analysis.power_law_fit`) on ``fit_range`` = [lo, hi] or, if None,
+    (:func:`hspec.numerics.analysis.power_law_fit`) on ``fit_range`` = [lo, hi] or, if None,
     on :func:`auto_fit_range`. Returns a, b, r2, points, lo, hi, sign, rule; on
     failure ``{"error": message, "sign", "rule"}``."""
     rule = "given" if fit_range is not None else AUTO_FIT_RULE.format(span=span)
@@ -249,29 +248,9 @@ def summary(label, numbers: Mapping) -> str:
             f"{numbers['hvp_count']} products")
 
 
-def jsonable(value):
-    """Plain JSON types: floats as floats, non-finite floats as None."""
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
-
-
-
-
 def write_numbers(numbers: Mapping, path) -> Path:
-    """Write numbers as JSON (sorted keys, indented), atomically (complete or absent)."""
-    path = Path(path)
-    text = json.dumps(jsonable(numbers), sort_keys=True, indent=2, allow_nan=False) + "\n"
-    atomic_write(path, lambda handle: handle.write(text.encode()))
-    return path
+    """Write a figure's numbers as JSON (sorted keys, indented), atomically."""
+    return write_json(path, numbers)
 
 
 # -------------------------------------------------------------------------- per figure

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from hspec.errors import HspecError
-from hspec.store import read_spectrum
+from hspec.pipeline.store import read_spectrum
 
 NOTEBOOKS = {
     "fig1": "fig1_train_hessian",
@@ -148,7 +148,7 @@ def writer_hint(path) -> str:
 
 
 def load(path) -> tuple[dict, dict]:
-    """(arrays, attrs) of a stored spectrum (:func:`hspec.store.read_spectrum`); a
+    """(arrays, attrs) of a stored spectrum (:func:`hspec.pipeline.store.read_spectrum`); a
     missing one is one :class:`HspecError` naming the ``snakemake`` target to run."""
     if not Path(path).exists():
         raise HspecError(f"{path}: no such spectrum; {writer_hint(path)}")

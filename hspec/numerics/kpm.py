@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hspec.errors import HspecError
-from hspec.inner_products import dot, norm
+from hspec.numerics.inner_products import dot, norm
 
 
 def jackson_damping(count: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Exact reference spectra for small problems.
 
-Dense matrices are built by a code path independent of :mod:`hspec.operators`
+Dense matrices are built by a code path independent of :mod:`hspec.curvature.operators`
 (``torch.func.hessian`` and per-example Jacobians), so the matrix-free operators and the
 stochastic algorithms can be checked against them:
 
@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.func import hessian, jacrev, vmap
 
-from hspec.operators import COMPONENTS, CurvatureOperator, Params, eval_mode
+from hspec.curvature.operators import COMPONENTS, CurvatureOperator, Params, eval_mode
 
 
 def _flat_hessian(op: CurvatureOperator, scalar) -> Tensor:

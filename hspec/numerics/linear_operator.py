@@ -4,7 +4,7 @@
 check the input (shape, dtype, device) and every product (a tensor of the input's shape,
 dtype and device, finite), count the products in ``hvp_count``, and leave the product
 itself to a subclass's ``_matmat``. :class:`LinearOperator` wraps any callable
-``v ↦ A v``; :class:`hspec.operators.CurvatureOperator` is the curvature of a model;
+``v ↦ A v``; :class:`hspec.curvature.operators.CurvatureOperator` is the curvature of a model;
 :class:`Normalized` is (A − cI)/d of NORMALIZATION (paper Alg. 4); :class:`Deflated` is
 P A P with P = I − Q Qᵀ, the operator left after LOWRANKDEFLATION (paper Alg. 5) removes
 the span of Q.
@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from hspec.errors import HspecError
-from hspec.inner_products import dot, gram, norm
+from hspec.numerics.inner_products import dot, gram, norm
 
 #: dtypes the algorithms run in (Lanczos in float16/bfloat16 gets a badly wrong range)
 DTYPES = (torch.float32, torch.float64)
@@ -157,7 +157,7 @@ class LinearOperator(SymmetricOperator):
     def wrap(cls, operator, dim: int | None = None, *, dtype: torch.dtype | None = None,
              device: torch.device | str | None = None) -> "LinearOperator":
         """From a callable (``dim`` required) or an object with ``matvec`` and ``dim``
-        (such as a :class:`hspec.operators.CurvatureOperator`), whose ``dtype``,
+        (such as a :class:`hspec.curvature.operators.CurvatureOperator`), whose ``dtype``,
         ``device`` and ``matmat`` are used when present. The result counts its own
         products (the wrapped operator's ``hvp_count`` counts them too)."""
         if hasattr(operator, "matvec") and hasattr(operator, "dim"):

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from hspec.density import KERNEL_CUTOFF
+from hspec.numerics.density import KERNEL_CUTOFF
 from hspec.errors import HspecError
 
 

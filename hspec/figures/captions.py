@@ -8,7 +8,7 @@ The text is written in the common subset of the two: paragraphs, ``*emphasis*``,
 from __future__ import annotations
 
 from hspec.errors import HspecError
-from hspec.figure_numbers import AUTO_FIT_RULE
+from hspec.figures.caption_numbers import AUTO_FIT_RULE
 
 DRAWN = (
     "Densities are drawn on a log y-scale (clipped at 1e-8 × their maximum) over the "
@@ -21,7 +21,7 @@ COUNTED = (
     "values or deflated outliers above the upper end of the bulk, i.e. of the connected "
     "part of {smoothed density > 0} (the smoothing kernel is cut below 1e-8, as in the "
     "paper's code) that carries the most mass, with the deflated outliers smoothed like "
-    "the bulk (``hspec.figure_numbers.separated``). Lanczos ghosts (repeated or "
+    "the bulk (``hspec.figures.caption_numbers.separated``). Lanczos ghosts (repeated or "
     "weightless Ritz values) count once or not at all. *Bulk edges* are the 0.1 % and "
     "99.9 % quantiles of the bulk's quadrature without those outliers.")
 SCALE = (

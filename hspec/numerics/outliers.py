@@ -1,6 +1,6 @@
 """The C outliers of a symmetric operator by thick-restart Lanczos (Wu & Simon 2000).
 
-LOWRANKDEFLATION (paper Alg. 5, :func:`hspec.deflation.low_rank_deflation`) finds the C
+LOWRANKDEFLATION (paper Alg. 5, :func:`hspec.numerics.deflation.low_rank_deflation`) finds the C
 outliers by subspace iteration: T = 256 iterations of C products each, 2,560 products for
 C = 10. Its convergence rate |λ_{C+1}/λ_C| per iteration ignores everything the earlier
 products revealed. A Krylov method keeps them: after m products the Lanczos basis
@@ -17,7 +17,7 @@ largest-|λ| eigenvalues, and subspace iteration converges to exactly those. The
 largest-magnitude eigenvalues are the union of some of the largest and some of the most
 negative ones — both ends of the spectrum, which is where Lanczos converges first. A
 large negative eigenvalue counts as an outlier just as a large positive one; the values are
-returned signed, sorted descending, as by :func:`~hspec.deflation.low_rank_deflation`.
+returned signed, sorted descending, as by :func:`~hspec.numerics.deflation.low_rank_deflation`.
 
 **The iteration** (Lanczos with full re-orthogonalization, kept as an explicit projected
 matrix). With an orthonormal basis V_j and H_j = V_jᵀ A V_j, one step is
@@ -68,10 +68,10 @@ the null direction, plus one more to confirm.
 
 **Limitation.** Without a breakdown a single-vector Krylov method sees one copy of a
 repeated eigenvalue (the others only through rounding, slowly); use
-:func:`~hspec.deflation.low_rank_deflation`, a block method, when wanted eigenvalues may
+:func:`~hspec.numerics.deflation.low_rank_deflation`, a block method, when wanted eigenvalues may
 be exactly repeated. Deep-net Hessian outliers are distinct.
 
-**Reusing a Lanczos run.** ``start`` may be a :class:`~hspec.lanczos.LanczosRun` kept with
+**Reusing a Lanczos run.** ``start`` may be a :class:`~hspec.numerics.lanczos.LanczosRun` kept with
 its basis (``fast_lanczos(..., reorth="full")``): its first k − 1 vectors and the k × k
 tridiagonal are taken over and the iteration continues from its last vector, saving
 k − 1 products (63 for a 64-step NORMALIZATION run kept with its basis, at the cost of
@@ -92,9 +92,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from hspec.errors import HspecError
-from hspec.inner_products import gram, norm
-from hspec.lanczos import LanczosRun
-from hspec.linear_operator import LinearOperator
+from hspec.numerics.inner_products import gram, norm
+from hspec.numerics.lanczos import LanczosRun
+from hspec.numerics.linear_operator import LinearOperator
 
 CRITERIA = ("gap", "residual")
 

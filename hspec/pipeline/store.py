@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from hspec.atomic import atomic_directory
+from hspec.atomic import atomic_directory, jsonable
 from hspec.errors import HspecError
+from hspec.version import __version__
 
 SPECTRUM_ARRAYS = ("grid", "density", "outliers", "nodes", "weights")
 SPECTRUM_ATTRS = ("component", "split", "dataset", "arch", "n_per_class", "n_params",
@@ -40,16 +41,6 @@ SPECTRUM_ATTRS = ("component", "split", "dataset", "arch", "n_per_class", "n_par
                   "settings", "hspec_version")
 HISTORY_ARRAYS = ("epoch", "lr", "train_loss", "train_accuracy", "test_loss",
                   "test_accuracy")
-
-
-def _jsonable(value):
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def checksum(values: np.ndarray) -> str:
@@ -96,7 +87,7 @@ def write_group(path: Path, kind: str, arrays: Mapping[str, np.ndarray],
             for name, values in arrays.items():
                 group.create_array(name, data=np.asarray(values))
                 checksums[name] = checksum(np.asarray(values))
-            group.attrs.update(_jsonable({**attrs, "kind": kind, "checksums": checksums}))
+            group.attrs.update(jsonable({**attrs, "kind": kind, "checksums": checksums}))
             group.attrs["complete"] = True
     except OSError as error:
         reason = str(error) or type(error).__name__
@@ -135,8 +126,6 @@ def _check_array(path: Path, kind: str, name: str, values: np.ndarray,
 
 def write_spectrum(path: Path, result, attrs: Mapping) -> None:
     """Store a :class:`hspec.SpectralDensity` with the attributes describing it."""
-    from hspec import __version__
-
     arrays = {name: getattr(result, name) for name in SPECTRUM_ARRAYS}
     arrays["moments"] = result.moments
     attrs = {**attrs, "n_params": result.dim, "lambda_min": result.lambda_min,

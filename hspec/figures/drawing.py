@@ -29,7 +29,7 @@ import matplotlib as mpl
 import numpy as np
 import seaborn as sns
 
-from hspec import figure_numbers as fn
+from hspec.figures import caption_numbers as fn
 from hspec.atomic import atomic_write
 from hspec.errors import HspecError
 
@@ -141,7 +141,7 @@ def plot_density(ax, arrays: Mapping, attrs: Mapping, *, floor: float = DEFAULT_
     deflated outliers as stems and the separated outliers marked along the top.
 
     The floor is ``floor`` × the highest point drawn, lowered if need be to 1/100 of
-    the bump one eigenvalue makes (:func:`hspec.figure_numbers.atom_height`), so that
+    the bump one eigenvalue makes (:func:`hspec.figures.caption_numbers.atom_height`), so that
     the outliers of a spectrum with many parameters stay above it. Outliers are drawn
     in ``outlier_color``: the outlier colour for a curve in the bulk colour, else the
     curve's own.
@@ -251,7 +251,7 @@ def share_limits(axes, drawn, *, y: bool = False) -> tuple[float, float]:
 def bulk_inset(ax, arrays: Mapping, attrs: Mapping, *, color: str = BULK_COLOR,
                bounds=(0.38, 0.5, 0.3, 0.36)):
     """An inset (at ``bounds`` in axes fraction) zooming on the bulk: its edges
-    (:func:`hspec.figure_numbers.bulk_edges`) widened by 10 % on each side, log y.
+    (:func:`hspec.figures.caption_numbers.bulk_edges`) widened by 10 % on each side, log y.
     Returns the inset axes, or None when the bulk has no edges."""
     try:
         lo, hi = fn.bulk_edges(arrays, attrs)
@@ -377,7 +377,7 @@ def components_figure(loaded: Mapping, numbers: Mapping):
     """Fig. 4: per model (a row of panels) (a) the spectra stacked on a shared x-axis,
     (b) on a log x-axis, (c) zoomed on the bulk, (d) the tail component on log–log axes
     with its power law. ``loaded`` maps a model's label to ``{"spectra": ...,
-    "log_spectra": ...}``; ``numbers`` is :func:`hspec.figure_numbers.components_numbers`."""
+    "log_spectra": ...}``; ``numbers`` is :func:`hspec.figures.caption_numbers.components_numbers`."""
     rows = [len(panel["spectra"]) for panel in loaded.values()]
     fig = _new_figure(figsize=(20, sum(2.9 * r + 1 for r in rows)))
     subfigs = fig.subfigures(len(rows), 1, squeeze=False, height_ratios=rows)[:, 0]
@@ -391,7 +391,7 @@ def components_figure(loaded: Mapping, numbers: Mapping):
 def sample_size_figure(loaded: Mapping, numbers: Mapping):
     """Fig. 5: per dataset (a column) train (top) and test (bottom) curves of the
     covariance of gradients, coloured by examples per class (log colour scale, one
-    colourbar); ``numbers`` is :func:`hspec.figure_numbers.sample_size_numbers`."""
+    colourbar); ``numbers`` is :func:`hspec.figures.caption_numbers.sample_size_numbers`."""
     sizes = {label: {split: {key: values["per_class_value"] for key, values in s.items()}
                      for split, s in numbers["panels"][label]["spectra"].items()}
              for label in loaded}

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from hspec.errors import HspecError
-from hspec.lanczos import LanczosRun, fast_lanczos
-from hspec.linear_operator import LinearOperator
+from hspec.numerics.lanczos import LanczosRun, fast_lanczos
+from hspec.numerics.linear_operator import LinearOperator
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def normalization(op: LinearOperator, steps: int = 64, margin: float = 0.05, *,
                   progress: bool = False, resume: dict | None = None,
                   snapshot=None) -> Normalization:
     """NORMALIZATION(A, M0=steps, κ=margin) of paper Alg. 4 (``steps`` products);
-    ``resume``/``snapshot`` as in :func:`hspec.lanczos.fast_lanczos`."""
+    ``resume``/``snapshot`` as in :func:`hspec.numerics.lanczos.fast_lanczos`."""
     if margin < 0:
         raise HspecError(f"margin: must be ≥ 0, got {margin!r}")
     run = fast_lanczos(op, steps, generator=generator, start=start, progress=progress,

@@ -81,7 +81,7 @@ class SpectrumCheckpoint:
 
     def __init__(self, path: str | os.PathLike, settings: dict, op,
                  key: Mapping | None = None, interval: float = 60.0) -> None:
-        """``op``: the operator (a :class:`hspec.linear_operator.LinearOperator`), probed
+        """``op``: the operator (a :class:`hspec.numerics.linear_operator.LinearOperator`), probed
         with one uncounted product; ``key``: the caller's identity of the computation."""
         self.path = Path(path)
         self.device = op.device

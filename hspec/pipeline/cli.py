@@ -7,7 +7,6 @@ examples per class) prints one line to stderr and exits with status 2.
 
 import argparse
 import contextlib
-import hashlib
 import logging
 import os
 import sys
@@ -16,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-import hspec
-from hspec import data, distributed, locking, models, settings, store, training
-from hspec.operators import COMPONENTS, HVP_MODES, PRECISIONS
-from hspec.spectrum import DEFLATIONS, METHODS
-from hspec.atomic import atomic_write
+from hspec import settings
+from hspec.pipeline import data, devices, locking, models, run_files, selection, spectrum_job, training
+from hspec.curvature.operators import COMPONENTS, HVP_MODES, PRECISIONS
+from hspec.numerics.spectrum import DEFLATIONS, METHODS
+from hspec.atomic import atomic_write, write_json
 from hspec.errors import HspecError
 
 DEFAULT_DATA_DIR = "data"
@@ -64,7 +63,7 @@ def _download(args: argparse.Namespace) -> None:
         summary["input_shape"] = list(inputs.shape[1:])
         counts = torch.bincount(targets, minlength=data.num_classes(args.dataset))
         summary[split] = {"examples": len(targets), "class_counts": counts.tolist()}
-    training.write_json(args.out, summary)
+    write_json(args.out, summary)
     print(f"{args.dataset} is in place; wrote {args.out}")
 
 
@@ -130,7 +129,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> None:
     stats = data.spec(args.dataset)
     models.validate(args.arch)
-    device = _device(args.device)
+    device = devices.resolve(args.device)
     train_x, train_y = data.load_split(args.dataset, "train", args.data_dir, args.download)
     indices = None
     if args.indices is not None:
@@ -153,36 +152,9 @@ def _train(args: argparse.Namespace) -> None:
     history = training.train(config, (train_x, train_y), test_set, args.out, device, False if args.quiet else None)
     final = history[-1]
     print(
-        f"wrote {args.out / training.MODEL_FILE}: test accuracy {final['test_accuracy']:.4f}, "
+        f"wrote {args.out / run_files.MODEL_FILE}: test accuracy {final['test_accuracy']:.4f}, "
         f"test loss {final['test_loss']:.4g} after {final['epoch']} epochs"
     )
-
-
-def _device(name: str) -> torch.device:
-    """The torch device `name` names (auto: cuda if available, else cpu); one clear line if
-    the name is invalid or no such device is available here."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise HspecError(f"invalid --device {name!r}: {error}") from error
-    count = _device_count(device.type)
-    if count == 0:
-        raise HspecError(f"--device {name!r} but no {device.type} device is available")
-    if device.index is not None and device.index >= count:
-        raise HspecError(f"--device {name!r} but only {count} {device.type} device(s) are available")
-    return device
-
-
-def _device_count(kind: str) -> int:
-    """How many devices of type `kind` (cuda, mps, xpu, ...) torch can use here; cpu: 1."""
-    if kind == "cpu":
-        return 1
-    backend = getattr(torch, kind, None)
-    if not callable(getattr(backend, "is_available", None)) or not backend.is_available():
-        return 0
-    return backend.device_count() if callable(getattr(backend, "device_count", None)) else 1
 
 
 def _add_select(subparsers: argparse._SubParsersAction) -> None:
@@ -208,11 +180,11 @@ def _add_select(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _select(args: argparse.Namespace) -> None:
-    choice = training.select(args.runs)
+    choice = selection.select(args.runs)
     if args.out is not None:
-        training.write_json(args.out, choice)
+        write_json(args.out, choice)
     if args.model_out is not None:
-        model = Path(choice["best"]) / training.MODEL_FILE
+        model = Path(choice["best"]) / run_files.MODEL_FILE
         if not model.is_file():
             raise HspecError(f"the best run has no {str(model)!r}")
         atomic_write(args.model_out, lambda file: file.write(model.read_bytes()))
@@ -285,79 +257,7 @@ def _add_spectrum(subparsers: argparse._SubParsersAction) -> None:
                         help="seconds between saves of the resumable state, OUT.rankR.ckpt (default: %(default)s)")
     parser.add_argument("--out", type=Path, required=True, help="Zarr group to write (required)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars (default: bars on a terminal)")
-    parser.set_defaults(handler=_spectrum)
-
-
-def _spectrum(args: argparse.Namespace) -> None:
-    _check_spectrum_out(args.out)
-    rank, world = distributed.init_from_env(args.device if args.device != "auto" else None)
-    device = distributed.local_device(str(_device(args.device)))
-    stats = data.spec(args.dataset)
-    model, metadata = training.load_model(args.model, device=device, expect={
-        "dataset": args.dataset, "num_classes": stats.num_classes, "in_channels": stats.in_channels})
-    inputs, targets = data.load_split(args.dataset, args.split, args.data_dir, args.download)
-    n_per_class = args.n_per_class or "full"
-    indices = None
-    if args.indices is not None:
-        if args.split != "train":
-            raise HspecError("--indices: only the train split is subsampled")
-        indices = data.load_indices(args.indices, size=len(targets))
-        index = torch.from_numpy(indices)
-        inputs, targets = inputs[index], targets[index]
-        n_per_class = args.n_per_class or int(torch.bincount(targets).max())
-    n_samples = len(targets)
-    op = hspec.curvature_operator(model, distributed.shard(inputs, targets, rank, world), args.component,
-                                  batch_size=args.batch_size, device=device, distributed=world > 1,
-                                  hvp=args.hvp, resident=args.resident, compile=args.compile,
-                                  **PRECISIONS[args.precision])
-    checkpoint = args.out.with_name(args.out.name + f".rank{rank}.ckpt")
-    result = hspec.spectral_density(op, method=args.method, deflate=args.deflate, steps=args.steps,
-                                    bound_steps=args.bound_steps, margin=args.margin, points=args.points,
-                                    n_vec=args.n_vec, iterations=args.iterations, deflation=args.deflation,
-                                    k=args.k, seed=args.seed,
-                                    progress=not args.quiet and sys.stderr.isatty(), checkpoint=checkpoint,
-                                    checkpoint_interval=args.checkpoint_interval,
-                                    checkpoint_key=_spectrum_identity(args, indices, targets, rank, world))
-    if rank == 0:
-        store.write_spectrum(args.out, result, {
-            "component": args.component, "split": args.split, "dataset": args.dataset,
-            "arch": metadata["arch"], "n_per_class": _per_class_value(n_per_class), "n_samples": n_samples,
-            "model": str(args.model), "world_size": world, "precision": args.precision,
-            "hvp": op.hvp, "compile": args.compile, "resident": args.resident})
-        print(f"wrote {args.out}: range [{result.lambda_min:.4g}, {result.lambda_max:.4g}], "
-              f"{len(result.outliers)} outliers, {result.hvp_count} products in {result.seconds:.1f} s")
-    checkpoint.unlink(missing_ok=True)
-
-
-def _check_spectrum_out(out: Path) -> None:
-    """Before any computation: refuse an --out that hspec did not write, and create its
-    parent directory (where the checkpoint goes too)."""
-    store.check_overwritable(out, "spectrum")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise HspecError(f"--out {out}: cannot create its directory ({error})") from error
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return "sha256:" + digest.hexdigest()
-
-
-def _spectrum_identity(args: argparse.Namespace, indices, targets: torch.Tensor, rank: int, world: int) -> dict:
-    """What a spectrum checkpoint must match to be resumed: the model file, the data, the operator."""
-    return {"model": _sha256(args.model), "dataset": args.dataset, "split": args.split,
-            "subset": data.fingerprint(indices),
-            "targets": "sha256:" + hashlib.sha256(targets.cpu().numpy().tobytes()).hexdigest(),
-            "component": args.component, "precision": args.precision, "rank": rank, "world_size": world}
-
-
-def _per_class_value(label) -> int | str:
-    """A per-class count as a number, or the label 'full'."""
-    return int(label) if str(label).isdigit() else str(label)
+    parser.set_defaults(handler=spectrum_job.run)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,8 +29,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from hspec.errors import HspecError
-from hspec.inner_products import dot, gram, norm
-from hspec.linear_operator import LinearOperator
+from hspec.numerics.inner_products import dot, gram, norm
+from hspec.numerics.linear_operator import LinearOperator
 
 REORTH = ("none", "full")
 

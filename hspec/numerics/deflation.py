@@ -19,8 +19,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from hspec.errors import HspecError
-from hspec.inner_products import gram, orthonormalize
-from hspec.linear_operator import LinearOperator
+from hspec.numerics.inner_products import gram, orthonormalize
+from hspec.numerics.linear_operator import LinearOperator
 
 
 def low_rank_deflation(op: LinearOperator, rank: int, iterations: int = 256, *,

@@ -18,7 +18,7 @@ flat vector v ∈ R^p (p = number of trainable parameters, concatenated in
   fixed, i.e. the Hessian of the predictions weighted by ∂ℓ/∂f, computed directly (not as
   H v − G v).
 
-ℓ, g_i and (diag p − p pᵀ) u come from :mod:`hspec.loss`, in forms that keep float32
+ℓ, g_i and (diag p − p pᵀ) u come from :mod:`hspec.curvature.loss`, in forms that keep float32
 accuracy when the softmax saturates (1 − max_c p_c → 0 on a fitted train split), where
 the textbook forms, torch's cross_entropy included, lose it all.
 
@@ -59,8 +59,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from hspec import settings
 from hspec.errors import HspecError
-from hspec.linear_operator import SymmetricOperator, check_dtype
-from hspec.loss import cross_entropy, logit_gradient, logit_hessian_product
+from hspec.numerics.linear_operator import SymmetricOperator, check_dtype
+from hspec.curvature.loss import cross_entropy, logit_gradient, logit_hessian_product
 
 COMPONENTS = ("hessian", "gradient_covariance", "prediction_hessian")
 HVP_MODES = ("reverse-over-forward", "forward-over-reverse", "reverse-over-reverse")
@@ -143,7 +143,7 @@ class CurvatureOperator(SymmetricOperator):
                  compile: bool = False) -> None:
         if distributed and not dist.is_initialized():
             raise HspecError("distributed: torch.distributed is not initialized (launch "
-                             "with torchrun and call hspec.distributed.init_from_env())")
+                             "with torchrun and call hspec.curvature.distributed.init_from_env())")
         if not isinstance(block_size, int) or block_size < 1:
             raise HspecError(f"block_size: must be a positive integer, got {block_size!r}")
         if hvp == "auto":
@@ -390,7 +390,7 @@ def curvature_operator(model: nn.Module, data, component: str = "hessian", *,
             needs at least float32's precision; float16 and bfloat16 are refused).
         device: where the products run (default: the device of the model's parameters).
         distributed: ``data`` is this rank's shard of the split (see
-            :mod:`hspec.distributed`); products are summed over all ranks with an
+            :mod:`hspec.curvature.distributed`); products are summed over all ranks with an
             all-reduce and divided by the total count, so every rank gets A v.
         block_size: columns of ``matmat`` pushed through one vectorized (vmap) pass;
             faster for several vectors, at block_size × the activation memory: the knob

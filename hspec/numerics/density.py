@@ -21,8 +21,8 @@ import math
 import numpy as np
 
 from hspec.errors import HspecError
-from hspec.lanczos import LanczosRun
-from hspec.normalization import Normalization
+from hspec.numerics.lanczos import LanczosRun
+from hspec.numerics.normalization import Normalization
 
 KERNEL_CUTOFF = 1e-8  # kernel values below this are dropped, as in the released code
 

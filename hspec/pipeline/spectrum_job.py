@@ -1,0 +1,98 @@
+"""The ``hspec spectrum`` job: a trained model's curvature spectrum on one split (Section 3.2).
+
+Orchestration only: model and data from :mod:`~hspec.pipeline.run_files` and
+:mod:`~hspec.pipeline.data`, the operator from :mod:`hspec.curvature.operators`, the
+estimate from :func:`hspec.numerics.spectrum.spectral_density`, the result into
+:mod:`~hspec.pipeline.store`. The command line parses the options and calls :func:`run`.
+"""
+
+import hashlib
+import sys
+from pathlib import Path
+
+import torch
+
+from hspec.curvature import distributed
+from hspec.curvature.operators import PRECISIONS, curvature_operator
+from hspec.errors import HspecError
+from hspec.numerics.spectrum import spectral_density
+from hspec.pipeline import data, devices, run_files, store
+
+
+def run(args) -> None:
+    """One ``hspec spectrum`` job: ``args`` holds its options (see ``hspec spectrum --help``).
+
+    Refuse an ``--out`` hspec did not write; load the model (its classes and channels
+    must fit the dataset) and the split (restricted to ``--indices``); build the
+    curvature operator on this rank's shard; run :func:`spectral_density` with a
+    checkpoint next to OUT keyed by :func:`identity`; rank 0 writes the Zarr group; the
+    checkpoint is removed once the result is stored."""
+    check_out(args.out)
+    rank, world = distributed.init_from_env(args.device if args.device != "auto" else None)
+    device = distributed.local_device(str(devices.resolve(args.device)))
+    stats = data.spec(args.dataset)
+    model, metadata = run_files.load_model(args.model, device=device, expect={
+        "dataset": args.dataset, "num_classes": stats.num_classes, "in_channels": stats.in_channels})
+    inputs, targets = data.load_split(args.dataset, args.split, args.data_dir, args.download)
+    n_per_class = args.n_per_class or "full"
+    indices = None
+    if args.indices is not None:
+        if args.split != "train":
+            raise HspecError("--indices: only the train split is subsampled")
+        indices = data.load_indices(args.indices, size=len(targets))
+        index = torch.from_numpy(indices)
+        inputs, targets = inputs[index], targets[index]
+        n_per_class = args.n_per_class or int(torch.bincount(targets).max())
+    n_samples = len(targets)
+    op = curvature_operator(model, distributed.shard(inputs, targets, rank, world), args.component,
+                                  batch_size=args.batch_size, device=device, distributed=world > 1,
+                                  hvp=args.hvp, resident=args.resident, compile=args.compile,
+                                  **PRECISIONS[args.precision])
+    checkpoint = args.out.with_name(args.out.name + f".rank{rank}.ckpt")
+    result = spectral_density(op, method=args.method, deflate=args.deflate, steps=args.steps,
+                              bound_steps=args.bound_steps, margin=args.margin, points=args.points,
+                              n_vec=args.n_vec, iterations=args.iterations, deflation=args.deflation,
+                              k=args.k, seed=args.seed,
+                              progress=not args.quiet and sys.stderr.isatty(), checkpoint=checkpoint,
+                              checkpoint_interval=args.checkpoint_interval,
+                              checkpoint_key=identity(args, indices, targets, rank, world))
+    if rank == 0:
+        store.write_spectrum(args.out, result, {
+            "component": args.component, "split": args.split, "dataset": args.dataset,
+            "arch": metadata["arch"], "n_per_class": _per_class_value(n_per_class), "n_samples": n_samples,
+            "model": str(args.model), "world_size": world, "precision": args.precision,
+            "hvp": op.hvp, "compile": args.compile, "resident": args.resident})
+        print(f"wrote {args.out}: range [{result.lambda_min:.4g}, {result.lambda_max:.4g}], "
+              f"{len(result.outliers)} outliers, {result.hvp_count} products in {result.seconds:.1f} s")
+    checkpoint.unlink(missing_ok=True)
+
+
+def check_out(out: Path) -> None:
+    """Before any computation: refuse an --out that hspec did not write, and create its
+    parent directory (where the checkpoint goes too)."""
+    store.check_overwritable(out, "spectrum")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise HspecError(f"--out {out}: cannot create its directory ({error})") from error
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def identity(args, indices, targets: torch.Tensor, rank: int, world: int) -> dict:
+    """What a spectrum checkpoint must match to be resumed: the model file, the data, the operator."""
+    return {"model": sha256(args.model), "dataset": args.dataset, "split": args.split,
+            "subset": data.fingerprint(indices),
+            "targets": "sha256:" + hashlib.sha256(targets.cpu().numpy().tobytes()).hexdigest(),
+            "component": args.component, "precision": args.precision, "rank": rank, "world_size": world}
+
+
+def _per_class_value(label) -> int | str:
+    """A per-class count as a number, or the label 'full'."""
+    return int(label) if str(label).isdigit() else str(label)
