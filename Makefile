@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-cluster clean-venv
+.PHONY: install test test-cluster lint format clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,19 @@ test: $(STAMP)
 	# one thread per process: the suite runs many small ops and subprocesses, where
 	# OpenMP spin-waiting on a shared 2-core machine costs 10-50x
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not cluster"
+
+# ruff (check and format) over the Python and the notebooks, snakefmt over the workflow;
+# `make format` applies what `make lint` asks for.
+LINTED := hspec tests benchmarks notebooks
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/snakefmt --check workflow
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix $(LINTED)
+	$(BIN)/ruff format $(LINTED)
+	$(BIN)/snakefmt workflow
 
 # The workflow on a real one-machine Slurm (installs slurm-wlm and munge when missing;
 # needs root, else skipped): about 5 minutes, so apart from `make test`; CI runs both.

@@ -15,9 +15,9 @@ import contextlib
 import json
 from unittest import mock
 
+import bench
 import torch
 
-import bench
 from hspec import curvature_operator
 from hspec.curvature.operators import COMPONENTS
 
@@ -40,9 +40,12 @@ def textbook_hessian_product(logits, u):
 @contextlib.contextmanager
 def textbook_forms():
     """hspec's operators with the logit derivatives of the textbook (cancelling) forms."""
-    with mock.patch.multiple("hspec.curvature.operators", cross_entropy=textbook_cross_entropy,
-                             logit_gradient=textbook_gradient,
-                             logit_hessian_product=textbook_hessian_product):
+    with mock.patch.multiple(
+        "hspec.curvature.operators",
+        cross_entropy=textbook_cross_entropy,
+        logit_gradient=textbook_gradient,
+        logit_hessian_product=textbook_hessian_product,
+    ):
         yield
 
 
@@ -63,8 +66,9 @@ def main() -> None:
     with torch.no_grad():
         gap = 1 - torch.softmax(model(x).double(), dim=-1).max(-1).values
     quantiles = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64, device=device)
-    info["one_minus_max_p"] = dict(zip(("min", "median", "max"),
-                                       map(float, gap.quantile(quantiles))))
+    info["one_minus_max_p"] = dict(
+        zip(("min", "median", "max"), map(float, gap.quantile(quantiles)))
+    )
     generator = torch.Generator().manual_seed(5)
     kwargs = {"batch_size": 1000, "hvp": args.hvp}
     op = curvature_operator(model, (x, y), "hessian", **kwargs)
@@ -74,13 +78,15 @@ def main() -> None:
     info["repeat"] = float((hv - again).norm() / hv.norm())
     info["symmetry"] = float(abs(u @ hv - hu @ v) / (u.norm() * hv.norm()))
     for component in COMPONENTS:
-        exact = curvature_operator(model, (x, y), component, dtype=torch.float64,
-                                   **kwargs).matvec(v.double())
+        exact = curvature_operator(model, (x, y), component, dtype=torch.float64, **kwargs).matvec(
+            v.double()
+        )
         for form, context in (("hspec", contextlib.nullcontext), ("textbook", textbook_forms)):
             with context():
                 product = curvature_operator(model, (x, y), component, **kwargs).matvec(v)
             info[f"{component}_{form}_float32_vs_float64"] = float(
-                (product.double() - exact).norm() / exact.norm())
+                (product.double() - exact).norm() / exact.norm()
+            )
     print(json.dumps({"model": args.model, "n": args.n, "hvp": op.hvp, **info}))
 
 

@@ -6,10 +6,18 @@ averaged Hessian of predictions) and the paper's algorithms — FASTLANCZOS,
 NORMALIZATION, LOWRANKDEFLATION, LANCZOSAPPROXSPEC (Algs. 1–5) and KPM.
 """
 
-from hspec.errors import HspecError
 from hspec.curvature.operators import COMPONENTS, CurvatureOperator, curvature_operator
+from hspec.errors import HspecError
 from hspec.numerics.spectrum import METHODS, SpectralDensity, spectral_density
 from hspec.version import __version__
 
-__all__ = ["COMPONENTS", "METHODS", "CurvatureOperator", "HspecError", "SpectralDensity",
-           "__version__", "curvature_operator", "spectral_density"]
+__all__ = [
+    "COMPONENTS",
+    "METHODS",
+    "CurvatureOperator",
+    "HspecError",
+    "SpectralDensity",
+    "__version__",
+    "curvature_operator",
+    "spectral_density",
+]

@@ -24,7 +24,9 @@ import numpy as np
 def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     """Write `path` by calling `write` on a temporary file in the same directory, then os.replace."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    handle = tempfile.NamedTemporaryFile(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    )
     try:
         with handle:
             write(handle)

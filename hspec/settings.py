@@ -80,8 +80,9 @@ def defaults() -> dict:
 
 TRAINING: dict = defaults()["training"]
 SPECTRUM: dict = defaults()["spectrum"]
-LR_GRID: dict[str, tuple[float, ...]] = {name: tuple(entry["lrs"])
-                                         for name, entry in defaults()["datasets"].items()}
+LR_GRID: dict[str, tuple[float, ...]] = {
+    name: tuple(entry["lrs"]) for name, entry in defaults()["datasets"].items()
+}
 EPOCHS: dict[str, int] = {name: entry["epochs"] for name, entry in defaults()["datasets"].items()}
 # what `hspec spectrum --settings FILE` reads: its options among the settings
 SPECTRUM_OPTIONS = tuple(key for key in SPECTRUM if key not in WORKFLOW_ONLY) + ("device", "seed")
@@ -118,8 +119,12 @@ def _options_schema() -> dict:
     properties = {key: spectrum[key] for key in SPECTRUM_OPTIONS if key in spectrum}
     device = dict(_schema()["properties"]["device"], pattern="^(auto|cpu|cuda(:[0-9]+)?)$")
     properties.update(device=device, seed=_schema()["properties"]["seed"])
-    return {"type": "object", "additionalProperties": False, "properties": properties,
-            "$defs": _schema()["$defs"]}
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": properties,
+        "$defs": _schema()["$defs"],
+    }
 
 
 def read_spectrum_settings(path: str | Path) -> dict:

@@ -28,8 +28,14 @@ def digits_cnn_hessian():
     digits = load_digits()
     x = torch.tensor(digits.images[:100], dtype=torch.float64)[:, None] / 16
     y = torch.tensor(digits.target[:100])
-    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
-                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(72, 10)).double()
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(72, 10),
+    ).double()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     for _ in range(30):
         optimizer.zero_grad()

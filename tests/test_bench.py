@@ -19,11 +19,42 @@ def bench():
 
 def test_bench_reports_agreeing_products_and_spectra(bench, tmp_path):
     out, md = tmp_path / "r.json", tmp_path / "r.md"
-    bench.main(["--models", "mlp", "--n", "64", "--device", "cpu", "--repeats", "1",
-                "--block-repeats", "1", "--train-epochs", "3", "--spectrum-models", "mlp",
-                "--outlier-models", "mlp", "--precision-models", "mlp", "--deflate", "2",
-                "--steps", "12", "--bound-steps", "8", "--iterations", "3", "--threads", "1",
-                "--out", str(out), "--markdown", str(md)])
+    bench.main(
+        [
+            "--models",
+            "mlp",
+            "--n",
+            "64",
+            "--device",
+            "cpu",
+            "--repeats",
+            "1",
+            "--block-repeats",
+            "1",
+            "--train-epochs",
+            "3",
+            "--spectrum-models",
+            "mlp",
+            "--outlier-models",
+            "mlp",
+            "--precision-models",
+            "mlp",
+            "--deflate",
+            "2",
+            "--steps",
+            "12",
+            "--bound-steps",
+            "8",
+            "--iterations",
+            "3",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+            "--markdown",
+            str(md),
+        ]
+    )
     report = json.loads(out.read_text())
     (model,) = report["models"]
     agreement = model["agreement"]

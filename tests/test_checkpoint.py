@@ -30,23 +30,32 @@ def compute(matrix, checkpoint=None, die_at=None, **kwargs):
             raise Killed
         return matrix @ v
 
-    settings = dict(deflate=2, iterations=20, steps=40, bound_steps=16, n_vec=2,
-                    dtype=torch.float64, seed=3) | kwargs
-    return spectral_density(matvec, 300, checkpoint=checkpoint, checkpoint_interval=0,
-                            **settings)
+    settings = (
+        dict(
+            deflate=2, iterations=20, steps=40, bound_steps=16, n_vec=2, dtype=torch.float64, seed=3
+        )
+        | kwargs
+    )
+    return spectral_density(matvec, 300, checkpoint=checkpoint, checkpoint_interval=0, **settings)
 
 
 # with subspace deflation the products are: probe 1-2, normalization 3-18, deflation
 # 19-58, Lanczos 59-98 and 99-138; die at these fractions of the whole run
 @pytest.mark.parametrize("die_at", [0.005, 0.07, 0.22, 0.42, 0.55, 0.87])
-@pytest.mark.parametrize("method, deflation", [("lanczos", "subspace"), ("kpm", "subspace"),
-                                               ("lanczos", "krylov")])
+@pytest.mark.parametrize(
+    "method, deflation", [("lanczos", "subspace"), ("kpm", "subspace"), ("lanczos", "krylov")]
+)
 def test_resumed_run_equals_uninterrupted_run(matrix, tmp_path, die_at, method, deflation):
     reference = compute(matrix, method=method, deflation=deflation)
     path = tmp_path / "spectrum.ckpt"
     with pytest.raises(Killed):
-        compute(matrix, path, die_at=max(1, round(die_at * reference.hvp_count)),
-                method=method, deflation=deflation)
+        compute(
+            matrix,
+            path,
+            die_at=max(1, round(die_at * reference.hvp_count)),
+            method=method,
+            deflation=deflation,
+        )
     resumed = compute(matrix, path, method=method, deflation=deflation)
     for name in ("grid", "density", "outliers", "nodes", "weights", "moments"):
         assert np.array_equal(getattr(resumed, name), getattr(reference, name)), name
@@ -59,13 +68,17 @@ def assert_same_result(result, reference):
     assert result.hvp_count == reference.hvp_count
 
 
-@pytest.mark.parametrize("change, differs", [
-    (dict(steps=50), "settings.steps 40 -> 50"),
-    (dict(checkpoint_key={"model": "sha256:b"}), "key.model 'sha256:a' -> 'sha256:b'"),
-    (dict(scale=2.0), "the probe product"),  # another operator, same settings and key
-])
-def test_a_checkpoint_of_another_computation_is_discarded(matrix, tmp_path, caplog, change,
-                                                          differs):
+@pytest.mark.parametrize(
+    "change, differs",
+    [
+        (dict(steps=50), "settings.steps 40 -> 50"),
+        (dict(checkpoint_key={"model": "sha256:b"}), "key.model 'sha256:a' -> 'sha256:b'"),
+        (dict(scale=2.0), "the probe product"),  # another operator, same settings and key
+    ],
+)
+def test_a_checkpoint_of_another_computation_is_discarded(
+    matrix, tmp_path, caplog, change, differs
+):
     path = tmp_path / "spectrum.ckpt"
     first = dict(checkpoint_key={"model": "sha256:a"})
     with pytest.raises(Killed):
@@ -94,11 +107,19 @@ def test_the_identity_probe_changes_neither_numbers_nor_counts(matrix, tmp_path)
     assert_same_result(compute(matrix, tmp_path / "spectrum.ckpt"), compute(matrix))
 
 
-@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
-                                   RuntimeError("[enforce fail at inline_container.cc:603] . "
-                                                "PytorchStreamWriter failed writing file data/0")])
-def test_a_failed_checkpoint_write_is_one_error_and_leaves_no_temp_file(matrix, tmp_path,
-                                                                        monkeypatch, error):
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        RuntimeError(
+            "[enforce fail at inline_container.cc:603] . "
+            "PytorchStreamWriter failed writing file data/0"
+        ),
+    ],
+)
+def test_a_failed_checkpoint_write_is_one_error_and_leaves_no_temp_file(
+    matrix, tmp_path, monkeypatch, error
+):
     def fail(*args, **kwargs):
         raise error
 

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from hspec.pipeline.config import check
 from hspec.errors import HspecError
+from hspec.pipeline.config import check
 from hspec.settings import SCHEMA_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,13 +33,16 @@ def test_shipped_configs_are_valid(name):
     validated(load(name))
 
 
-@pytest.mark.parametrize("edit, culprit", [
-    (lambda c: c.update(epochs=3), "epochs"),                           # unknown key
-    (lambda c: c["spectrum"].update(steps="many"), "many"),             # wrong type
-    (lambda c: c["spectrum"].update(k=1.0), "1.0"),                     # k must exceed 1
-    (lambda c: c["figures"]["fig1"].update(arch="alexnet"), "alexnet"),
-    (lambda c: c.update(device="tpu"), "tpu"),
-])
+@pytest.mark.parametrize(
+    "edit, culprit",
+    [
+        (lambda c: c.update(epochs=3), "epochs"),  # unknown key
+        (lambda c: c["spectrum"].update(steps="many"), "many"),  # wrong type
+        (lambda c: c["spectrum"].update(k=1.0), "1.0"),  # k must exceed 1
+        (lambda c: c["figures"]["fig1"].update(arch="alexnet"), "alexnet"),
+        (lambda c: c.update(device="tpu"), "tpu"),
+    ],
+)
 def test_schema_errors_name_the_value(edit, culprit):
     config = load("config/demo.yaml")
     edit(config)
@@ -47,17 +50,38 @@ def test_schema_errors_name_the_value(edit, culprit):
         validated(config)
 
 
-@pytest.mark.parametrize("edit, culprit", [
-    (lambda c: c["datasets"]["digits"].update(epochs=30.0), r"datasets\.digits\.epochs must be an integer, not 30\.0"),
-    (lambda c: c["spectrum"].update(steps=128.0), r"spectrum\.steps must be an integer, not 128\.0"),
-    (lambda c: c["figures"]["fig3"].update(per_class=[20.0]), r"figures\.fig3\.per_class\[0\] must be an integer"),
-    (lambda c: c["datasets"]["digits"].update(lrs=[float("inf")]), r"datasets\.digits\.lrs\[0\] must be finite, not inf"),
-    (lambda c: c["datasets"]["digits"].update(lrs=[float("nan")]), r"datasets\.digits\.lrs\[0\] must be finite"),
-    (lambda c: c["training"].update(momentum=float("nan")), r"training\.momentum must be finite"),
-    (lambda c: c.update(seed=2**70), "1180591620717411303424"),
-    (lambda c: c.update(seed=2**32), "4294967296"),
-    (lambda c: c.update(seed=-1), "-1"),
-])
+@pytest.mark.parametrize(
+    "edit, culprit",
+    [
+        (
+            lambda c: c["datasets"]["digits"].update(epochs=30.0),
+            r"datasets\.digits\.epochs must be an integer, not 30\.0",
+        ),
+        (
+            lambda c: c["spectrum"].update(steps=128.0),
+            r"spectrum\.steps must be an integer, not 128\.0",
+        ),
+        (
+            lambda c: c["figures"]["fig3"].update(per_class=[20.0]),
+            r"figures\.fig3\.per_class\[0\] must be an integer",
+        ),
+        (
+            lambda c: c["datasets"]["digits"].update(lrs=[float("inf")]),
+            r"datasets\.digits\.lrs\[0\] must be finite, not inf",
+        ),
+        (
+            lambda c: c["datasets"]["digits"].update(lrs=[float("nan")]),
+            r"datasets\.digits\.lrs\[0\] must be finite",
+        ),
+        (
+            lambda c: c["training"].update(momentum=float("nan")),
+            r"training\.momentum must be finite",
+        ),
+        (lambda c: c.update(seed=2**70), "1180591620717411303424"),
+        (lambda c: c.update(seed=2**32), "4294967296"),
+        (lambda c: c.update(seed=-1), "-1"),
+    ],
+)
 def test_what_the_cli_rejects_the_config_rejects(edit, culprit):
     """Item 9: integers written as floats, infinite or NaN rates, seeds outside
     [0, 2**32) used to pass validation and fail late, in a job."""
@@ -87,10 +111,15 @@ def test_a_dataset_without_learning_rates_is_named():
         validated(config)
 
 
-JUNK = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
-                 st.floats(allow_nan=True), st.text(max_size=8),
-                 st.lists(st.integers(-5, 10**5), max_size=3),
-                 st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))
+JUNK = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True),
+    st.text(max_size=8),
+    st.lists(st.integers(-5, 10**5), max_size=3),
+    st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+)
 
 
 def paths(tree, prefix=()):
@@ -146,14 +175,37 @@ import torch  # noqa: E402
 from hspec import curvature_operator, spectral_density  # noqa: E402
 
 MATRIX = torch.tensor(np.diag(np.linspace(-1, 3, 24)))
-ARGUMENT = st.one_of(st.none(), st.booleans(), st.integers(-3, 40), st.floats(-2, 5),
-                     st.floats(allow_nan=True), st.text(max_size=5))
+ARGUMENT = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 40),
+    st.floats(-2, 5),
+    st.floats(allow_nan=True),
+    st.text(max_size=5),
+)
 
 
 @settings(max_examples=120, deadline=None)
-@given(st.dictionaries(st.sampled_from(["method", "deflate", "steps", "bound_steps",
-                                        "margin", "points", "n_vec", "iterations", "k",
-                                        "deflation"]), ARGUMENT, max_size=3))
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "method",
+                "deflate",
+                "steps",
+                "bound_steps",
+                "margin",
+                "points",
+                "n_vec",
+                "iterations",
+                "k",
+                "deflation",
+            ]
+        ),
+        ARGUMENT,
+        max_size=3,
+    )
+)
 def test_fuzzed_spectral_density_arguments(kwargs):
     try:
         spectral_density(lambda v: MATRIX @ v, 24, dtype=torch.float64, **kwargs)
@@ -162,8 +214,11 @@ def test_fuzzed_spectral_density_arguments(kwargs):
 
 
 @settings(max_examples=60, deadline=None)
-@given(component=ARGUMENT | st.sampled_from(["hessian", "fisher"]),
-       batch_size=ARGUMENT, dtype=st.sampled_from([None, torch.float64, torch.int32, "x"]))
+@given(
+    component=ARGUMENT | st.sampled_from(["hessian", "fisher"]),
+    batch_size=ARGUMENT,
+    dtype=st.sampled_from([None, torch.float64, torch.int32, "x"]),
+)
 def test_fuzzed_curvature_operator_arguments(component, batch_size, dtype):
     model = torch.nn.Linear(4, 3)
     data = (torch.randn(5, 4), torch.randint(0, 3, (5,)))

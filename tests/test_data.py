@@ -12,8 +12,8 @@ import torch
 import torchvision.datasets as tvd
 from sklearn.datasets import load_digits
 
-from hspec.pipeline import data
 from hspec.errors import HspecError
+from hspec.pipeline import data
 
 REAL_MNIST_T10K = Path(__file__).parents[2] / "shared" / "data" / "mnist-t10k"
 MNIST_T10K_CLASS_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -26,7 +26,9 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
-def write_mnist_like(root: Path, folder: str, sizes: dict[str, int], seed: int = 0) -> dict[str, tuple]:
+def write_mnist_like(
+    root: Path, folder: str, sizes: dict[str, int], seed: int = 0
+) -> dict[str, tuple]:
     """torchvision's raw MNIST layout under root/folder/raw; returns {prefix: (images, labels)}."""
     rng = np.random.default_rng(seed)
     written = {}
@@ -41,9 +43,15 @@ def write_mnist_like(root: Path, folder: str, sizes: dict[str, int], seed: int =
 
 def write_cifar_batch(path: Path, images: np.ndarray, labels: list[int], label_key: str) -> None:
     """A CIFAR batch as the official files hold it: a protocol-2 pickle referring to numpy.core."""
-    batch = {"batch_label": path.name, label_key: labels, "data": images.reshape(len(images), -1),
-             "filenames": [f"{i}.png" for i in range(len(images))]}
-    payload = pickle.dumps(batch, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    batch = {
+        "batch_label": path.name,
+        label_key: labels,
+        "data": images.reshape(len(images), -1),
+        "filenames": [f"{i}.png" for i in range(len(images))],
+    }
+    payload = pickle.dumps(batch, protocol=2).replace(
+        b"numpy._core.multiarray", b"numpy.core.multiarray"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(payload)
 
@@ -59,7 +67,9 @@ def write_cifar_like(root: Path, name: str, per_file: int = 6, seed: int = 0) ->
         for filename, _md5 in files:
             batch_images = rng.integers(0, 256, size=(per_file, 3, 32, 32), dtype=np.uint8)
             batch_labels = rng.integers(0, classes, size=per_file).tolist()
-            write_cifar_batch(root / dataset.base_folder / filename, batch_images, batch_labels, label_key)
+            write_cifar_batch(
+                root / dataset.base_folder / filename, batch_images, batch_labels, label_key
+            )
             images.append(batch_images)
             labels += batch_labels
         written[split] = (np.concatenate(images), np.array(labels))
@@ -69,7 +79,9 @@ def write_cifar_like(root: Path, name: str, per_file: int = 6, seed: int = 0) ->
 def normalized(pixels: np.ndarray, name: str) -> torch.Tensor:
     spec = data.SPECS[name]
     x = torch.from_numpy(pixels).float() / 255.0
-    return (x - torch.tensor(spec.mean).view(1, -1, 1, 1)) / torch.tensor(spec.std).view(1, -1, 1, 1)
+    return (x - torch.tensor(spec.mean).view(1, -1, 1, 1)) / torch.tensor(spec.std).view(
+        1, -1, 1, 1
+    )
 
 
 @pytest.fixture
@@ -99,7 +111,9 @@ def test_smallest_train_class_of_digits_matches_its_train_split() -> None:
 
 
 def test_unknown_dataset_lists_the_valid_names() -> None:
-    with pytest.raises(HspecError, match="unknown dataset 'svhn'.*digits, mnist, fashionmnist, cifar10, cifar100"):
+    with pytest.raises(
+        HspecError, match="unknown dataset 'svhn'.*digits, mnist, fashionmnist, cifar10, cifar100"
+    ):
         data.load_split("svhn", "train", "data")
 
 
@@ -122,8 +136,12 @@ def test_digits_split_is_fixed_stratified_and_partitions_the_dataset() -> None:
     # Train and test together are exactly the 1,797 digits (as a multiset of image-label pairs).
     spec = data.SPECS["digits"]
     pixels = torch.cat([train_x, test_x]) * spec.std[0] + spec.mean[0]
-    rows = sorted(zip(np.round(pixels.numpy().reshape(-1, 64) * 16).astype(int).tolist(),
-                      torch.cat([train_y, test_y]).tolist()))
+    rows = sorted(
+        zip(
+            np.round(pixels.numpy().reshape(-1, 64) * 16).astype(int).tolist(),
+            torch.cat([train_y, test_y]).tolist(),
+        )
+    )
     assert rows == sorted(zip(full.data.astype(int).tolist(), full.target.tolist()))
     again_x, again_y = data.load_split("digits", "train")
     assert torch.equal(again_x, train_x) and torch.equal(again_y, train_y)
@@ -139,7 +157,9 @@ def test_digits_normalization_constants_are_the_train_split_statistics() -> None
 
 
 @pytest.mark.parametrize(("name", "folder"), [("mnist", "MNIST"), ("fashionmnist", "FashionMNIST")])
-def test_mnist_like_split_is_zero_padded_to_32x32_and_normalized(tmp_path: Path, name: str, folder: str) -> None:
+def test_mnist_like_split_is_zero_padded_to_32x32_and_normalized(
+    tmp_path: Path, name: str, folder: str
+) -> None:
     written = write_mnist_like(tmp_path, folder, {"train": 12, "t10k": 7})
     for split, prefix in (("train", "train"), ("test", "t10k")):
         images, labels = written[prefix]
@@ -156,7 +176,9 @@ def test_mnist_files_are_the_ones_torchvision_itself_reads(tmp_path: Path) -> No
     inputs, targets = data.load_split("mnist", "test", tmp_path)
     assert torch.equal(reference.data, torch.from_numpy(written["t10k"][0]))
     assert torch.equal(targets, reference.targets)
-    assert torch.equal(inputs[:, 0, 2:30, 2:30], normalized(reference.data.numpy()[:, None], "mnist")[:, 0])
+    assert torch.equal(
+        inputs[:, 0, 2:30, 2:30], normalized(reference.data.numpy()[:, None], "mnist")[:, 0]
+    )
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
@@ -195,18 +217,26 @@ def test_labels_outside_the_classes_are_an_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashionmnist", "cifar10", "cifar100"])
-def test_missing_files_name_the_dataset_the_directory_and_both_ways_out(tmp_path: Path, name: str) -> None:
+def test_missing_files_name_the_dataset_the_directory_and_both_ways_out(
+    tmp_path: Path, name: str
+) -> None:
     with pytest.raises(HspecError) as error:
         data.load_split(name, "train", tmp_path)
     message = str(error.value)
     assert f"dataset '{name}' not found in data directory '{tmp_path}'" in message
-    assert "allow the download" in message and "put the files there in torchvision's layout" in message
+    assert (
+        "allow the download" in message and "put the files there in torchvision's layout" in message
+    )
     assert "\n" not in message
 
 
 @pytest.mark.parametrize("name", ["mnist", "cifar10"])
-def test_failed_download_gives_the_same_clear_error(tmp_path: Path, offline: None, name: str) -> None:
-    with pytest.raises(HspecError, match=f"dataset '{name}' not found .*download failed.*allow the download"):
+def test_failed_download_gives_the_same_clear_error(
+    tmp_path: Path, offline: None, name: str
+) -> None:
+    with pytest.raises(
+        HspecError, match=f"dataset '{name}' not found .*download failed.*allow the download"
+    ):
         data.load_split(name, "test", tmp_path, download=True)
 
 
@@ -216,7 +246,9 @@ def test_download_is_skipped_when_the_files_are_there(tmp_path: Path, offline: N
     assert len(inputs) == 3
 
 
-@pytest.mark.skipif(not REAL_MNIST_T10K.is_dir(), reason=f"real MNIST test set not in {REAL_MNIST_T10K}")
+@pytest.mark.skipif(
+    not REAL_MNIST_T10K.is_dir(), reason=f"real MNIST test set not in {REAL_MNIST_T10K}"
+)
 def test_real_mnist_test_set(tmp_path: Path) -> None:
     md5 = dict(tvd.MNIST.resources)
     raw = tmp_path / "MNIST" / "raw"
@@ -259,8 +291,10 @@ def test_subsample_of_a_whole_class_takes_all_of_it() -> None:
 @pytest.mark.parametrize("per_class", [4, 0])
 def test_subsample_asking_for_too_many_lists_what_is_available(per_class: int) -> None:
     targets = np.array([0, 0, 0, 1, 1, 1, 1, 2, 2, 2])
-    with pytest.raises(HspecError, match=f"cannot draw {per_class} examples per class; "
-                                         "available per class: 0: 3, 1: 4, 2: 3"):
+    with pytest.raises(
+        HspecError,
+        match=f"cannot draw {per_class} examples per class; available per class: 0: 3, 1: 4, 2: 3",
+    ):
         data.subsample(targets, per_class, seed=0)
 
 
@@ -278,16 +312,20 @@ def test_index_file_round_trip_and_errors(tmp_path: Path) -> None:
         data.load_indices(tmp_path / "text.npy")
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    (np.array([], dtype=np.int64), "holds no indices"),
-    (np.array([3, 1, 3]), "repeats indices"),
-    (np.array([0, -1]), "has indices outside the split's 10 examples"),
-    (np.array([0, 10]), "has indices outside the split's 10 examples"),
-    (np.array([0.0, 1.5]), "does not hold a 1-D array of integers"),
-    (np.array([[0, 1]]), "does not hold a 1-D array of integers"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (np.array([], dtype=np.int64), "holds no indices"),
+        (np.array([3, 1, 3]), "repeats indices"),
+        (np.array([0, -1]), "has indices outside the split's 10 examples"),
+        (np.array([0, 10]), "has indices outside the split's 10 examples"),
+        (np.array([0.0, 1.5]), "does not hold a 1-D array of integers"),
+        (np.array([[0, 1]]), "does not hold a 1-D array of integers"),
+    ],
+)
 def test_index_file_that_is_empty_repeats_or_is_out_of_range_is_refused(
-        tmp_path: Path, content: np.ndarray, message: str) -> None:
+    tmp_path: Path, content: np.ndarray, message: str
+) -> None:
     np.save(tmp_path / "bad.npy", content)
     with pytest.raises(HspecError, match=f"^index file '{tmp_path / 'bad.npy'}' {message}$"):
         data.load_indices(tmp_path / "bad.npy", size=10)

@@ -14,23 +14,25 @@ SETTINGS = dict(deflate=3, iterations=20, steps=30, bound_steps=16)
 
 def problem():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(4 * 36, 3))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3)
+    )
     model.eval()
     x, y = torch.randn(45, 1, 8, 8), torch.randint(0, 3, (45,))
-    v = torch.randn(sum(p.numel() for p in model.parameters()),
-                    generator=torch.Generator().manual_seed(1))
+    v = torch.randn(
+        sum(p.numel() for p in model.parameters()), generator=torch.Generator().manual_seed(1)
+    )
     return model, x, y, v
 
 
 def results(model, data, distributed):
     out = {}
     for component in ("hessian", "gradient_covariance", "prediction_hessian"):
-        op = curvature_operator(model, data, component, batch_size=8,
-                                distributed=distributed)
+        op = curvature_operator(model, data, component, batch_size=8, distributed=distributed)
         out[component] = op.matvec(problem()[3])
-    spectrum = spectral_density(curvature_operator(model, data, "hessian",
-                                                   distributed=distributed), **SETTINGS)
+    spectrum = spectral_density(
+        curvature_operator(model, data, "hessian", distributed=distributed), **SETTINGS
+    )
     out["outliers"] = torch.from_numpy(spectrum.outliers)
     out["density"] = torch.from_numpy(spectrum.density)
     return out
@@ -38,8 +40,7 @@ def results(model, data, distributed):
 
 def worker(rank, init_file, out_file):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=2)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     model, x, y, _ = problem()
     found = results(model, shard(x, y, rank, 2), distributed=True)
     if rank == 0:

@@ -10,11 +10,13 @@ from hspec.curvature.exact import dense_matrices, eigenvalues, gram_spectrum
 
 def test_gram_spectrum_equals_dense_nonzero_spectrum():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Tanh(), nn.Flatten(),
-                          nn.Linear(4 * 16, 5)).double()
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 16, 5)
+    ).double()
     x, y = torch.randn(24, 1, 6, 6, dtype=torch.float64), torch.randint(0, 5, (24,))
-    op = curvature_operator(model, (x, y), "gradient_covariance", batch_size=10,
-                            dtype=torch.float64)
+    op = curvature_operator(
+        model, (x, y), "gradient_covariance", batch_size=10, dtype=torch.float64
+    )
     dense = eigenvalues(dense_matrices(op, ["gradient_covariance"])["gradient_covariance"])
     gram = gram_spectrum(op)
     assert len(gram) == 24 * 5 < op.dim

@@ -15,9 +15,16 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def small_cnn() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 16, 64), nn.Tanh(),
-                         nn.Linear(64, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(8 * 16, 64),
+        nn.Tanh(),
+        nn.Linear(64, 10),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +46,17 @@ def rel(a, b):
 @pytest.mark.parametrize("hvp", HVP_MODES)
 def test_cuda_products_equal_dense(problem, component, hvp):
     model, x, y, dense = problem
-    op = curvature_operator(model, (x, y), component, batch_size=20, dtype=torch.float64,
-                            device="cuda", hvp=hvp, resident=True, block_size=2)
+    op = curvature_operator(
+        model,
+        (x, y),
+        component,
+        batch_size=20,
+        dtype=torch.float64,
+        device="cuda",
+        hvp=hvp,
+        resident=True,
+        block_size=2,
+    )
     V = torch.randn(op.dim, 3, dtype=torch.float64)
     assert rel(op.matvec(V[:, 0].cuda()), dense[component] @ V[:, 0]) <= 1e-10
     assert rel(op.matmat(V.cuda()), dense[component] @ V) <= 1e-10
@@ -63,7 +79,8 @@ def test_float32_is_strict_and_tf32_is_near(problem):
 
 def test_compiled_products_equal_eager(problem):
     model, x, y, dense = problem
-    op = curvature_operator(model, (x, y), batch_size=24, dtype=torch.float64,
-                            device="cuda", compile=True)
+    op = curvature_operator(
+        model, (x, y), batch_size=24, dtype=torch.float64, device="cuda", compile=True
+    )
     v = torch.randn(op.dim, dtype=torch.float64)
     assert rel(op.matvec(v.cuda()), dense["hessian"] @ v) <= 1e-10

@@ -107,15 +107,15 @@ def test_quadrature_smoothing_matches_the_start_vectors_exact_measure():
     run = fast_lanczos(op, 256, start=v)
     theta, tau2, _ = run.ritz()
     grid, density = lanczos_approx_spec(theta, tau2, norm, steps=256, points=1024)
-    exact = gaussian_density(ev, (vecs.T @ v.numpy()) ** 2, grid,
-                             smoothing_width(256) * norm.d)
+    exact = gaussian_density(ev, (vecs.T @ v.numpy()) ** 2, grid, smoothing_width(256) * norm.d)
     l1 = np.trapezoid(np.abs(density - exact), grid)
     assert l1 <= 0.01, l1
     assert np.trapezoid(density, grid) == pytest.approx(1.0, abs=1e-6)
 
 
-@pytest.mark.parametrize("kwargs, culprit", [
-    ({"steps": 1}, "steps"), ({"steps": 5, "reorth": "partial"}, "reorth")])
+@pytest.mark.parametrize(
+    "kwargs, culprit", [({"steps": 1}, "steps"), ({"steps": 5, "reorth": "partial"}, "reorth")]
+)
 def test_bad_lanczos_arguments(kwargs, culprit):
     with pytest.raises(HspecError, match=culprit):
         fast_lanczos(operator(symmetric(10)), **kwargs)

@@ -38,8 +38,11 @@ def test_half_precision_is_refused(dtype):
 
 @pytest.mark.parametrize("scale", [1e30, 1e20, 1e-20, 1e-38])
 def test_a_float32_scale_beyond_its_inner_products_is_refused(scale):
-    with pytest.raises(HspecError, match=r"scale ‖A v‖/‖v‖ ≈ .*e[+-]\d+ is outside what "
-                       "float32 inner products hold"):
+    with pytest.raises(
+        HspecError,
+        match=r"scale ‖A v‖/‖v‖ ≈ .*e[+-]\d+ is outside what "
+        "float32 inner products hold",
+    ):
         spectral_density(diagonal(scale), steps=8, bound_steps=8, points=8)
 
 

@@ -31,8 +31,11 @@ def textbook_hessian_product(logits, u):
 
 
 def textbook(logits, targets, u):
-    return (textbook_loss(logits, targets), textbook_gradient(logits, targets),
-            textbook_hessian_product(logits, u))
+    return (
+        textbook_loss(logits, targets),
+        textbook_gradient(logits, targets),
+        textbook_hessian_product(logits, u),
+    )
 
 
 def saturated_logits(gap: float, dtype=torch.float64):
@@ -82,7 +85,8 @@ def test_second_derivatives_of_the_loss_keep_float32_accuracy(hvp):
     logits, targets, u = saturated_logits(1e-6)
     _, _, product = textbook(logits, targets, u)
     hessian_product = second_order_product(
-        lambda params: cross_entropy(params["f"], targets), {"f": logits.float()}, hvp)
+        lambda params: cross_entropy(params["f"], targets), {"f": logits.float()}, hvp
+    )
     assert worst_row_error(hessian_product({"f": u.float()})["f"], product) <= 1e-6
 
 
@@ -112,13 +116,17 @@ def test_float32_products_of_a_saturated_net_match_float64(component):
         model[2].bias.zero_()
         gap = 1 - torch.softmax(model(x).double(), -1).max(-1).values
     assert 1e-13 <= float(gap.min()) and float(gap.max()) <= 1e-5
-    v = torch.randn(sum(p.numel() for p in model.parameters()),
-                    generator=torch.Generator().manual_seed(2))
+    v = torch.randn(
+        sum(p.numel() for p in model.parameters()), generator=torch.Generator().manual_seed(2)
+    )
     exact = curvature_operator(model, (x, y), component, dtype=torch.float64).matvec(v.double())
     product = curvature_operator(model, (x, y), component).matvec(v)
     assert float((product.double() - exact).norm() / exact.norm()) <= 3e-5
-    with mock.patch.multiple("hspec.curvature.operators", cross_entropy=textbook_loss,
-                             logit_gradient=textbook_gradient,
-                             logit_hessian_product=textbook_hessian_product):
+    with mock.patch.multiple(
+        "hspec.curvature.operators",
+        cross_entropy=textbook_loss,
+        logit_gradient=textbook_gradient,
+        logit_hessian_product=textbook_hessian_product,
+    ):
         product = curvature_operator(model, (x, y), component).matvec(v)
     assert float((product.double() - exact).norm() / exact.norm()) >= 1e-3

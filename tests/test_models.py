@@ -5,8 +5,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from hspec.pipeline import models
 from hspec.errors import HspecError
+from hspec.pipeline import models
 
 DIGITS_TRAIN_SIZE = 1437
 
@@ -22,7 +22,9 @@ def test_paper_networks_have_the_paper_parameter_counts_on_cifar10(name: str, co
 
 @pytest.mark.parametrize("name", ["vgg11", "resnet18"])
 @pytest.mark.parametrize(("channels", "classes"), [(1, 10), (3, 100)])
-def test_paper_networks_map_32x32_inputs_to_class_logits(name: str, channels: int, classes: int) -> None:
+def test_paper_networks_map_32x32_inputs_to_class_logits(
+    name: str, channels: int, classes: int
+) -> None:
     model = models.create(name, channels, classes).eval()
     with torch.no_grad():
         logits = model(torch.randn(2, channels, 32, 32))
@@ -70,10 +72,15 @@ def test_hessian_vector_product_over_digits_train_split_is_cheap(name: str, budg
     # 50 GFLOP/s on these layers, so 20 GFLOP is about 0.4 s (measured: cnn 0.36 s, mlp 0.07 s).
     torch.manual_seed(0)
     model = models.create(name, 1, 10).eval()
-    inputs, targets = torch.randn(DIGITS_TRAIN_SIZE, 1, 8, 8), torch.randint(0, 10, (DIGITS_TRAIN_SIZE,))
+    inputs, targets = (
+        torch.randn(DIGITS_TRAIN_SIZE, 1, 8, 8),
+        torch.randint(0, 10, (DIGITS_TRAIN_SIZE,)),
+    )
     params = list(model.parameters())
     with FlopCounterMode(display=False) as counter:
-        grads = torch.autograd.grad(nn.functional.cross_entropy(model(inputs), targets), params, create_graph=True)
+        grads = torch.autograd.grad(
+            nn.functional.cross_entropy(model(inputs), targets), params, create_graph=True
+        )
         torch.autograd.grad(grads, params, grad_outputs=[torch.randn_like(p) for p in params])
     assert 0 < counter.get_total_flops() < budget
 

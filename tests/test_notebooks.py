@@ -29,8 +29,13 @@ from hspec.pipeline.store import write_spectrum
 papermill = pytest.importorskip("papermill")
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = ["fig1_train_hessian", "fig2_test_hessian", "fig3_deflation",
-             "fig4_components", "fig5_sample_size"]
+NOTEBOOKS = [
+    "fig1_train_hessian",
+    "fig2_test_hessian",
+    "fig3_deflation",
+    "fig4_components",
+    "fig5_sample_size",
+]
 SPIKES = [20.0, 25.0, 30.0, 35.0, 40.0, 45.0, 50.0, 55.0, 60.0, 65.0]  # 10 = C (digits)
 TAIL_EXPONENT = 2.5
 DEMO = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
@@ -61,15 +66,28 @@ def power_law(p, seed, b=TAIL_EXPONENT, x0=0.1, x1=3.0, zeros=0.3):
     return (basis * eigenvalues) @ basis.T
 
 
-def store(path, matrix, *, split="train", component="hessian", per_class=20,
-          n_samples=None, **settings):
+def store(
+    path, matrix, *, split="train", component="hessian", per_class=20, n_samples=None, **settings
+):
     op = torch.tensor(matrix)
-    result = hspec.spectral_density(lambda v: op @ v, matrix.shape[0], dtype=torch.float64,
-                                    **{"steps": 64, "iterations": 64, **settings})
-    write_spectrum(path, result, {
-        "dataset": "digits", "arch": "mlp", "split": split, "component": component,
-        "n_per_class": per_class,
-        "n_samples": n_samples if n_samples is not None else 10 * per_class})
+    result = hspec.spectral_density(
+        lambda v: op @ v,
+        matrix.shape[0],
+        dtype=torch.float64,
+        **{"steps": 64, "iterations": 64, **settings},
+    )
+    write_spectrum(
+        path,
+        result,
+        {
+            "dataset": "digits",
+            "arch": "mlp",
+            "split": split,
+            "component": component,
+            "n_per_class": per_class,
+            "n_samples": n_samples if n_samples is not None else 10 * per_class,
+        },
+    )
     return str(path)
 
 
@@ -84,37 +102,59 @@ def spectra(tmp_path_factory):
     made["three-plain"] = store(root / "three-plain.zarr", three)
     made["ten-deflated"] = store(root / "ten-deflated.zarr", ten, split="test", deflate=10)
     # deflating C = 10 with 3 spikes: 7 deflated eigenvalues sit at the bulk's edge
-    made["three-deflated"] = store(root / "three-deflated.zarr", three, split="test",
-                                   deflate=10)
+    made["three-deflated"] = store(root / "three-deflated.zarr", three, split="test", deflate=10)
 
     g, r = spiked(600, SPIKES, 2), power_law(600, 3)
     parts = {"hessian": g + r, "gradient_covariance": g, "prediction_hessian": r}
     for name, matrix in parts.items():
         deflate = 0 if name == "prediction_hessian" else 10
-        made[f"{name}"] = store(root / f"test-{name}.zarr", matrix, split="test",
-                                component=name, per_class=60, deflate=deflate)
+        made[f"{name}"] = store(
+            root / f"test-{name}.zarr",
+            matrix,
+            split="test",
+            component=name,
+            per_class=60,
+            deflate=deflate,
+        )
         # the "log" variant: more steps and no deflation; R with 8 start vectors, so
         # that one quadrature of a 600-dimensional matrix resolves its tail
-        made[f"{name}-log"] = store(root / f"test-{name}-log.zarr", matrix, split="test",
-                                    component=name, per_class=60, steps=128,
-                                    n_vec=8 if name == "prediction_hessian" else 1)
+        made[f"{name}-log"] = store(
+            root / f"test-{name}-log.zarr",
+            matrix,
+            split="test",
+            component=name,
+            per_class=60,
+            steps=128,
+            n_vec=8 if name == "prediction_hessian" else 1,
+        )
 
-    for split, counts in (("train", {10: 2, 20: 5, "full": 9}),
-                          ("test", {10: 1, 20: 3, "full": 6})):
+    for split, counts in (
+        ("train", {10: 2, 20: 5, "full": 9}),
+        ("test", {10: 1, 20: 3, "full": 6}),
+    ):
         for seed, (key, count) in enumerate(counts.items()):
             made[f"{split}-{key}"] = store(
-                root / f"{split}-{key}.zarr", spiked(400, SPIKES[-count:], 10 + seed),
-                split=split, component="gradient_covariance", per_class=key,
-                n_samples=600 if key == "full" else None)
+                root / f"{split}-{key}.zarr",
+                spiked(400, SPIKES[-count:], 10 + seed),
+                split=split,
+                component="gradient_covariance",
+                per_class=key,
+                n_samples=600 if key == "full" else None,
+            )
     torch.set_num_threads(threads)
     return made
 
 
 def execute(name, tmp_path, parameters, notebooks=ROOT / "notebooks", cwd=ROOT):
     out = tmp_path / f"{name}.ipynb"
-    papermill.execute_notebook(str(notebooks / f"{name}.ipynb"), str(out),
-                               parameters=parameters, cwd=str(cwd),
-                               kernel_name="python3", progress_bar=False)
+    papermill.execute_notebook(
+        str(notebooks / f"{name}.ipynb"),
+        str(out),
+        parameters=parameters,
+        cwd=str(cwd),
+        kernel_name="python3",
+        progress_bar=False,
+    )
     return nbformat.read(out, as_version=4)
 
 
@@ -124,16 +164,22 @@ def outputs(tmp_path, number):
 
 
 def shown(executed, kind):
-    return [o["data"][kind] for cell in executed.cells if cell.cell_type == "code"
-            for o in cell.outputs if kind in o.get("data", {})]
+    return [
+        o["data"][kind]
+        for cell in executed.cells
+        if cell.cell_type == "code"
+        for o in cell.outputs
+        if kind in o.get("data", {})
+    ]
 
 
 def check_written(stem, numbers_path, executed):
     assert Path(f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert Path(f"{stem}.pdf").read_bytes()[:5] == b"%PDF-"
     assert shown(executed, "image/png"), "the executed notebook shows no figure"
-    assert any("numbers are what they are" in text
-               for text in shown(executed, "text/markdown")), "no caption shown"
+    assert any("numbers are what they are" in text for text in shown(executed, "text/markdown")), (
+        "no caption shown"
+    )
     text = Path(numbers_path).read_text()
     numbers = json.loads(text)
     assert text == json.dumps(numbers, sort_keys=True, indent=2) + "\n"
@@ -141,13 +187,11 @@ def check_written(stem, numbers_path, executed):
 
 
 def check_outputs(tmp_path, number, executed):
-    return check_written(tmp_path / "figures" / f"fig{number}", tmp_path / "numbers.json",
-                         executed)
+    return check_written(tmp_path / "figures" / f"fig{number}", tmp_path / "numbers.json", executed)
 
 
 def parameters_cell(notebook):
-    tagged = [cell for cell in notebook.cells
-              if "parameters" in cell.metadata.get("tags", [])]
+    tagged = [cell for cell in notebook.cells if "parameters" in cell.metadata.get("tags", [])]
     assert len(tagged) == 1 and tagged[0].cell_type == "code"
     return tagged[0]
 
@@ -160,32 +204,44 @@ def test_notebook_is_committed_clean_with_the_demo_defaults(fig, name, monkeypat
     defaults = {}
     exec(parameters_cell(notebook).source, defaults)  # noqa: S102 - the notebook's own cell
     # the one figure -> spectra map, applied to config/demo.yaml, relative to notebooks/
-    expected = {**specs.figure_parameters(fig, DEMO["figures"][fig], "../results/demo"),
-                **specs.figure_files(fig, "../results/demo")}
+    expected = {
+        **specs.figure_parameters(fig, DEMO["figures"][fig], "../results/demo"),
+        **specs.figure_files(fig, "../results/demo"),
+    }
     assert {key: defaults[key] for key in expected} == expected
-    paths = specs.spectrum_paths({k: v for k, v in expected.items()
-                                         if k not in ("figure", "numbers")})
+    paths = specs.spectrum_paths(
+        {k: v for k, v in expected.items() if k not in ("figure", "numbers")}
+    )
     # what the demo writes: the mlp, at the demo's sizes
     sizes = {f"n{n}" for n in DEMO["figures"][fig]["per_class"]}
-    assert paths and all(p.startswith("../results/demo/spectra/mlp/digits/") and
-                         p.split("/")[6] in sizes for p in paths), paths
+    assert paths and all(
+        p.startswith("../results/demo/spectra/mlp/digits/") and p.split("/")[6] in sizes
+        for p in paths
+    ), paths
     assert defaults["num_classes"] is None
     for cell in notebook.cells:
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None
-            assert "MPLBACKEND" not in cell.source and "use(\"Agg\")" not in cell.source
+            assert "MPLBACKEND" not in cell.source and 'use("Agg")' not in cell.source
     assert notebook.cells[0].cell_type == "markdown"
     assert notebook.cells[0].source.startswith(f"# {captions.title(fig)}\n")
     assert f'captions.caption("{fig}")' in "".join(c.source for c in notebook.cells)
 
 
 @pytest.mark.slow  # executes a notebook: a kernel, torch and matplotlib start (~10 s)
-@pytest.mark.parametrize("number, name, split", [(1, "fig1_train_hessian", "plain"),
-                                                  (2, "fig2_test_hessian", "deflated")])
+@pytest.mark.parametrize(
+    "number, name, split",
+    [(1, "fig1_train_hessian", "plain"), (2, "fig2_test_hessian", "deflated")],
+)
 def test_hessian_figures_count_the_planted_outliers(spectra, tmp_path, number, name, split):
-    executed = execute(name, tmp_path, {
-        "spectra": {"ten": spectra[f"ten-{split}"], "three": spectra[f"three-{split}"]},
-        **outputs(tmp_path, number)})
+    executed = execute(
+        name,
+        tmp_path,
+        {
+            "spectra": {"ten": spectra[f"ten-{split}"], "three": spectra[f"three-{split}"]},
+            **outputs(tmp_path, number),
+        },
+    )
     numbers = check_outputs(tmp_path, number, executed)
     ten, three = numbers["spectra"]["ten"], numbers["spectra"]["three"]
     assert (ten["outliers_found"], three["outliers_found"]) == (10, 3)
@@ -197,18 +253,23 @@ def test_hessian_figures_count_the_planted_outliers(spectra, tmp_path, number, n
     assert ten["hvp_count"] > 64 and ten["lambda_max"] > 60
     if split == "deflated":
         assert len(three["deflated_outliers"]) == 10
-    printed = "".join(o.get("text", "") for cell in executed.cells
-                      for o in cell.get("outputs", []))
+    printed = "".join(o.get("text", "") for cell in executed.cells for o in cell.get("outputs", []))
     assert "outliers found: 3 (classes: 10" in printed
 
 
 @pytest.mark.slow  # executes a notebook: a kernel, torch and matplotlib start (~10 s)
 def test_deflation_figure_aligns_deflated_and_plain_outliers_per_panel(spectra, tmp_path):
-    executed = execute("fig3_deflation", tmp_path, {
-        "panels": {"ten": {"deflated": spectra["ten-deflated"], "plain": spectra["ten-plain"]},
-                   "three": {"deflated": spectra["three-deflated"],
-                             "plain": spectra["three-plain"]}},
-        **outputs(tmp_path, 3)})
+    executed = execute(
+        "fig3_deflation",
+        tmp_path,
+        {
+            "panels": {
+                "ten": {"deflated": spectra["ten-deflated"], "plain": spectra["ten-plain"]},
+                "three": {"deflated": spectra["three-deflated"], "plain": spectra["three-plain"]},
+            },
+            **outputs(tmp_path, 3),
+        },
+    )
     panels = check_outputs(tmp_path, 3, executed)["panels"]
     ten, three = panels["ten"], panels["three"]
     assert ten["deflated"]["outliers_found"] == ten["plain"]["outliers_found"] == 10
@@ -220,10 +281,20 @@ def test_deflation_figure_aligns_deflated_and_plain_outliers_per_panel(spectra, 
 @pytest.mark.slow  # executes a notebook: a kernel, torch and matplotlib start (~10 s)
 def test_components_figure_fits_the_planted_power_law(spectra, tmp_path):
     components = ["hessian", "gradient_covariance", "prediction_hessian"]
-    executed = execute("fig4_components", tmp_path, {
-        "panels": {"digits": {"spectra": {c: spectra[c] for c in components},
-                              "log_spectra": {c: spectra[f"{c}-log"] for c in components}}},
-        "fit_range": None, **outputs(tmp_path, 4)})
+    executed = execute(
+        "fig4_components",
+        tmp_path,
+        {
+            "panels": {
+                "digits": {
+                    "spectra": {c: spectra[c] for c in components},
+                    "log_spectra": {c: spectra[f"{c}-log"] for c in components},
+                }
+            },
+            "fit_range": None,
+            **outputs(tmp_path, 4),
+        },
+    )
     numbers = check_outputs(tmp_path, 4, executed)["panels"]["digits"]
     assert numbers["spectra"]["hessian"]["outliers_found"] == 10
     assert numbers["spectra"]["gradient_covariance"]["outliers_found"] == 10
@@ -243,17 +314,31 @@ def test_components_figure_fits_the_planted_power_law(spectra, tmp_path):
 
 @pytest.mark.slow  # executes a notebook: a kernel, torch and matplotlib start (~10 s)
 def test_sample_size_figure_orders_the_curves_and_counts_outliers(spectra, tmp_path):
-    executed = execute("fig5_sample_size", tmp_path, {
-        # string keys, as papermill needs (it stores parameters as sorted JSON)
-        "panels": {"digits": {
-            "train": {str(key): spectra[f"train-{key}"] for key in (10, 20, "full")},
-            "test": {str(key): spectra[f"test-{key}"] for key in ("full", 10, 20)}}},
-        **outputs(tmp_path, 5)})
+    executed = execute(
+        "fig5_sample_size",
+        tmp_path,
+        {
+            # string keys, as papermill needs (it stores parameters as sorted JSON)
+            "panels": {
+                "digits": {
+                    "train": {str(key): spectra[f"train-{key}"] for key in (10, 20, "full")},
+                    "test": {str(key): spectra[f"test-{key}"] for key in ("full", 10, 20)},
+                }
+            },
+            **outputs(tmp_path, 5),
+        },
+    )
     numbers = check_outputs(tmp_path, 5, executed)["panels"]["digits"]
-    assert numbers["outliers_by_size"]["train"] == [["10", 10.0, 2], ["20", 20.0, 5],
-                                                    ["full", 60.0, 9]]
-    assert numbers["outliers_by_size"]["test"] == [["10", 10.0, 1], ["20", 20.0, 3],
-                                                   ["full", 60.0, 6]]
+    assert numbers["outliers_by_size"]["train"] == [
+        ["10", 10.0, 2],
+        ["20", 20.0, 5],
+        ["full", 60.0, 9],
+    ]
+    assert numbers["outliers_by_size"]["test"] == [
+        ["10", 10.0, 1],
+        ["20", 20.0, 3],
+        ["full", 60.0, 6],
+    ]
     assert numbers["spectra"]["test"]["full"]["per_class_value"] == 60.0
 
 
@@ -263,8 +348,11 @@ def test_a_truncated_group_is_named_in_one_clear_error(spectra, tmp_path):
     shutil.copytree(spectra["ten-plain"], broken)
     shutil.rmtree(broken / "density")  # as if the writer had died midway
     with pytest.raises(papermill.PapermillExecutionError) as error:
-        execute("fig1_train_hessian", tmp_path, {"spectra": {"digits": str(broken)},
-                                                 **outputs(tmp_path, 1)})
+        execute(
+            "fig1_train_hessian",
+            tmp_path,
+            {"spectra": {"digits": str(broken)}, **outputs(tmp_path, 1)},
+        )
     assert error.value.ename == "HspecError"
     assert f"{broken}: not a readable spectrum result" in error.value.evalue
 
@@ -272,12 +360,12 @@ def test_a_truncated_group_is_named_in_one_clear_error(spectra, tmp_path):
 def planted(path, spectra):
     """The synthetic spectrum standing in for the demo's spectrum at ``path``."""
     n, split, component, variant = re.search(
-        r"/n(\w+)/(train|test)-(\w+)-(plain|deflated|log)\.zarr$", path).groups()
+        r"/n(\w+)/(train|test)-(\w+)-(plain|deflated|log)\.zarr$", path
+    ).groups()
     if variant == "log":
         return spectra[f"{component}-log"]
     if component == "hessian":
-        return spectra["hessian" if (split, variant) == ("test", "deflated")
-                       else f"ten-{variant}"]
+        return spectra["hessian" if (split, variant) == ("test", "deflated") else f"ten-{variant}"]
     if component == "prediction_hessian" or variant == "deflated":
         return spectra[component]
     return spectra[f"{split}-{'full' if n == '60' else n}"]
@@ -293,8 +381,9 @@ def demo_layout(spectra, tmp_path_factory):
     shutil.copy(ROOT / "config" / "demo.yaml", root / "config" / "demo.yaml")
     for fig in specs.NOTEBOOKS:
         defaults = specs.notebook_defaults(fig, root / "notebooks")
-        for path in specs.spectrum_paths({k: v for k, v in defaults.items()
-                                                 if k not in ("figure", "numbers")}):
+        for path in specs.spectrum_paths(
+            {k: v for k, v in defaults.items() if k not in ("figure", "numbers")}
+        ):
             target = root / "notebooks" / path
             if not target.exists():
                 shutil.copytree(planted(path, spectra), target)
@@ -314,9 +403,22 @@ def test_notebook_runs_as_it_is_on_the_demo_layout(demo_layout, tmp_path, fig, n
 @pytest.mark.slow  # executes a notebook
 def test_nbconvert_executes_a_notebook_as_it_is(demo_layout, tmp_path):
     notebook = demo_layout / "notebooks" / "fig2_test_hessian.ipynb"
-    subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook",
-                    "--execute", str(notebook), "--output-dir", str(tmp_path)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jupyter",
+            "nbconvert",
+            "--to",
+            "notebook",
+            "--execute",
+            str(notebook),
+            "--output-dir",
+            str(tmp_path),
+        ],
+        check=True,
+        capture_output=True,
+    )
     executed = nbformat.read(tmp_path / notebook.name, as_version=4)
     figures = demo_layout / "results" / "demo" / "figures" / "fig2"
     assert check_written(figures / "fig2", figures / "numbers.json", executed)["spectra"]
@@ -324,12 +426,25 @@ def test_nbconvert_executes_a_notebook_as_it_is(demo_layout, tmp_path):
 
 @pytest.mark.slow  # executes a notebook
 def test_a_missing_spectrum_names_the_snakemake_target(demo_layout, tmp_path):
-    missing = demo_layout / "results" / "demo" / "spectra" / "mlp" / "digits" / "n7" / (
-        "train-hessian-plain.zarr")
+    missing = (
+        demo_layout
+        / "results"
+        / "demo"
+        / "spectra"
+        / "mlp"
+        / "digits"
+        / "n7"
+        / ("train-hessian-plain.zarr")
+    )
     with pytest.raises(papermill.PapermillExecutionError) as error:
-        execute("fig1_train_hessian", tmp_path, {"spectra": {"digits": str(missing)},
-                                                 **outputs(tmp_path, 1)})
+        execute(
+            "fig1_train_hessian",
+            tmp_path,
+            {"spectra": {"digits": str(missing)}, **outputs(tmp_path, 1)},
+        )
     assert error.value.ename == "HspecError"
-    assert ("no such spectrum; it is written by `snakemake --cores all "
-            "results/demo/spectra/mlp/digits/n7/train-hessian-plain.zarr`") in error.value.evalue
+    assert (
+        "no such spectrum; it is written by `snakemake --cores all "
+        "results/demo/spectra/mlp/digits/n7/train-hessian-plain.zarr`"
+    ) in error.value.evalue
     assert "`make demo`" in error.value.evalue and "delete it" not in error.value.evalue

@@ -54,8 +54,7 @@ def rel(a, b):
 @pytest.mark.parametrize("batch_size", [1, 7, N])
 def test_matvec_equals_dense(problem, component, batch_size):
     model, x, y, dense = problem
-    op = curvature_operator(model, (x, y), component, batch_size=batch_size,
-                            dtype=torch.float64)
+    op = curvature_operator(model, (x, y), component, batch_size=batch_size, dtype=torch.float64)
     v = torch.randn(op.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     assert rel(op.matvec(v), dense[component] @ v) <= 1e-10
     assert model.training, "the model's training flag must be restored"
@@ -65,8 +64,9 @@ def test_matvec_equals_dense(problem, component, batch_size):
 @pytest.mark.parametrize("hvp", HVP_MODES)
 def test_every_hvp_mode_equals_dense(problem, component, hvp):
     model, x, y, dense = problem
-    op = curvature_operator(model, (x, y), component, batch_size=7, dtype=torch.float64,
-                            hvp=hvp, block_size=2)
+    op = curvature_operator(
+        model, (x, y), component, batch_size=7, dtype=torch.float64, hvp=hvp, block_size=2
+    )
     V = torch.randn(op.dim, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     assert rel(op.matvec(V[:, 0]), dense[component] @ V[:, 0]) <= 1e-10
     assert rel(op.matmat(V), dense[component] @ V) <= 1e-10  # vmap blocks of 2, then 1
@@ -74,8 +74,9 @@ def test_every_hvp_mode_equals_dense(problem, component, hvp):
 
 def test_resident_data_give_the_same_products(problem):
     model, x, y, dense = problem
-    op = curvature_operator(model, (x, y), "hessian", batch_size=7, dtype=torch.float64,
-                            resident=True)
+    op = curvature_operator(
+        model, (x, y), "hessian", batch_size=7, dtype=torch.float64, resident=True
+    )
     v = torch.randn(op.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     assert rel(op.matvec(v), dense["hessian"] @ v) <= 1e-10
     with pytest.raises(HspecError, match="resident: needs data as an"):
@@ -99,17 +100,21 @@ def test_tf32_flags_are_set_for_the_products_and_restored():
 
 def test_hessian_is_sum_of_components(problem):
     _, _, _, dense = problem
-    assert rel(dense["gradient_covariance"] + dense["prediction_hessian"],
-               dense["hessian"]) <= 1e-10
+    assert (
+        rel(dense["gradient_covariance"] + dense["prediction_hessian"], dense["hessian"]) <= 1e-10
+    )
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
 def test_batch_size_does_not_change_the_average(problem, component):
     model, x, y, _ = problem
-    v = torch.randn(sum(p.numel() for p in model.parameters() if p.requires_grad),
-                    dtype=torch.float64)
-    results = [curvature_operator(model, (x, y), component, batch_size=b,
-                                  dtype=torch.float64).matvec(v) for b in (1, 7, N)]
+    v = torch.randn(
+        sum(p.numel() for p in model.parameters() if p.requires_grad), dtype=torch.float64
+    )
+    results = [
+        curvature_operator(model, (x, y), component, batch_size=b, dtype=torch.float64).matvec(v)
+        for b in (1, 7, N)
+    ]
     assert rel(results[0], results[2]) <= 1e-12
     assert rel(results[1], results[2]) <= 1e-12
 
@@ -142,8 +147,7 @@ def test_dataset_and_dataloader_give_the_same_result(problem):
     v = torch.randn(dense["hessian"].shape[0], dtype=torch.float64)
     for data in (dataset, loader):
         kwargs = {} if data is loader else {"batch_size": 3}
-        op = curvature_operator(model, data, "prediction_hessian", dtype=torch.float64,
-                                **kwargs)
+        op = curvature_operator(model, data, "prediction_hessian", dtype=torch.float64, **kwargs)
         assert rel(op.matvec(v), dense["prediction_hessian"] @ v) <= 1e-10
 
 
@@ -156,24 +160,30 @@ def test_float32_is_the_default():
     assert op.matvec(torch.randn(op.dim)).dtype == torch.float32
 
 
-@pytest.mark.parametrize("kwargs, culprit", [
-    ({"component": "fisher"}, "component"),
-    ({"batch_size": 0}, "batch_size"),
-    ({"dtype": torch.int64}, "dtype"),
-    ({"hvp": "finite-differences"}, "hvp: unknown 'finite-differences'"),
-    ({"tf32": True, "dtype": torch.float64}, "tf32: only applies to float32"),
-])
+@pytest.mark.parametrize(
+    "kwargs, culprit",
+    [
+        ({"component": "fisher"}, "component"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"dtype": torch.int64}, "dtype"),
+        ({"hvp": "finite-differences"}, "hvp: unknown 'finite-differences'"),
+        ({"tf32": True, "dtype": torch.float64}, "tf32: only applies to float32"),
+    ],
+)
 def test_bad_arguments_name_the_culprit(kwargs, culprit):
     x, y = torch.randn(4, 1, 6, 6), torch.randint(0, 4, (4,))
     with pytest.raises(HspecError, match=culprit):
         curvature_operator(tiny_mlp(), (x, y), **kwargs)
 
 
-@pytest.mark.parametrize("data, culprit", [
-    ((torch.randn(4, 1, 6, 6), torch.randint(0, 4, (5,))), "4 inputs but 5 targets"),
-    ((torch.randn(4, 1, 6, 6), torch.rand(4)), "int64"),
-    ([1, 2, 3], "data"),
-])
+@pytest.mark.parametrize(
+    "data, culprit",
+    [
+        ((torch.randn(4, 1, 6, 6), torch.randint(0, 4, (5,))), "4 inputs but 5 targets"),
+        ((torch.randn(4, 1, 6, 6), torch.rand(4)), "int64"),
+        ([1, 2, 3], "data"),
+    ],
+)
 def test_bad_data(data, culprit):
     with pytest.raises(HspecError, match=culprit):
         curvature_operator(tiny_mlp(), data)
@@ -193,13 +203,15 @@ def test_vectors_of_the_wrong_kind_are_refused():
 @pytest.mark.parametrize("component", COMPONENTS)
 def test_vectorized_blocks_equal_single_products(problem, component):
     model, x, y, dense = problem
-    op = curvature_operator(model, (x, y), component, batch_size=7, dtype=torch.float64,
-                            block_size=3)
+    op = curvature_operator(
+        model, (x, y), component, batch_size=7, dtype=torch.float64, block_size=3
+    )
     V = torch.randn(op.dim, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     assert rel(op.matmat(V), dense[component] @ V) <= 1e-10
 
 
 # --- what the operators accept: checks of the model, the data and the dtype ---------
+
 
 class AlwaysDropout(nn.Module):
     """Dropout that ignores eval mode: a stochastic operator."""
@@ -227,6 +239,7 @@ def small_data(n=4):
 
 def test_the_operator_base_checks_inputs_and_counts_products():
     from hspec.numerics.linear_operator import SymmetricOperator
+
     op = curvature_operator(tiny_mlp(), small_data())
     assert isinstance(op, SymmetricOperator)
     V = torch.randn(op.dim, 3)
@@ -237,22 +250,31 @@ def test_the_operator_base_checks_inputs_and_counts_products():
     assert op.hvp_count == 6
 
 
-@pytest.mark.parametrize("model, shape", [
-    (nn.Sequential(nn.Flatten(), nn.Linear(36, 1), nn.Flatten(0)), r"\(4,\)"),
-    (nn.Sequential(nn.Flatten(), nn.Linear(36, 1)), r"\(4, 1\)"),
-])
+@pytest.mark.parametrize(
+    "model, shape",
+    [
+        (nn.Sequential(nn.Flatten(), nn.Linear(36, 1), nn.Flatten(0)), r"\(4,\)"),
+        (nn.Sequential(nn.Flatten(), nn.Linear(36, 1)), r"\(4, 1\)"),
+    ],
+)
 def test_logits_that_are_not_n_by_c_are_refused(model, shape):
     op = curvature_operator(model, small_data())
-    with pytest.raises(HspecError, match=rf"model: returned shape {shape} for a batch of 4; "
-                       r"hspec needs logits of shape \(N, C\), C ≥ 2"):
+    with pytest.raises(
+        HspecError,
+        match=rf"model: returned shape {shape} for a batch of 4; "
+        r"hspec needs logits of shape \(N, C\), C ≥ 2",
+    ):
         op.matvec(torch.randn(op.dim))
 
 
 def test_a_model_returning_a_tuple_is_refused():
     model = nn.Sequential(nn.Linear(1, 1), Pair())
     op = curvature_operator(model, (torch.randn(4, 1), torch.zeros(4, dtype=torch.int64)))
-    with pytest.raises(HspecError, match=r"model: returned a tuple; hspec needs a model "
-                       r"returning one \(N, C\) tensor of logits"):
+    with pytest.raises(
+        HspecError,
+        match=r"model: returned a tuple; hspec needs a model "
+        r"returning one \(N, C\) tensor of logits",
+    ):
         op.matvec(torch.randn(op.dim))
 
 
@@ -262,15 +284,21 @@ def test_targets_outside_the_classes_are_refused(component, label):
     x, y = small_data(8)
     y[5] = label
     op = curvature_operator(tiny_mlp(), (x, y), component, batch_size=3)
-    with pytest.raises(HspecError, match=rf"data: target {label} is not a class index of "
-                       r"the model's 4 outputs \(0 to 3\)"):
+    with pytest.raises(
+        HspecError,
+        match=rf"data: target {label} is not a class index of "
+        r"the model's 4 outputs \(0 to 3\)",
+    ):
         op.matvec(torch.randn(op.dim))
 
 
 def test_a_dataset_of_dicts_is_refused_saying_what_is_supported():
     op = curvature_operator(tiny_mlp(), DictData())
-    with pytest.raises(HspecError, match=r"data: a batch is a dict, not an \(inputs, "
-                       r"targets\) pair of tensors; supported: .* Dataset or DataLoader"):
+    with pytest.raises(
+        HspecError,
+        match=r"data: a batch is a dict, not an \(inputs, "
+        r"targets\) pair of tensors; supported: .* Dataset or DataLoader",
+    ):
         op.matvec(torch.randn(op.dim))
 
 
@@ -282,10 +310,13 @@ def test_half_precision_is_refused(dtype):
 
 def test_a_stochastic_operator_fails_the_probe():
     from hspec import spectral_density
+
     model = nn.Sequential(nn.Flatten(), nn.Linear(36, 7), AlwaysDropout(), nn.Linear(7, 4))
     op = curvature_operator(model, small_data(), dtype=torch.float64)
-    with pytest.raises(HspecError, match="the operator is not deterministic: two products "
-                       "with the same vector differ"):
+    with pytest.raises(
+        HspecError,
+        match="the operator is not deterministic: two products with the same vector differ",
+    ):
         spectral_density(op, steps=4, bound_steps=4, points=8)
     deterministic = curvature_operator(tiny_mlp(), small_data())
     deterministic.check_symmetric(torch.Generator().manual_seed(0))

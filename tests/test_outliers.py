@@ -40,8 +40,7 @@ def spiked():
 
 def check_pairs(matrix, values, vectors, expected, rtol):
     """Values within rtol of ``expected``; orthonormal vectors with small residuals."""
-    assert values.shape == (len(expected),) and vectors.shape == (matrix.shape[0],
-                                                                  len(expected))
+    assert values.shape == (len(expected),) and vectors.shape == (matrix.shape[0], len(expected))
     assert np.all(np.diff(values) <= 0), "values must be sorted descending"
     assert np.max(np.abs(values - expected) / np.abs(expected)) <= rtol
     gram = vectors.T @ vectors
@@ -55,8 +54,9 @@ def check_pairs(matrix, values, vectors, expected, rtol):
 def test_spiked_outliers_match_eigvalsh_within_budget(spiked, tol):
     matrix, spectrum = spiked
     op = operator(matrix)
-    values, vectors, products = top_eigenpairs(op, C, tol=tol,
-                                               generator=torch.Generator().manual_seed(0))
+    values, vectors, products = top_eigenpairs(
+        op, C, tol=tol, generator=torch.Generator().manual_seed(0)
+    )
     check_pairs(matrix, values, vectors, spectrum[::-1][:C], tol)
     assert products == op.hvp_count <= BUDGET  # measured: 20, 22, 23
     print(f"spiked tol={tol:g}: {products} products")
@@ -69,8 +69,12 @@ def test_outliers_close_to_the_bulk_and_thick_restarts():
     expected = largest_magnitude(spectrum, C)
     for basis_size, budget in ((None, BUDGET), (C + 4, 2 * BUDGET)):
         values, vectors, products = top_eigenpairs(
-            operator(matrix), C, tol=1e-6, basis_size=basis_size,
-            generator=torch.Generator().manual_seed(0))
+            operator(matrix),
+            C,
+            tol=1e-6,
+            basis_size=basis_size,
+            generator=torch.Generator().manual_seed(0),
+        )
         check_pairs(matrix, values, vectors, expected, 1e-6)
         assert products <= budget  # measured: 52 (default basis), 81 (14 vectors)
         print(f"close spikes, basis {basis_size}: {products} products")
@@ -81,8 +85,9 @@ def test_large_negative_eigenvalues_count_by_magnitude():
     matrix, spectrum = spiked_matrix(spikes, seed=2)
     expected = largest_magnitude(spectrum, C)
     assert (expected < 0).sum() == 2
-    values, vectors, products = top_eigenpairs(operator(matrix), C, tol=1e-6,
-                                               generator=torch.Generator().manual_seed(0))
+    values, vectors, products = top_eigenpairs(
+        operator(matrix), C, tol=1e-6, generator=torch.Generator().manual_seed(0)
+    )
     check_pairs(matrix, values, vectors, expected, 1e-6)
     assert values[-2] == pytest.approx(expected[-2]) and values[-1] < -45
     assert products <= BUDGET  # measured: 20
@@ -91,10 +96,12 @@ def test_large_negative_eigenvalues_count_by_magnitude():
 
 def test_same_outliers_as_low_rank_deflation(spiked):
     matrix, _ = spiked
-    reference, basis = low_rank_deflation(operator(matrix), C, 64,
-                                          generator=torch.Generator().manual_seed(1))
-    values, vectors, products = top_eigenpairs(operator(matrix), C, tol=1e-8,
-                                               generator=torch.Generator().manual_seed(0))
+    reference, basis = low_rank_deflation(
+        operator(matrix), C, 64, generator=torch.Generator().manual_seed(1)
+    )
+    values, vectors, products = top_eigenpairs(
+        operator(matrix), C, tol=1e-8, generator=torch.Generator().manual_seed(0)
+    )
     assert np.max(np.abs(values - reference) / np.abs(reference)) <= 1e-6
     # the same eigenvectors up to sign: |⟨v_i, q_i⟩| = 1
     overlap = (vectors.T @ basis).diagonal().abs()
@@ -102,25 +109,27 @@ def test_same_outliers_as_low_rank_deflation(spiked):
     assert products <= BUDGET  # against 640 here (T = 64), 2,560 at the paper's T = 256
 
 
-@pytest.mark.parametrize("spikes,count,expected_products", [
-    ([5.0, 4, -3, 2, 1], 3, 7),  # Krylov space of dim 6 (5 + the null direction) + 1
-    ([5.0, 4, -3, 2, 1], 8, 9),  # more than the rank: zeros fill up
-    ([1.0, 1, 1, 1, 1], 3, 7),  # a repeated eigenvalue, found through breakdowns
-    ([2.0, 2, 1, 1, -3], 4, 8),
-])
+@pytest.mark.parametrize(
+    "spikes,count,expected_products",
+    [
+        ([5.0, 4, -3, 2, 1], 3, 7),  # Krylov space of dim 6 (5 + the null direction) + 1
+        ([5.0, 4, -3, 2, 1], 8, 9),  # more than the rank: zeros fill up
+        ([1.0, 1, 1, 1, 1], 3, 7),  # a repeated eigenvalue, found through breakdowns
+        ([2.0, 2, 1, 1, -3], 4, 8),
+    ],
+)
 def test_breakdown_on_low_rank_matrices_is_exact(spikes, count, expected_products):
     rng = np.random.default_rng(3)
     u = np.linalg.qr(rng.standard_normal((300, len(spikes))))[0]
     matrix = torch.tensor(u @ np.diag(spikes) @ u.T)
-    expected = largest_magnitude(np.concatenate([spikes, np.zeros(300 - len(spikes))]),
-                                 count)
-    values, vectors, products = top_eigenpairs(operator(matrix), count,
-                                               generator=torch.Generator().manual_seed(0))
+    expected = largest_magnitude(np.concatenate([spikes, np.zeros(300 - len(spikes))]), count)
+    values, vectors, products = top_eigenpairs(
+        operator(matrix), count, generator=torch.Generator().manual_seed(0)
+    )
     assert np.allclose(values, expected, atol=1e-12)
     residual = (matrix @ vectors - vectors * torch.tensor(values)).norm(dim=0)
     assert residual.max() < 1e-12
-    assert torch.allclose(vectors.T @ vectors, torch.eye(count, dtype=torch.float64),
-                          atol=1e-12)
+    assert torch.allclose(vectors.T @ vectors, torch.eye(count, dtype=torch.float64), atol=1e-12)
     # at most: when the last β lands just above the breakdown threshold (100·ε·scale, a
     # matter of rounding) the residual test stops one confirmation product earlier
     assert expected_products - 1 <= products <= expected_products
@@ -131,17 +140,15 @@ def test_diagonal_with_repeated_eigenvalues():
     op = LinearOperator(lambda v: diagonal * v, 6, dtype=torch.float64)
     values, vectors, _ = top_eigenpairs(op, 5, generator=torch.Generator().manual_seed(0))
     assert np.allclose(values, [3, 3, 2, 2, 1], atol=1e-12)
-    assert torch.allclose(diagonal[:, None] * vectors, vectors * torch.tensor(values),
-                          atol=1e-12)
-
-
+    assert torch.allclose(diagonal[:, None] * vectors, vectors * torch.tensor(values), atol=1e-12)
 
 
 def test_cnn_hessian_outliers_match_the_dense_spectrum(one_thread, digits_cnn_hessian):
     op, matrix, spectrum = digits_cnn_hessian
     counted = LinearOperator.wrap(op)
-    values, vectors, products = top_eigenpairs(counted, C, tol=1e-6,
-                                               generator=torch.Generator().manual_seed(0))
+    values, vectors, products = top_eigenpairs(
+        counted, C, tol=1e-6, generator=torch.Generator().manual_seed(0)
+    )
     check_pairs(matrix, values, vectors, largest_magnitude(spectrum, C), 1e-6)
     assert products == counted.hvp_count <= BUDGET  # measured: 21
     print(f"CNN Hessian: {products} products")
@@ -150,15 +157,17 @@ def test_cnn_hessian_outliers_match_the_dense_spectrum(one_thread, digits_cnn_he
 def test_a_lanczos_run_with_its_basis_saves_its_products(spiked):
     matrix, spectrum = spiked
     expected = spectrum[::-1][:C]
-    fresh = top_eigenpairs(operator(matrix), C, tol=1e-8,
-                           generator=torch.Generator().manual_seed(0))[2]
+    fresh = top_eigenpairs(
+        operator(matrix), C, tol=1e-8, generator=torch.Generator().manual_seed(0)
+    )[2]
     op = operator(matrix)
     run = fast_lanczos(op, 16, reorth="full", generator=torch.Generator().manual_seed(0))
     values, _, products = top_eigenpairs(op, C, tol=1e-8, start=run)
     assert np.max(np.abs(values - expected) / expected) <= 1e-8
     assert 16 + products == fresh + 1  # the run's first 15 products are reused
-    values, _, products = top_eigenpairs(operator(matrix), C, tol=1e-8,
-                                         start=torch.ones(2000, dtype=torch.float64))
+    values, _, products = top_eigenpairs(
+        operator(matrix), C, tol=1e-8, start=torch.ones(2000, dtype=torch.float64)
+    )
     assert np.max(np.abs(values - expected) / expected) <= 1e-8
     with pytest.raises(HspecError, match="start: a LanczosRun needs its basis"):
         top_eigenpairs(op, C, start=fast_lanczos(op, 4))
@@ -169,8 +178,7 @@ def test_a_lanczos_run_with_its_basis_saves_its_products(spiked):
 def test_float32_operator():
     matrix, spectrum = spiked_matrix([60.0, 45, 38, 32, 27, 23, 20, 17, 15, 13])
     op = operator(matrix.float())
-    values, vectors, products = top_eigenpairs(op, C,
-                                               generator=torch.Generator().manual_seed(0))
+    values, vectors, products = top_eigenpairs(op, C, generator=torch.Generator().manual_seed(0))
     assert vectors.dtype == torch.float32 and values.dtype == np.float64
     assert np.max(np.abs(values - spectrum[::-1][:C]) / spectrum[::-1][:C]) <= 1e-4
     assert products <= BUDGET
@@ -179,27 +187,28 @@ def test_float32_operator():
 def test_max_products_spent_warns_and_returns_estimates(spiked):
     matrix, _ = spiked
     with pytest.warns(NotConvergedWarning, match="max_products"):
-        values, vectors, products = top_eigenpairs(operator(matrix), C, tol=1e-12,
-                                                   max_products=12)
+        values, vectors, products = top_eigenpairs(operator(matrix), C, tol=1e-12, max_products=12)
     assert products == 12 and values.shape == (C,) and vectors.shape == (2000, C)
 
 
 def test_plain_callable_needs_dim():
     diagonal = torch.arange(1.0, 51.0, dtype=torch.float64)
-    values, _, _ = top_eigenpairs(lambda v: diagonal * v, 3, dim=50, dtype=torch.float64,
-                                 tol=1e-10)
+    values, _, _ = top_eigenpairs(lambda v: diagonal * v, 3, dim=50, dtype=torch.float64, tol=1e-10)
     assert np.allclose(values, [50, 49, 48])
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"count": 50}, "count: must be an integer in \\[1, dim\\) = \\[1, 50\\)"),
-    ({"count": 0}, "count"),
-    ({"count": 2.0}, "count"),
-    ({"count": 3, "tol": 0}, "tol"),
-    ({"count": 3, "criterion": "best"}, "criterion"),
-    ({"count": 3, "basis_size": 4}, "basis_size"),
-    ({"count": 3, "max_products": 2}, "max_products"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"count": 50}, "count: must be an integer in \\[1, dim\\) = \\[1, 50\\)"),
+        ({"count": 0}, "count"),
+        ({"count": 2.0}, "count"),
+        ({"count": 3, "tol": 0}, "tol"),
+        ({"count": 3, "criterion": "best"}, "criterion"),
+        ({"count": 3, "basis_size": 4}, "basis_size"),
+        ({"count": 3, "max_products": 2}, "max_products"),
+    ],
+)
 def test_bad_arguments_are_named(kwargs, match):
     op = operator(torch.eye(50, dtype=torch.float64))
     with pytest.raises(HspecError, match=match):

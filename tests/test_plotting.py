@@ -11,9 +11,9 @@ from matplotlib.figure import Figure
 
 import hspec
 from hspec import HspecError
-from hspec.figures import drawing as hd
 from hspec.figures import caption_numbers as fn
 from hspec.figures import captions
+from hspec.figures import drawing as hd
 from hspec.figures import specs as fs
 from hspec.numerics.density import gaussian_density, smoothing_width
 from hspec.pipeline.store import write_spectrum
@@ -38,11 +38,21 @@ def stored(tmp_path_factory):
     matrix = torch.tensor(spiked())
     out = {}
     for name, deflate in (("plain", 0), ("deflated", 5)):
-        result = hspec.spectral_density(lambda v: matrix @ v, 300, dtype=torch.float64,
-                                        steps=48, iterations=48, deflate=deflate)
-        write_spectrum(root / f"{name}.zarr", result, {
-            "dataset": "digits", "arch": "cnn", "split": "train", "component": "hessian",
-            "n_per_class": 20, "n_samples": 200})
+        result = hspec.spectral_density(
+            lambda v: matrix @ v, 300, dtype=torch.float64, steps=48, iterations=48, deflate=deflate
+        )
+        write_spectrum(
+            root / f"{name}.zarr",
+            result,
+            {
+                "dataset": "digits",
+                "arch": "cnn",
+                "split": "train",
+                "component": "hessian",
+                "n_per_class": 20,
+                "n_samples": 200,
+            },
+        )
         out[name] = fs.load(root / f"{name}.zarr")
     out["exact"] = np.linalg.eigvalsh(matrix.numpy())
     torch.set_num_threads(threads)
@@ -119,11 +129,11 @@ def test_separated_ignores_ghosts_and_weightless_ritz_values(stored):
 def test_atom_height_is_the_bump_of_one_deflated_outlier(stored):
     arrays, attrs = stored["deflated"]
     top = arrays["outliers"][0]
-    bump = gaussian_density(np.array([top]), np.array([1 / attrs["n_params"]]),
-                            np.array([top]), fn.kernel_width(attrs))
+    bump = gaussian_density(
+        np.array([top]), np.array([1 / attrs["n_params"]]), np.array([top]), fn.kernel_width(attrs)
+    )
     assert bump[0] == pytest.approx(fn.atom_height(attrs), rel=1e-9)
-    assert fn.kernel_width(attrs) == pytest.approx(
-        smoothing_width(48) * attrs["bulk_d"])
+    assert fn.kernel_width(attrs) == pytest.approx(smoothing_width(48) * attrs["bulk_d"])
 
 
 def test_bulk_edges_leave_out_the_outliers(stored):
@@ -134,8 +144,14 @@ def test_bulk_edges_leave_out_the_outliers(stored):
 
 
 def quadrature_attrs(n, steps=256):
-    return {"n_params": n, "settings": {"steps": steps, "k": 1.25}, "bulk_d": 1.0,
-            "bulk_c": 0.0, "lambda_min": -1.0, "lambda_max": 1.0}
+    return {
+        "n_params": n,
+        "settings": {"steps": steps, "k": 1.25},
+        "bulk_d": 1.0,
+        "bulk_c": 0.0,
+        "lambda_min": -1.0,
+        "lambda_max": 1.0,
+    }
 
 
 def power_law_quadrature(b=2.5, x0=0.1, x1=10.0, n=4000, zeros=0.0, zero_at=1e-6):
@@ -146,8 +162,13 @@ def power_law_quadrature(b=2.5, x0=0.1, x1=10.0, n=4000, zeros=0.0, zero_at=1e-6
     x = (lo + q * (hi - lo)) ** (1 / (1 - b))
     nodes = np.concatenate([x, -x, [zero_at, -zero_at]])
     weights = np.concatenate([np.full(2 * n, (1 - zeros) / (2 * n)), [zeros / 2] * 2])
-    return {"nodes": nodes, "weights": weights, "outliers": np.empty(0),
-            "grid": np.linspace(-1, 1, 5), "density": np.ones(5)}
+    return {
+        "nodes": nodes,
+        "weights": weights,
+        "outliers": np.empty(0),
+        "grid": np.linspace(-1, 1, 5),
+        "density": np.ones(5),
+    }
 
 
 @pytest.mark.parametrize("zeros", [0.0, 0.6])
@@ -210,9 +231,14 @@ def test_spectrum_numbers_and_summary(stored):
 
 
 def test_write_numbers_sorted_plain_json(tmp_path):
-    path = fn.write_numbers({"b": np.float32(1.5), "a": [np.int64(2), float("nan")],
-                             "c": {"z": np.bool_(True), "y": np.arange(2.0)}},
-                            tmp_path / "sub" / "numbers.json")
+    path = fn.write_numbers(
+        {
+            "b": np.float32(1.5),
+            "a": [np.int64(2), float("nan")],
+            "c": {"z": np.bool_(True), "y": np.arange(2.0)},
+        },
+        tmp_path / "sub" / "numbers.json",
+    )
     text = path.read_text()
     assert json.loads(text) == {"a": [2, None], "b": 1.5, "c": {"y": [0.0, 1.0], "z": True}}
     assert text.index('"a"') < text.index('"b"') < text.index('"c"')
@@ -232,16 +258,23 @@ def test_align_and_per_class_value():
 
 
 def test_describe_and_num_classes():
-    attrs = {"dataset": "cifar10", "arch": "vgg11", "split": "test",
-             "component": "prediction_hessian", "n_per_class": 2599,
-             "settings": {"deflate": 0}}
-    assert hd.describe(attrs) == ("CIFAR10, VGG11, test, averaged Hessian of predictions "
-                                  "$R$, 2599/class")
+    attrs = {
+        "dataset": "cifar10",
+        "arch": "vgg11",
+        "split": "test",
+        "component": "prediction_hessian",
+        "n_per_class": 2599,
+        "settings": {"deflate": 0},
+    }
+    assert hd.describe(attrs) == (
+        "CIFAR10, VGG11, test, averaged Hessian of predictions $R$, 2599/class"
+    )
     assert fn.num_classes(attrs) == 10 and fn.num_classes(attrs, 7) == 7
     assert fn.num_classes({"dataset": "unknown", "settings": {"deflate": 4}}) == 4
     assert hd.variant(attrs) == "plain"
-    assert not math.isnan(fn.atom_height(
-        {"n_params": 10, "bulk_d": 2.0, "settings": {"steps": 64}}))
+    assert not math.isnan(
+        fn.atom_height({"n_params": 10, "bulk_d": 2.0, "settings": {"steps": 64}})
+    )
 
 
 # ------------------------------------------------------------- the figure -> spectra map
@@ -259,19 +292,24 @@ def test_figure_parameters_honour_every_dataset_and_size():
     assert fig1["mnist n=full"] == path("mnist", "full", "train-hessian-plain")
     fig3 = fs.figure_parameters("fig3", SPEC, "r")["panels"]
     assert list(fig3) == labels
-    assert fig3["mnist n=20"] == {"deflated": path("mnist", 20, "train-hessian-deflated"),
-                                  "plain": path("mnist", 20, "train-hessian-plain")}
+    assert fig3["mnist n=20"] == {
+        "deflated": path("mnist", 20, "train-hessian-deflated"),
+        "plain": path("mnist", 20, "train-hessian-plain"),
+    }
     fig4 = fs.figure_parameters("fig4", SPEC, "r")["panels"]
     assert list(fig4) == labels
     assert fig4["digits n=full"]["spectra"]["prediction_hessian"] == path(
-        "digits", "full", "test-prediction_hessian-plain")
+        "digits", "full", "test-prediction_hessian-plain"
+    )
     assert fig4["digits n=full"]["log_spectra"]["hessian"] == path(
-        "digits", "full", "test-hessian-log")
+        "digits", "full", "test-hessian-log"
+    )
     fig5 = fs.figure_parameters("fig5", SPEC, "r")["panels"]
     assert list(fig5) == ["digits", "mnist"]
     assert fig5["mnist"]["test"] == {
         "20": path("mnist", 20, "test-gradient_covariance-plain"),
-        "full": path("mnist", "full", "test-gradient_covariance-plain")}
+        "full": path("mnist", "full", "test-gradient_covariance-plain"),
+    }
     one = {"arch": "mlp", "datasets": ["digits"], "per_class": [60]}
     assert list(fs.figure_parameters("fig3", one, "r")["panels"]) == ["digits"]
     with pytest.raises(HspecError, match="unknown figure 'fig9'"):
@@ -283,26 +321,35 @@ def test_spectrum_paths_and_papermill_yaml():
     paths = fs.spectrum_paths(params)
     assert len(paths) == len(set(paths)) == 4 * 6
     loaded = json.loads(fs.papermill_yaml("fig4", SPEC, "r"))
-    assert loaded == {**params, "figure": "r/figures/fig4/fig4",
-                      "numbers": "r/figures/fig4/numbers.json"}
-    paper = {"arch": "vgg11", "datasets": ["mnist", "fashionmnist", "cifar10"],
-             "per_class": ["full"]}  # the paper's panel order, not alphabetical
-    assert list(json.loads(fs.papermill_yaml("fig1", paper, "r"))["spectra"]) == \
-        paper["datasets"]
+    assert loaded == {
+        **params,
+        "figure": "r/figures/fig4/fig4",
+        "numbers": "r/figures/fig4/numbers.json",
+    }
+    paper = {
+        "arch": "vgg11",
+        "datasets": ["mnist", "fashionmnist", "cifar10"],
+        "per_class": ["full"],
+    }  # the paper's panel order, not alphabetical
+    assert list(json.loads(fs.papermill_yaml("fig1", paper, "r"))["spectra"]) == paper["datasets"]
 
 
 def test_notebook_defaults_are_relative_to_where_the_notebook_runs(tmp_path):
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "demo.yaml").write_text(
         "results: results/demo\nfigures:\n  fig1: {arch: mlp, datasets: [digits], "
-        "per_class: [full]}\n")
+        "per_class: [full]}\n"
+    )
     (tmp_path / "notebooks").mkdir()
     inside = fs.notebook_defaults("fig1", tmp_path / "notebooks")
     assert inside["spectra"] == {
-        "digits": "../results/demo/spectra/mlp/digits/nfull/train-hessian-plain.zarr"}
+        "digits": "../results/demo/spectra/mlp/digits/nfull/train-hessian-plain.zarr"
+    }
     assert inside["figure"] == "../results/demo/figures/fig1/fig1"
-    assert fs.notebook_defaults("fig1", tmp_path)["numbers"] == \
-        "results/demo/figures/fig1/numbers.json"
+    assert (
+        fs.notebook_defaults("fig1", tmp_path)["numbers"]
+        == "results/demo/figures/fig1/numbers.json"
+    )
     with pytest.raises(HspecError, match="no config/demo.yaml"):
         fs.notebook_defaults("fig1", "/")
 
@@ -313,23 +360,35 @@ def test_a_missing_spectrum_names_the_target_that_writes_it(tmp_path):
     missing = tmp_path / "results" / "demo" / "spectra" / "x.zarr"
     with pytest.raises(HspecError) as error:
         fs.load_all({"a": {"b": missing}})
-    assert str(error.value).startswith(f"{missing}: no such spectrum; it is written by "
-                                       "`snakemake --cores all results/demo/spectra/x.zarr`")
+    assert str(error.value).startswith(
+        f"{missing}: no such spectrum; it is written by "
+        "`snakemake --cores all results/demo/spectra/x.zarr`"
+    )
     assert "`make demo`" in str(error.value)
 
 
 def test_load_all_keeps_the_nesting(stored, tmp_path):
     matrix = torch.tensor(spiked(p=60, rank=20))
     result = hspec.spectral_density(lambda v: matrix @ v, 60, dtype=torch.float64, steps=16)
-    write_spectrum(tmp_path / "s.zarr", result, {
-        "dataset": "digits", "arch": "mlp", "split": "train", "component": "hessian",
-        "n_per_class": 20, "n_samples": 200})
+    write_spectrum(
+        tmp_path / "s.zarr",
+        result,
+        {
+            "dataset": "digits",
+            "arch": "mlp",
+            "split": "train",
+            "component": "hessian",
+            "n_per_class": 20,
+            "n_samples": 200,
+        },
+    )
     loaded = fs.load_all({"p": {"deflated": tmp_path / "s.zarr"}})
     arrays, attrs = loaded["p"]["deflated"]
     assert attrs["arch"] == "mlp" and arrays["grid"].size > 0
 
 
 # -------------------------------------------------------------- per-figure logic, tested
+
 
 def test_zoom_range_and_tail_component_prefer_r(stored):
     plain, deflated = stored["plain"], stored["deflated"]
@@ -342,14 +401,21 @@ def test_zoom_range_and_tail_component_prefer_r(stored):
     assert fn.tail_component(["hessian", "prediction_hessian"]) == "prediction_hessian"
     assert fn.tail_component(["gradient_covariance", "hessian"]) == "gradient_covariance"
     assert fn.ordered_components(["x", "prediction_hessian", "hessian"]) == [
-        "hessian", "prediction_hessian", "x"]
+        "hessian",
+        "prediction_hessian",
+        "x",
+    ]
 
 
 def test_curve_sizes_fall_back_to_train_then_after_the_largest():
     train = {"split": "train", "dataset": "digits", "n_per_class": "full", "n_samples": 600}
     test = {"split": "test", "dataset": "digits", "n_per_class": "full"}
-    sizes = fn.curve_sizes({"train": {"20": ({}, train), "full": ({}, train)},
-                            "test": {"full": ({}, test), "odd": ({}, test)}})
+    sizes = fn.curve_sizes(
+        {
+            "train": {"20": ({}, train), "full": ({}, train)},
+            "test": {"full": ({}, test), "odd": ({}, test)},
+        }
+    )
     assert sizes["train"] == {"20": 20.0, "full": 60.0}
     assert sizes["test"] == {"full": 60.0, "odd": 90.0}  # borrowed; 1.5 x the largest
 
@@ -371,8 +437,12 @@ def test_share_limits_covers_every_curve(stored):
 def test_figures_share_one_look_and_one_panel_per_entry(stored):
     from matplotlib import rcParams
 
-    fig = hd.deflation_figure({"a": {"deflated": stored["deflated"], "plain": stored["plain"]},
-                               "b": {"deflated": stored["deflated"], "plain": stored["plain"]}})
+    fig = hd.deflation_figure(
+        {
+            "a": {"deflated": stored["deflated"], "plain": stored["plain"]},
+            "b": {"deflated": stored["deflated"], "plain": stored["plain"]},
+        }
+    )
     main = fig.axes
     insets = [inset for ax in main for inset in ax.child_axes]
     assert len(main) == 4  # 2 columns x (deflated, plain)
@@ -405,6 +475,7 @@ def test_save_figure_leaves_nothing_when_drawing_fails(tmp_path):
 
 # ------------------------------------------------------------------------------ captions
 
+
 @pytest.mark.parametrize("fig", list(fs.NOTEBOOKS))
 def test_captions_render_as_restructuredtext_for_the_report(fig):
     from docutils.core import publish_parts
@@ -412,22 +483,23 @@ def test_captions_render_as_restructuredtext_for_the_report(fig):
     text = captions.caption(fig)
     assert "numbers are what they are" in text and "MLP" in text and "CNN" not in text
     # the report renders captions as reStructuredText: no warning, no error
-    html = publish_parts(text, writer="html",
-                         settings_overrides={"halt_level": 2, "report_level": 2})["body"]
+    html = publish_parts(
+        text, writer="html", settings_overrides={"halt_level": 2, "report_level": 2}
+    )["body"]
     assert "system-message" not in html
     assert captions.title(fig).startswith(f"Figure {fig[-1]}:")
 
 
 def test_fig4_caption_states_the_fit_rule_the_code_uses():
-    assert fn.AUTO_FIT_RULE.format(span=1.0).replace("|λ|", "\\|λ\\|") in \
-        captions.caption("fig4")
+    assert fn.AUTO_FIT_RULE.format(span=1.0).replace("|λ|", "\\|λ\\|") in captions.caption("fig4")
 
 
 def test_sample_size_figure_puts_train_on_top_whatever_the_order(stored):
     # train: the plain spectrum, test: the deflated one; papermill may sort the keys
     loaded = {"digits": {"test": {"20": stored["deflated"]}, "train": {"20": stored["plain"]}}}
-    numbers = fn.sample_size_numbers(loaded, {"digits": {"test": {"20": "a"},
-                                                         "train": {"20": "b"}}})
+    numbers = fn.sample_size_numbers(
+        loaded, {"digits": {"test": {"20": "a"}, "train": {"20": "b"}}}
+    )
     top, bottom = hd.sample_size_figure(loaded, numbers).axes[:2]
     assert top.get_title().endswith("[plain]")
     assert bottom.get_title().endswith("[deflated (C=5)]")
@@ -438,8 +510,15 @@ def test_components_figure_draws_a_one_signed_tail(stored):
     positive = ({**arrays, "nodes": np.abs(arrays["nodes"]) + 1e-3}, attrs)  # no λ < 0
     spectra = {"hessian": stored["deflated"], "prediction_hessian": positive}
     loaded = {"digits": {"spectra": spectra, "log_spectra": spectra}}
-    numbers = fn.components_numbers(loaded, {"digits": {"spectra": dict.fromkeys(spectra, "p"),
-                                                        "log_spectra": dict.fromkeys(spectra, "q")}})
+    numbers = fn.components_numbers(
+        loaded,
+        {
+            "digits": {
+                "spectra": dict.fromkeys(spectra, "p"),
+                "log_spectra": dict.fromkeys(spectra, "q"),
+            }
+        },
+    )
     assert "error" in numbers["panels"]["digits"]["fit_negative"]
     fig = hd.components_figure(loaded, numbers)
     tail = [ax for ax in fig.axes if ax.get_title().startswith("(d)")]

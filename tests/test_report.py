@@ -29,20 +29,43 @@ def plant(path):
     x = rng.standard_normal((300, 100)) / 10
     u = np.linalg.qr(rng.standard_normal((300, 10)))[0]
     matrix = torch.tensor(x @ x.T + u @ np.diag(SPIKES) @ u.T)
-    result = hspec.spectral_density(lambda v: matrix @ v, 300, dtype=torch.float64,
-                                    steps=64, iterations=64)
-    write_spectrum(path, result, {"dataset": "digits", "arch": "mlp", "split": "train",
-                                  "component": "hessian", "n_per_class": "full",
-                                  "n_samples": 1437})
+    result = hspec.spectral_density(
+        lambda v: matrix @ v, 300, dtype=torch.float64, steps=64, iterations=64
+    )
+    write_spectrum(
+        path,
+        result,
+        {
+            "dataset": "digits",
+            "arch": "mlp",
+            "split": "train",
+            "component": "hessian",
+            "n_per_class": "full",
+            "n_samples": 1437,
+        },
+    )
 
 
 def snakemake(cwd, *args):
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", OMP_NUM_THREADS="1")
     result = subprocess.run(
-        [str(BIN / "snakemake"), "--snakefile", str(cwd / "workflow" / "Snakefile"), *args,
-         "--configfile", "config/demo.yaml", "--config", f"results={RESULTS}"],  # last:
+        [
+            str(BIN / "snakemake"),
+            "--snakefile",
+            str(cwd / "workflow" / "Snakefile"),
+            *args,
+            "--configfile",
+            "config/demo.yaml",
+            "--config",
+            f"results={RESULTS}",
+        ],  # last:
         # --config takes every word after it
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -54,8 +77,11 @@ def test_report_shows_the_figure_with_its_caption_and_numbers(tmp_path):
     shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
     demo = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     # every figure's spectra must exist for the report's DAG; fig1's is the planted one
-    paths = [path for fig, spec in demo["figures"].items() for path in
-             specs.spectrum_paths(specs.figure_parameters(fig, spec, RESULTS))]
+    paths = [
+        path
+        for fig, spec in demo["figures"].items()
+        for path in specs.spectrum_paths(specs.figure_parameters(fig, spec, RESULTS))
+    ]
     plant(tmp_path / paths[0])
     for path in set(paths) - {paths[0]}:
         shutil.copytree(tmp_path / paths[0], tmp_path / path)

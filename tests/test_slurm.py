@@ -26,8 +26,9 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("hspec_test_slurm_cluster",
-                                               ROOT / "tests" / "slurm" / "cluster.py")
+_spec = importlib.util.spec_from_file_location(
+    "hspec_test_slurm_cluster", ROOT / "tests" / "slurm" / "cluster.py"
+)
 cluster_module = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cluster_module)
 
@@ -38,10 +39,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 # each job starts Snakemake twice (sbatch, then srun), so all five figures (28 jobs)
 # would take well over the few minutes this test may take.
 FIGURES = ("fig5",)
-RULES = {"download": 1, "subsample": 2, "train": 2, "select": 2, "spectrum": 4,
-         "figure": 1}
-SPECTRA = [f"n{n}/{split}-gradient_covariance-plain" for n in (10, 20)
-           for split in ("train", "test")]
+RULES = {"download": 1, "subsample": 2, "train": 2, "select": 2, "spectrum": 4, "figure": 1}
+SPECTRA = [
+    f"n{n}/{split}-gradient_covariance-plain" for n in (10, 20) for split in ("train", "test")
+]
 FIGURE_FILES = ("png", "pdf", "html", "ipynb")
 # seconds for the Snakemake run: 260-290 s measured on 2 cores shared with other work
 # (load 2.5-3.5); each round of jobs is seen finished at the executor's next status poll,
@@ -70,8 +71,7 @@ def reduced_demo(tmp_path: Path) -> Path:
     config["results"] = str(tmp_path / "results")
     for dataset in config["datasets"].values():
         dataset.update(lrs=dataset["lrs"][:1], epochs=2)
-    config["spectrum"].update(steps=16, log_steps=32, bound_steps=16, iterations=4,
-                              points=128)
+    config["spectrum"].update(steps=16, log_steps=32, bound_steps=16, iterations=4, points=128)
     # distinctive requests, checked on the Slurm jobs
     config["training"].update(threads=1, mem_mb=1100, runtime=7)
     config["spectrum"].update(threads=1, mem_mb=1200, runtime=8)
@@ -83,8 +83,9 @@ def reduced_demo(tmp_path: Path) -> Path:
 
 def slurm_jobs() -> list[dict[str, str]]:
     """Every job slurmctld still knows (finished ones for MinJobAge seconds)."""
-    out = subprocess.run(["scontrol", "show", "job", "--oneliner"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        ["scontrol", "show", "job", "--oneliner"], capture_output=True, text=True, check=True
+    ).stdout
     jobs = []
     for line in out.splitlines():
         fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
@@ -93,8 +94,7 @@ def slurm_jobs() -> list[dict[str, str]]:
     return jobs
 
 
-def failure_report(run: subprocess.CompletedProcess | None, tmp_path: Path,
-                   cluster) -> str:
+def failure_report(run: subprocess.CompletedProcess | None, tmp_path: Path, cluster) -> str:
     parts = []
     if run is not None:
         parts.append("snakemake output (tail):\n" + (run.stdout or "")[-6000:])
@@ -111,40 +111,68 @@ def test_demo_dag_on_slurm(slurm, tmp_path):
     from hspec.pipeline.store import read_spectrum
 
     config = reduced_demo(tmp_path)
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("SLURM_", "SBATCH_", "SRUN_"))
+    }
     # jobs inherit this environment (sbatch --export=ALL): the rules call `hspec`,
     # `papermill` and `jupyter` from the project's environment
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     command = [
-        sys.executable, "-m", "snakemake",
-        "--workflow-profile", "profiles/slurm",
-        "--configfile", str(config),
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--workflow-profile",
+        "profiles/slurm",
+        "--configfile",
+        str(config),
         # no accounting database on this cluster: sacct knows no job (see the profile)
-        "--slurm-status-command", "squeue",
-        "--slurm-init-seconds-before-status-checks", "2",
-        "--seconds-between-status-checks", "2",
-        "--slurm-logdir", str(tmp_path / "slurm_logs"),
-        "--set-resources", "train:gpu=1",
-        "--jobs", "8", "--latency-wait", "10",
-    ] + [str(tmp_path / "results" / "figures" / fig / f"{fig}.{ext}")
-         for fig in FIGURES for ext in FIGURE_FILES]
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        "--seconds-between-status-checks",
+        "2",
+        "--slurm-logdir",
+        str(tmp_path / "slurm_logs"),
+        "--set-resources",
+        "train:gpu=1",
+        "--jobs",
+        "8",
+        "--latency-wait",
+        "10",
+    ] + [
+        str(tmp_path / "results" / "figures" / fig / f"{fig}.{ext}")
+        for fig in FIGURES
+        for ext in FIGURE_FILES
+    ]
     started = time.monotonic()
     run = None
     try:
-        run = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True,
-                             stdin=subprocess.DEVNULL, timeout=TIMEOUT)
+        run = subprocess.run(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=TIMEOUT,
+        )
     except subprocess.TimeoutExpired as expired:
         output = expired.stdout or b""
-        run = subprocess.CompletedProcess(command, -1, output.decode(errors="replace")
-                                          if isinstance(output, bytes) else output)
-        pytest.fail(f"snakemake on Slurm took over {TIMEOUT} s\n"
-                    + failure_report(run, tmp_path, slurm))
+        run = subprocess.CompletedProcess(
+            command, -1, output.decode(errors="replace") if isinstance(output, bytes) else output
+        )
+        pytest.fail(
+            f"snakemake on Slurm took over {TIMEOUT} s\n" + failure_report(run, tmp_path, slurm)
+        )
     elapsed = time.monotonic() - started
-    assert run.returncode == 0, (f"snakemake on Slurm failed after {elapsed:.0f} s\n"
-                                 + failure_report(run, tmp_path, slurm))
+    assert run.returncode == 0, (
+        f"snakemake on Slurm failed after {elapsed:.0f} s\n" + failure_report(run, tmp_path, slurm)
+    )
 
     results = tmp_path / "results"
     for fig in FIGURES:
@@ -152,12 +180,12 @@ def test_demo_dag_on_slurm(slurm, tmp_path):
             path = results / "figures" / fig / name
             assert path.is_file() and path.stat().st_size > 0, path
     for spectrum in SPECTRA:
-        arrays, attrs = read_spectrum(results / "spectra" / "mlp" / "digits"
-                                      / f"{spectrum}.zarr")
+        arrays, attrs = read_spectrum(results / "spectra" / "mlp" / "digits" / f"{spectrum}.zarr")
         assert arrays["density"].size > 0 and attrs["dataset"] == "digits", spectrum
-    assert sorted(p.relative_to(results / "spectra" / "mlp" / "digits").as_posix()
-                  for p in (results / "spectra").rglob("*.zarr")) == sorted(
-        f"{s}.zarr" for s in SPECTRA)
+    assert sorted(
+        p.relative_to(results / "spectra" / "mlp" / "digits").as_posix()
+        for p in (results / "spectra").rglob("*.zarr")
+    ) == sorted(f"{s}.zarr" for s in SPECTRA)
 
     # Slurm ran every job of this run (job name = the run's ID): one per rule instance,
     # all COMPLETED, each train job with one GPU requested and allocated (the prolog
@@ -173,8 +201,9 @@ def test_demo_dag_on_slurm(slurm, tmp_path):
         assert job["WorkDir"] == str(ROOT), job
         assert job["JobId"] in gpus, f"the prolog did not run for job {job['JobId']}"
         if rule in ("train", "spectrum"):  # threads, mem_mb, runtime from the config
-            want = {"train": ("1", "1100M", "00:07:00"),
-                    "spectrum": ("1", "1200M", "00:08:00")}[rule]
+            want = {"train": ("1", "1100M", "00:07:00"), "spectrum": ("1", "1200M", "00:08:00")}[
+                rule
+            ]
             assert (job["CPUs/Task"], job["MinMemoryNode"], job["TimeLimit"]) == want, job
         if rule == "train":
             assert job.get("TresPerJob") == "gres:gpu:1", job

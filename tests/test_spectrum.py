@@ -18,8 +18,10 @@ def wasserstein1(atoms, masses, eigenvalues):
 def kpm_atoms(result):
     """The KPM density as cell masses on its grid, plus the outliers."""
     masses = result.density * (result.grid[1] - result.grid[0])
-    return (np.concatenate([result.outliers, result.grid]),
-            np.concatenate([np.full(len(result.outliers), 1 / result.dim), masses]))
+    return (
+        np.concatenate([result.outliers, result.grid]),
+        np.concatenate([np.full(len(result.outliers), 1 / result.dim), masses]),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +50,14 @@ def problem(request):
 @pytest.mark.parametrize("deflate", [0, 3])
 def test_distribution_and_outliers_match_the_exact_spectrum(problem, method, deflate):
     matrix, exact = problem
-    result = spectral_density(lambda v: matrix @ v, matrix.shape[0], method=method,
-                              deflate=deflate, dtype=torch.float64, seed=1)
+    result = spectral_density(
+        lambda v: matrix @ v,
+        matrix.shape[0],
+        method=method,
+        deflate=deflate,
+        dtype=torch.float64,
+        seed=1,
+    )
     spread = exact[-1] - exact[0]
     atoms, masses = result.atoms() if method == "lanczos" else kpm_atoms(result)
     assert masses.sum() == pytest.approx(1.0, abs=1e-3)
@@ -77,27 +85,27 @@ def test_smoothed_density_is_close_in_l1(problem):
     (tested alone in test_lanczos.py): measured L1 = 0.055 (spiked) and 0.089 (CNN) with
     n_vec = 1, hence 4 start vectors here."""
     matrix, exact = problem
-    result = spectral_density(lambda v: matrix @ v, matrix.shape[0], dtype=torch.float64,
-                              n_vec=4)
+    result = spectral_density(lambda v: matrix @ v, matrix.shape[0], dtype=torch.float64, n_vec=4)
     sigma = smoothing_width(256) * result.bulk.d
-    reference = gaussian_density(exact, np.full(len(exact), 1 / len(exact)), result.grid,
-                                 sigma)
+    reference = gaussian_density(exact, np.full(len(exact), 1 / len(exact)), result.grid, sigma)
     assert np.trapezoid(np.abs(result.density - reference), result.grid) <= 0.05
 
 
 def test_density_integrates_to_the_bulk_share(spiked):
     matrix, _ = spiked
     for method in ("lanczos", "kpm"):
-        result = spectral_density(lambda v: matrix @ v, 2000, deflate=3, method=method,
-                                  dtype=torch.float64)
+        result = spectral_density(
+            lambda v: matrix @ v, 2000, deflate=3, method=method, dtype=torch.float64
+        )
         integral = np.trapezoid(result.density, result.grid)
         assert integral + len(result.outliers) / 2000 == pytest.approx(1.0, abs=2e-3)
 
 
 def test_paper_cost_and_reproducibility(spiked):
     matrix, _ = spiked
-    run = lambda: spectral_density(lambda v: matrix @ v, 2000, deflate=3, iterations=50,
-                                   dtype=torch.float64, seed=7)
+    run = lambda: spectral_density(
+        lambda v: matrix @ v, 2000, deflate=3, iterations=50, dtype=torch.float64, seed=7
+    )
     first, second = run(), run()
     # symmetry probe (3) + NORMALIZATION (64) + deflation (3 × 50) + Lanczos (256)
     assert first.hvp_count == 3 + 64 + 150 + 256
@@ -119,8 +127,9 @@ def test_resmooth_and_log_density_need_no_products(spiked):
     assert np.trapezoid(density, grid) == pytest.approx(1 - 3 / 2000, abs=1e-3)
     u, log_density = result.log_density(sign=1, decades=6)
     assert len(calls) == before
-    assert u[np.argmax(log_density)] == pytest.approx(np.log10(np.median(exact[exact > 1e-6])),
-                                                      abs=0.5)
+    assert u[np.argmax(log_density)] == pytest.approx(
+        np.log10(np.median(exact[exact > 1e-6])), abs=0.5
+    )
     # the three outliers sit at the top of the log axis
     assert np.log10(exact[-1]) <= u[-1]
 
@@ -136,15 +145,18 @@ def asymmetric(v):
     return torch.triu(torch.ones(50, 50)) @ v
 
 
-@pytest.mark.parametrize("matvec, kwargs, culprit", [
-    (asymmetric, {}, "not symmetric"),
-    (lambda v: v, {"steps": 1}, "steps"),
-    (lambda v: v, {"deflate": 50}, "deflate"),
-    (lambda v: v, {"method": "chebyshev"}, "method"),
-    (lambda v: v.double(), {}, "dtype"),
-    (lambda v: v.to("meta"), {}, "device"),
-    (lambda v: v[:-1], {}, "shape"),
-])
+@pytest.mark.parametrize(
+    "matvec, kwargs, culprit",
+    [
+        (asymmetric, {}, "not symmetric"),
+        (lambda v: v, {"steps": 1}, "steps"),
+        (lambda v: v, {"deflate": 50}, "deflate"),
+        (lambda v: v, {"method": "chebyshev"}, "method"),
+        (lambda v: v.double(), {}, "dtype"),
+        (lambda v: v.to("meta"), {}, "device"),
+        (lambda v: v[:-1], {}, "shape"),
+    ],
+)
 def test_bad_input_names_the_culprit(matvec, kwargs, culprit):
     with pytest.raises(HspecError, match=culprit):
         spectral_density(matvec, 50, **kwargs)
@@ -174,8 +186,14 @@ def test_curvature_operator_goes_straight_in():
 
 def test_krylov_deflation_matches_exact_outliers_with_few_products(problem):
     matrix, exact = problem
-    result = spectral_density(lambda v: matrix @ v, matrix.shape[0], deflate=3,
-                              deflation="krylov", dtype=torch.float64, seed=2)
+    result = spectral_density(
+        lambda v: matrix @ v,
+        matrix.shape[0],
+        deflate=3,
+        deflation="krylov",
+        dtype=torch.float64,
+        seed=2,
+    )
     top = exact[::-1][:3]
     assert np.all(np.abs(result.outliers - top) <= 1e-6 * np.abs(top))
     spread = exact[-1] - exact[0]

@@ -11,13 +11,27 @@ import torch
 import zarr.storage._local
 
 from hspec import HspecError
-from hspec.pipeline import cli, models, store
 from hspec.numerics import spectrum
+from hspec.pipeline import cli, models, store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-FAST = ["--dataset", "digits", "--split", "test", "--steps", "12", "--bound-steps", "8", "--points", "64",
-        "--device", "cpu", "--resident", "--quiet"]
+FAST = [
+    "--dataset",
+    "digits",
+    "--split",
+    "test",
+    "--steps",
+    "12",
+    "--bound-steps",
+    "8",
+    "--points",
+    "64",
+    "--device",
+    "cpu",
+    "--resident",
+    "--quiet",
+]
 
 
 class Killed(Exception):
@@ -31,8 +45,29 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     torch.set_num_threads(1)
     out = {}
     for name, seed in (("a", "0"), ("b", "1")):
-        assert cli.main(["train", "--dataset", "digits", "--arch", "mlp", "--lr", "0.05", "--epochs", "1",
-                         "--seed", seed, "--device", "cpu", "--quiet", "--out", str(root / name)]) == 0
+        assert (
+            cli.main(
+                [
+                    "train",
+                    "--dataset",
+                    "digits",
+                    "--arch",
+                    "mlp",
+                    "--lr",
+                    "0.05",
+                    "--epochs",
+                    "1",
+                    "--seed",
+                    seed,
+                    "--device",
+                    "cpu",
+                    "--quiet",
+                    "--out",
+                    str(root / name),
+                ]
+            )
+            == 0
+        )
         out[name] = root / name / "model.pt"
     return out
 
@@ -53,11 +88,14 @@ def no_temp_files(root: Path) -> bool:
 
 # 1. a stale checkpoint --------------------------------------------------------------------
 
+
 def test_a_checkpoint_of_model_a_is_discarded_for_model_b(runs, tmp_path, monkeypatch, caplog):
     deflate = ["--deflate", "10", "--deflation", "krylov"]
     out = tmp_path / "s.zarr"
     with monkeypatch.context() as patch:  # A dies after its deflation, leaving its checkpoint
-        patch.setattr(spectrum, "fast_lanczos", lambda *args, **kwargs: (_ for _ in ()).throw(Killed()))
+        patch.setattr(
+            spectrum, "fast_lanczos", lambda *args, **kwargs: (_ for _ in ()).throw(Killed())
+        )
         with pytest.raises(Killed):
             spectrum_cli(runs["a"], out, *deflate)
     checkpoint = tmp_path / "s.zarr.rank0.ckpt"
@@ -66,8 +104,10 @@ def test_a_checkpoint_of_model_a_is_discarded_for_model_b(runs, tmp_path, monkey
         assert spectrum_cli(runs["b"], out, *deflate) == 0
     assert spectrum_cli(runs["b"], tmp_path / "fresh_b.zarr", *deflate) == 0
     assert spectrum_cli(runs["a"], tmp_path / "fresh_a.zarr", *deflate) == 0
-    outliers = {name: store.read_spectrum(tmp_path / name)[0]["outliers"]
-                for name in ("s.zarr", "fresh_b.zarr", "fresh_a.zarr")}
+    outliers = {
+        name: store.read_spectrum(tmp_path / name)[0]["outliers"]
+        for name in ("s.zarr", "fresh_b.zarr", "fresh_a.zarr")
+    }
     assert not np.allclose(outliers["s.zarr"], outliers["fresh_a.zarr"])
     assert np.array_equal(outliers["s.zarr"], outliers["fresh_b.zarr"])
     assert f"{checkpoint}: discarded" in caplog.text and "key.model" in caplog.text
@@ -78,17 +118,23 @@ def test_the_same_model_resumes_its_checkpoint(runs, tmp_path, monkeypatch, capl
     deflate = ["--deflate", "10", "--deflation", "krylov"]
     out = tmp_path / "s.zarr"
     with monkeypatch.context() as patch:
-        patch.setattr(spectrum, "fast_lanczos", lambda *args, **kwargs: (_ for _ in ()).throw(Killed()))
+        patch.setattr(
+            spectrum, "fast_lanczos", lambda *args, **kwargs: (_ for _ in ()).throw(Killed())
+        )
         with pytest.raises(Killed):
             spectrum_cli(runs["a"], out, *deflate)
     searches = []
     search = spectrum.top_eigenpairs
-    monkeypatch.setattr(spectrum, "top_eigenpairs", lambda *a, **k: searches.append(1) or search(*a, **k))
+    monkeypatch.setattr(
+        spectrum, "top_eigenpairs", lambda *a, **k: searches.append(1) or search(*a, **k)
+    )
     with caplog.at_level("WARNING", logger="hspec.numerics.checkpoint"):
         assert spectrum_cli(runs["a"], out, *deflate) == 0
     assert searches == [] and "discarded" not in caplog.text  # the deflation was resumed
     assert spectrum_cli(runs["a"], tmp_path / "fresh.zarr", *deflate) == 0
-    (resumed, resumed_attrs), (fresh, fresh_attrs) = map(store.read_spectrum, (out, tmp_path / "fresh.zarr"))
+    (resumed, resumed_attrs), (fresh, fresh_attrs) = map(
+        store.read_spectrum, (out, tmp_path / "fresh.zarr")
+    )
     for name in store.SPECTRUM_ARRAYS:
         assert np.array_equal(resumed[name], fresh[name]), name
     assert resumed_attrs["hvp_count"] == fresh_attrs["hvp_count"]
@@ -96,13 +142,21 @@ def test_the_same_model_resumes_its_checkpoint(runs, tmp_path, monkeypatch, capl
 
 # 2. --out that hspec did not write ---------------------------------------------------------
 
-def test_an_existing_foreign_directory_is_refused_before_any_computation(runs, tmp_path, capsys, monkeypatch):
+
+def test_an_existing_foreign_directory_is_refused_before_any_computation(
+    runs, tmp_path, capsys, monkeypatch
+):
     out = tmp_path / "results"
     (out / "demo").mkdir(parents=True)
     (out / "demo" / "keep.txt").write_text("precious")
-    monkeypatch.setattr(cli.training, "load_model", lambda *a, **k: pytest.fail("computed before refusing"))
+    monkeypatch.setattr(
+        cli.training, "load_model", lambda *a, **k: pytest.fail("computed before refusing")
+    )
     assert spectrum_cli(runs["a"], out) == 2
-    assert f"{out}: exists and is a directory, not a spectrum group written by hspec" in one_error_line(capsys)
+    assert (
+        f"{out}: exists and is a directory, not a spectrum group written by hspec"
+        in one_error_line(capsys)
+    )
     assert (out / "demo" / "keep.txt").read_text() == "precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
 
@@ -130,29 +184,44 @@ def test_write_group_refuses_a_foreign_path_at_write_time(tmp_path):
     history = tmp_path / "h.zarr"
     store.write_group(history, "history", {"epoch": [1.0]}, {})
     for path in (tmp_path / "dir", history):  # a foreign directory, a group of another kind
-        with pytest.raises(HspecError, match=f"{path}: exists and is a directory, not a spectrum group"):
+        with pytest.raises(
+            HspecError, match=f"{path}: exists and is a directory, not a spectrum group"
+        ):
             store.write_group(path, "spectrum", {"grid": [0.0]}, {})
     assert (tmp_path / "dir" / "keep.txt").read_text() == "precious"
     assert json.loads((history / "zarr.json").read_text())["attributes"]["kind"] == "history"
     (tmp_path / "empty").mkdir()
-    store.write_group(tmp_path / "empty", "spectrum", {"grid": [0.0]}, {})  # an empty directory is replaced
-    assert json.loads((tmp_path / "empty" / "zarr.json").read_text())["attributes"]["kind"] == "spectrum"
+    store.write_group(
+        tmp_path / "empty", "spectrum", {"grid": [0.0]}, {}
+    )  # an empty directory is replaced
+    assert (
+        json.loads((tmp_path / "empty" / "zarr.json").read_text())["attributes"]["kind"]
+        == "spectrum"
+    )
 
 
 # 3. a model that does not fit the dataset --------------------------------------------------
 
-@pytest.mark.parametrize("edit, message", [
-    (dict(num_classes=100), "num_classes=100 (expected 10)"),
-    (dict(num_classes=5), "num_classes=5 (expected 10)"),
-    (dict(in_channels=3), "in_channels=3 (expected 1)"),
-    (dict(num_classes=-1), "num_classes=-1 (expected 10)"),
-])
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (dict(num_classes=100), "num_classes=100 (expected 10)"),
+        (dict(num_classes=5), "num_classes=5 (expected 10)"),
+        (dict(in_channels=3), "in_channels=3 (expected 1)"),
+        (dict(num_classes=-1), "num_classes=-1 (expected 10)"),
+    ],
+)
 def test_a_model_of_other_classes_or_channels_is_one_error(runs, tmp_path, capsys, edit, message):
     saved = torch.load(runs["a"], weights_only=True)
     metadata = saved["metadata"] | edit
     state_dict = saved["state_dict"]
-    if min(metadata["num_classes"], metadata["in_channels"]) > 0:  # weights that fit the edited metadata
-        state_dict = models.create("mlp", metadata["in_channels"], metadata["num_classes"]).state_dict()
+    if (
+        min(metadata["num_classes"], metadata["in_channels"]) > 0
+    ):  # weights that fit the edited metadata
+        state_dict = models.create(
+            "mlp", metadata["in_channels"], metadata["num_classes"]
+        ).state_dict()
     path = tmp_path / "model.pt"
     torch.save({"metadata": metadata, "state_dict": state_dict}, path)
     assert spectrum_cli(path, tmp_path / "s.zarr") == 2
@@ -160,8 +229,15 @@ def test_a_model_of_other_classes_or_channels_is_one_error(runs, tmp_path, capsy
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
 
 
-@pytest.mark.parametrize("in_channels, num_classes, culprit", [
-    (1, -1, "num_classes"), (0, 10, "in_channels"), (1, 2.5, "num_classes"), (True, 10, "in_channels")])
+@pytest.mark.parametrize(
+    "in_channels, num_classes, culprit",
+    [
+        (1, -1, "num_classes"),
+        (0, 10, "in_channels"),
+        (1, 2.5, "num_classes"),
+        (True, 10, "in_channels"),
+    ],
+)
 def test_create_refuses_non_positive_sizes(in_channels, num_classes, culprit):
     with pytest.raises(HspecError, match=f"{culprit}: must be a positive integer"):
         models.create("mlp", in_channels, num_classes)
@@ -169,16 +245,29 @@ def test_create_refuses_non_positive_sizes(in_channels, num_classes, culprit):
 
 # 4. failed writes ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
-                                   RuntimeError("[enforce fail at inline_container.cc:603] . "
-                                                "PytorchStreamWriter failed writing file data/0: file write failed")])
-def test_a_failed_checkpoint_write_is_one_line_naming_it(runs, tmp_path, capsys, monkeypatch, error):
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        RuntimeError(
+            "[enforce fail at inline_container.cc:603] . "
+            "PytorchStreamWriter failed writing file data/0: file write failed"
+        ),
+    ],
+)
+def test_a_failed_checkpoint_write_is_one_line_naming_it(
+    runs, tmp_path, capsys, monkeypatch, error
+):
     def fail(*args, **kwargs):
         raise error
 
     monkeypatch.setattr(torch, "save", fail)
     assert spectrum_cli(runs["a"], tmp_path / "s.zarr") == 2
-    assert f"{tmp_path / 's.zarr.rank0.ckpt'}: cannot write the spectrum checkpoint" in one_error_line(capsys)
+    assert (
+        f"{tmp_path / 's.zarr.rank0.ckpt'}: cannot write the spectrum checkpoint"
+        in one_error_line(capsys)
+    )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -189,7 +278,10 @@ def test_a_failed_group_write_is_one_line_naming_it(runs, tmp_path, capsys, monk
     monkeypatch.setattr(zarr.storage._local, "_put", full)
     out = tmp_path / "s.zarr"
     assert spectrum_cli(runs["a"], out) == 2
-    assert f"{out}: cannot write the spectrum group ([Errno {errno.ENOSPC}] No space left" in one_error_line(capsys)
+    assert (
+        f"{out}: cannot write the spectrum group ([Errno {errno.ENOSPC}] No space left"
+        in one_error_line(capsys)
+    )
     assert no_temp_files(tmp_path) and not out.exists()
 
 

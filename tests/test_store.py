@@ -9,15 +9,25 @@ import numpy as np
 import pytest
 import zarr
 
-from hspec.pipeline import selection, store
 from hspec.errors import HspecError
+from hspec.pipeline import selection, store
 
-SPECTRUM = {"grid": np.linspace(0, 1, 8), "density": np.full(8, 0.5),
-            "outliers": np.array([9.0, 7.0, 5.0]), "nodes": np.arange(4.0),
-            "weights": np.full(4, 0.25), "moments": np.empty(0)}
-HISTORY = {"epoch": [1, 2], "lr": [0.1, 0.01], "train_loss": [0.5, 0.2],
-           "train_accuracy": [0.8, 0.9], "test_loss": [0.6, 0.3],
-           "test_accuracy": [0.7, 0.85]}
+SPECTRUM = {
+    "grid": np.linspace(0, 1, 8),
+    "density": np.full(8, 0.5),
+    "outliers": np.array([9.0, 7.0, 5.0]),
+    "nodes": np.arange(4.0),
+    "weights": np.full(4, 0.25),
+    "moments": np.empty(0),
+}
+HISTORY = {
+    "epoch": [1, 2],
+    "lr": [0.1, 0.01],
+    "train_loss": [0.5, 0.2],
+    "train_accuracy": [0.8, 0.9],
+    "test_loss": [0.6, 0.3],
+    "test_accuracy": [0.7, 0.85],
+}
 
 
 def spectrum(path: Path) -> Path:
@@ -40,8 +50,11 @@ def test_a_deleted_chunk_is_refused_not_read_as_zeros(tmp_path: Path) -> None:
     path = spectrum(tmp_path / "s.zarr")
     shutil.rmtree(path / "outliers" / "c")
     assert np.array_equal(zarr.open_group(path, mode="r")["outliers"][:], np.zeros(3))
-    with pytest.raises(HspecError, match=r"s\.zarr: not a readable spectrum result \(array "
-                       r"'outliers' does not match its checksum.*delete it and rerun"):
+    with pytest.raises(
+        HspecError,
+        match=r"s\.zarr: not a readable spectrum result \(array "
+        r"'outliers' does not match its checksum.*delete it and rerun",
+    ):
         store.read_spectrum(path)
 
 
@@ -72,8 +85,11 @@ def test_a_group_without_checksums_is_read_when_otherwise_valid(tmp_path: Path) 
 @pytest.mark.parametrize("length", [1, 3])
 def test_history_arrays_of_different_lengths_are_refused(tmp_path: Path, length: int) -> None:
     path = history(tmp_path / "h.zarr", test_loss=[0.4] * length)
-    with pytest.raises(HspecError, match=rf"h\.zarr: history arrays differ in length \(.*"
-                       rf"train_accuracy 2, test_loss {length},"):
+    with pytest.raises(
+        HspecError,
+        match=rf"h\.zarr: history arrays differ in length \(.*"
+        rf"train_accuracy 2, test_loss {length},",
+    ):
         store.read_history(path)
 
 
@@ -89,6 +105,8 @@ def test_select_refuses_a_run_whose_test_accuracy_is_nan(tmp_path: Path) -> None
         (tmp_path / run).mkdir()
         history(tmp_path / run / "history.zarr", test_accuracy=[0.5, accuracy])
     assert selection.select([tmp_path / "a"])["test_accuracy"] == 0.6
-    with pytest.raises(HspecError, match=f"{tmp_path / 'b' / 'history.zarr'}: array "
-                       "'test_accuracy' of this history holds NaN"):
+    with pytest.raises(
+        HspecError,
+        match=f"{tmp_path / 'b' / 'history.zarr'}: array 'test_accuracy' of this history holds NaN",
+    ):
         selection.select([tmp_path / "a", tmp_path / "b"])

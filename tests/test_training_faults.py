@@ -8,16 +8,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_workflow import prepare, snakemake
 
 from hspec.pipeline import cli, locking, run_files
-from test_workflow import prepare, snakemake
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN = ["train", "--dataset", "digits", "--arch", "mlp", "--epochs", "2", "--device", "cpu", "--quiet"]
-HOLD = "import sys, time\nfrom hspec import locking\nwith locking.hold(sys.argv[1]):\n" \
-       "    print('held', flush=True)\n    time.sleep(600)"
+TRAIN = [
+    "train",
+    "--dataset",
+    "digits",
+    "--arch",
+    "mlp",
+    "--epochs",
+    "2",
+    "--device",
+    "cpu",
+    "--quiet",
+]
+HOLD = (
+    "import sys, time\nfrom hspec import locking\nwith locking.hold(sys.argv[1]):\n"
+    "    print('held', flush=True)\n    time.sleep(600)"
+)
 
 
 def one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
@@ -28,48 +41,91 @@ def one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
     return err.removeprefix("hspec: error: ").rstrip("\n")
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    (["--lr", "inf"], "lr must be a finite number > 0, got inf"),
-    (["--lr", "0.1", "--weight-decay", "nan"], "weight_decay must be a finite number >= 0, got nan"),
-    (["--lr", "0.1", "--momentum", "-1"], "momentum must be in [0, 1), got -1.0"),
-    (["--lr", "1e6"], "training in '{run}' diverged: the loss is not finite in epoch 1 at batch "),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--lr", "inf"], "lr must be a finite number > 0, got inf"),
+        (
+            ["--lr", "0.1", "--weight-decay", "nan"],
+            "weight_decay must be a finite number >= 0, got nan",
+        ),
+        (["--lr", "0.1", "--momentum", "-1"], "momentum must be in [0, 1), got -1.0"),
+        (
+            ["--lr", "1e6"],
+            "training in '{run}' diverged: the loss is not finite in epoch 1 at batch ",
+        ),
+    ],
+)
 def test_invalid_or_diverging_settings_are_one_line_and_write_no_model(
-        tmp_path: Path, capsys: pytest.CaptureFixture, options: list[str], message: str) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture, options: list[str], message: str
+) -> None:
     run = tmp_path / "run"
-    assert one_line_error(capsys, [*TRAIN, *options, "--out", str(run)]).startswith(message.format(run=run))
+    assert one_line_error(capsys, [*TRAIN, *options, "--out", str(run)]).startswith(
+        message.format(run=run)
+    )
     assert not (run / run_files.MODEL_FILE).exists()
 
 
-@pytest.mark.parametrize(("device", "message"), [
-    ("mps", "--device 'mps' but no mps device is available"),
-    ("meta", "--device 'meta' but no meta device is available"),
-    ("cuda:99", "--device 'cuda:99' but "),
-    ("gpu", "invalid --device 'gpu'"),
-])
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("mps", "--device 'mps' but no mps device is available"),
+        ("meta", "--device 'meta' but no meta device is available"),
+        ("cuda:99", "--device 'cuda:99' but "),
+        ("gpu", "invalid --device 'gpu'"),
+    ],
+)
 def test_an_unavailable_device_is_one_line(
-        tmp_path: Path, capsys: pytest.CaptureFixture, device: str, message: str) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture, device: str, message: str
+) -> None:
     if device == "mps" and torch.backends.mps.is_available():
         pytest.skip("this machine has an mps device")
-    err = one_line_error(capsys, [*TRAIN, "--lr", "0.1", "--device", device, "--out", str(tmp_path / "run")])
+    err = one_line_error(
+        capsys, [*TRAIN, "--lr", "0.1", "--device", device, "--out", str(tmp_path / "run")]
+    )
     assert err.startswith(message)
 
 
-def test_a_negative_subsample_seed_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    argv = ["subsample", "--dataset", "digits", "--per-class", "3", "--seed", "-1", "--out", str(tmp_path / "i.npy")]
+def test_a_negative_subsample_seed_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = [
+        "subsample",
+        "--dataset",
+        "digits",
+        "--per-class",
+        "3",
+        "--seed",
+        "-1",
+        "--out",
+        str(tmp_path / "i.npy"),
+    ]
     assert one_line_error(capsys, argv) == "seed must be >= 0, got -1"
     assert not (tmp_path / "i.npy").exists()
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    (np.array([], dtype=np.int64), "holds no indices"), (np.array([4, 4]), "repeats indices"),
-    (np.array([0, 5000]), "has indices outside the split's 1437 examples"),
-    (np.array([0.5]), "does not hold a 1-D array of integers"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (np.array([], dtype=np.int64), "holds no indices"),
+        (np.array([4, 4]), "repeats indices"),
+        (np.array([0, 5000]), "has indices outside the split's 1437 examples"),
+        (np.array([0.5]), "does not hold a 1-D array of integers"),
+    ],
+)
 def test_a_bad_index_file_is_one_line(
-        tmp_path: Path, capsys: pytest.CaptureFixture, content: np.ndarray, message: str) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture, content: np.ndarray, message: str
+) -> None:
     np.save(tmp_path / "indices.npy", content)
-    argv = [*TRAIN, "--lr", "0.1", "--indices", str(tmp_path / "indices.npy"), "--out", str(tmp_path / "run")]
+    argv = [
+        *TRAIN,
+        "--lr",
+        "0.1",
+        "--indices",
+        str(tmp_path / "indices.npy"),
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert one_line_error(capsys, argv) == f"index file '{tmp_path / 'indices.npy'}' {message}"
 
 
@@ -82,8 +138,9 @@ def holder(tmp_path: Path):
     processes = []
 
     def start(path: Path) -> subprocess.Popen:
-        process = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], cwd=ROOT, stdout=subprocess.PIPE,
-                                   text=True)
+        process = subprocess.Popen(
+            [sys.executable, "-c", HOLD, str(path)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
         processes.append(process)
         assert process.stdout.readline() == "held\n"
         return process
@@ -95,16 +152,21 @@ def holder(tmp_path: Path):
 
 
 def test_a_run_directory_written_by_another_process_is_left_alone(
-        tmp_path: Path, capsys: pytest.CaptureFixture, holder) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture, holder
+) -> None:
     run = tmp_path / "run"
     other = holder(run)
     run.mkdir()
     partial = run / ".checkpoint.pt.abc123.tmp"  # the other writer's checkpoint, half written
     partial.write_bytes(b"in progress")
     err = one_line_error(capsys, [*TRAIN, "--lr", "0.1", "--out", str(run)])
-    assert err == f"'{run}' is being written by another process (pid {other.pid}); " \
-                  "wait for it to finish or stop it, then rerun"
-    assert [p.name for p in run.iterdir()] == [partial.name] and partial.read_bytes() == b"in progress"
+    assert (
+        err == f"'{run}' is being written by another process (pid {other.pid}); "
+        "wait for it to finish or stop it, then rerun"
+    )
+    assert [p.name for p in run.iterdir()] == [
+        partial.name
+    ] and partial.read_bytes() == b"in progress"
 
     other.kill()  # kill -9: the kernel drops its lock; its lock file stays, free
     other.wait()
@@ -116,19 +178,27 @@ def test_a_run_directory_written_by_another_process_is_left_alone(
     assert not locking.lock_file(run).exists()  # removed on release
 
 
-def test_every_command_locks_its_output(tmp_path: Path, capsys: pytest.CaptureFixture, holder) -> None:
+def test_every_command_locks_its_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture, holder
+) -> None:
     out = tmp_path / "indices.npy"
     other = holder(out)
-    err = one_line_error(capsys, ["subsample", "--dataset", "digits", "--per-class", "3", "--out", str(out)])
+    err = one_line_error(
+        capsys, ["subsample", "--dataset", "digits", "--per-class", "3", "--out", str(out)]
+    )
     assert err.startswith(f"'{out}' is being written by another process (pid {other.pid})")
     assert not out.exists()
 
 
-def test_every_spelling_of_an_output_shares_its_lock(tmp_path: Path, capsys: pytest.CaptureFixture, holder) -> None:
+def test_every_spelling_of_an_output_shares_its_lock(
+    tmp_path: Path, capsys: pytest.CaptureFixture, holder
+) -> None:
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")
     other = holder(tmp_path / "link" / "run")
-    err = one_line_error(capsys, [*TRAIN, "--lr", "0.1", "--out", str(tmp_path / "real" / ".." / "real" / "run")])
+    err = one_line_error(
+        capsys, [*TRAIN, "--lr", "0.1", "--out", str(tmp_path / "real" / ".." / "real" / "run")]
+    )
     assert f"is being written by another process (pid {other.pid})" in err
     assert not (tmp_path / "real" / "run").exists()
 
@@ -145,7 +215,9 @@ def test_snakemake_reruns_a_finished_train_job(tmp_path: Path) -> None:
     target = str((run / "model.pt").relative_to(work))
     snakemake(target, "--cores", "1", "--configfile", "reduced.yaml", cwd=work)
     first = run_files.read_history(run), torch.load(run / "model.pt", weights_only=True)
-    snakemake(target, "--cores", "1", "--configfile", "reduced.yaml", "--forcerun", "train", cwd=work)
+    snakemake(
+        target, "--cores", "1", "--configfile", "reduced.yaml", "--forcerun", "train", cwd=work
+    )
     again = run_files.read_history(run), torch.load(run / "model.pt", weights_only=True)
     assert again[0] == first[0] and again[1]["metadata"] == first[1]["metadata"]
     assert all(torch.equal(again[1]["state_dict"][k], v) for k, v in first[1]["state_dict"].items())

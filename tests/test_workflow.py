@@ -24,8 +24,14 @@ SNAKEFILE = ROOT / "workflow" / "Snakefile"
 
 def snakemake(*args, cwd=ROOT, check=True):
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", OMP_NUM_THREADS="1")
-    result = subprocess.run([str(BIN / "snakemake"), "--snakefile", str(SNAKEFILE), *args],
-                            cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [str(BIN / "snakemake"), "--snakefile", str(SNAKEFILE), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if check and result.returncode != 0:
         raise AssertionError(result.stdout[-3000:] + result.stderr[-3000:])
     return result
@@ -33,9 +39,11 @@ def snakemake(*args, cwd=ROOT, check=True):
 
 def test_the_paper_dag_plans_offline():
     result = snakemake("-n", "--quiet", "rules")
-    counts = dict(line.split()[:2] for line in result.stdout.splitlines()
-                  if line.split()[:1] and line.split()[0] in
-                  ("download", "train", "spectrum", "figure"))
+    counts = dict(
+        line.split()[:2]
+        for line in result.stdout.splitlines()
+        if line.split()[:1] and line.split()[0] in ("download", "train", "spectrum", "figure")
+    )
     assert counts == {"download": "4", "train": "152", "spectrum": "56", "figure": "5"}
 
 
@@ -57,13 +65,21 @@ def test_a_config_error_is_one_clear_message(tmp_path):
 REDUCED = {
     "results": "results/ci",
     "datasets": {"digits": {"lrs": [0.05], "epochs": 3}},
-    "spectrum": {"steps": 64, "log_steps": 96, "bound_steps": 16, "iterations": 4,
-                 "points": 256, "checkpoint_interval": 0},
-    "figures": {"fig1": {"arch": "mlp", "datasets": ["digits"], "per_class": ["full"]},
-                "fig2": {"arch": "mlp", "datasets": ["digits"], "per_class": ["full"]},
-                "fig3": {"arch": "mlp", "datasets": ["digits"], "per_class": [20]},
-                "fig4": {"arch": "mlp", "datasets": ["digits"], "per_class": [20]},
-                "fig5": {"arch": "mlp", "datasets": ["digits"], "per_class": [10, 20]}},
+    "spectrum": {
+        "steps": 64,
+        "log_steps": 96,
+        "bound_steps": 16,
+        "iterations": 4,
+        "points": 256,
+        "checkpoint_interval": 0,
+    },
+    "figures": {
+        "fig1": {"arch": "mlp", "datasets": ["digits"], "per_class": ["full"]},
+        "fig2": {"arch": "mlp", "datasets": ["digits"], "per_class": ["full"]},
+        "fig3": {"arch": "mlp", "datasets": ["digits"], "per_class": [20]},
+        "fig4": {"arch": "mlp", "datasets": ["digits"], "per_class": [20]},
+        "fig5": {"arch": "mlp", "datasets": ["digits"], "per_class": [10, 20]},
+    },
 }
 
 
@@ -73,8 +89,9 @@ def prepare(work):
     shutil.copytree(ROOT / "notebooks", work / "notebooks")
     config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     for key, value in REDUCED.items():
-        config[key] = value if not isinstance(value, dict) or key != "spectrum" else \
-            {**config[key], **value}
+        config[key] = (
+            value if not isinstance(value, dict) or key != "spectrum" else {**config[key], **value}
+        )
     (work / "reduced.yaml").write_text(yaml.safe_dump(config))
     return work
 
@@ -110,8 +127,7 @@ def test_demo_spectra_are_complete_zarr_groups(demo):
         assert attrs["dataset"] == "digits" and attrs["arch"] == "mlp"
         assert len(arrays["outliers"]) == (10 if variant == "deflated" else 0)
         integral = np.trapezoid(arrays["density"], arrays["grid"])
-        assert integral + len(arrays["outliers"]) / attrs["n_params"] == \
-            pytest.approx(1, abs=0.02)
+        assert integral + len(arrays["outliers"]) / attrs["n_params"] == pytest.approx(1, abs=0.02)
         assert attrs["hvp_count"] > 0 and attrs["lambda_min"] <= attrs["lambda_max"]
     history, attrs = read_history(results / "runs/mlp/digits/n20/lr0.05/history.zarr")
     assert list(history["epoch"]) == [1, 2, 3] and attrs["lr"] == 0.05
@@ -129,8 +145,15 @@ def test_editing_a_notebook_reruns_only_its_figure(demo):
     work, _ = demo
     notebook = work / "notebooks" / "fig3_deflation.ipynb"
     content = json.loads(notebook.read_text())
-    content["cells"].append({"cell_type": "code", "metadata": {}, "execution_count": None,
-                             "outputs": [], "source": ["print('edited')"]})
+    content["cells"].append(
+        {
+            "cell_type": "code",
+            "metadata": {},
+            "execution_count": None,
+            "outputs": [],
+            "source": ["print('edited')"],
+        }
+    )
     notebook.write_text(json.dumps(content))
     result = snakemake("-n", "--quiet", "rules", "--configfile", "reduced.yaml", cwd=work)
     jobs = [line.split() for line in result.stdout.splitlines()]
@@ -138,8 +161,10 @@ def test_editing_a_notebook_reruns_only_its_figure(demo):
     assert counts == {"figure": "1", "all": "1", "total": "2"}, result.stdout
 
 
-TARGETS = [f"results/ci/spectra/mlp/digits/n20/train-hessian-{variant}.zarr"
-           for variant in ("deflated", "plain")]  # download → subsample → train → spectra
+TARGETS = [
+    f"results/ci/spectra/mlp/digits/n20/train-hessian-{variant}.zarr"
+    for variant in ("deflated", "plain")
+]  # download → subsample → train → spectra
 
 
 def kill_when(work, pattern, timeout=300):
@@ -150,17 +175,32 @@ def kill_when(work, pattern, timeout=300):
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", OMP_NUM_THREADS="1")
     log = open(work / "killed-run.log", "w")
     process = subprocess.Popen(
-        [str(BIN / "snakemake"), "--snakefile", str(SNAKEFILE), *TARGETS, "--cores", "2",
-         "--configfile", "reduced.yaml", "--rerun-incomplete"], cwd=work, env=env,
+        [
+            str(BIN / "snakemake"),
+            "--snakefile",
+            str(SNAKEFILE),
+            *TARGETS,
+            "--cores",
+            "2",
+            "--configfile",
+            "reduced.yaml",
+            "--rerun-incomplete",
+        ],
+        cwd=work,
+        env=env,
         start_new_session=True,
-        stdout=log, stderr=subprocess.STDOUT)
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + timeout
     try:
-        while not any(fnmatch.filter(files, pattern)
-                      for _, _, files in os.walk(work / "results")):  # ignores vanishing dirs
-            assert process.poll() is None, \
-                f"the run ended before {pattern} appeared:\n" \
+        while not any(
+            fnmatch.filter(files, pattern) for _, _, files in os.walk(work / "results")
+        ):  # ignores vanishing dirs
+            assert process.poll() is None, (
+                f"the run ended before {pattern} appeared:\n"
                 f"{(work / 'killed-run.log').read_text()[-3000:]}"
+            )
             assert time.monotonic() < deadline, f"no {pattern} after {timeout} s"
             time.sleep(0.05)
     finally:
@@ -180,8 +220,9 @@ def test_killed_runs_resume_to_the_same_results(demo, tmp_path):
     kill_when(work, "checkpoint.pt")
     kill_when(work, "*.ckpt")
     snakemake("--unlock", "--configfile", "reduced.yaml", cwd=work)
-    snakemake(*TARGETS, "--cores", "2", "--configfile", "reduced.yaml", "--rerun-incomplete",
-              cwd=work)
+    snakemake(
+        *TARGETS, "--cores", "2", "--configfile", "reduced.yaml", "--rerun-incomplete", cwd=work
+    )
     results = work / "results" / "ci"
     groups = sorted(p.relative_to(results) for p in (results / "spectra").rglob("*.zarr"))
     assert groups == [Path(target).relative_to("results/ci") for target in TARGETS]

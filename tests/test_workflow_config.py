@@ -27,8 +27,14 @@ FIG1 = {"fig1": {"arch": "mlp", "datasets": ["digits"], "per_class": ["full"]}}
 
 def snakemake(*args, cwd=ROOT, check=True):
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", OMP_NUM_THREADS="1")
-    result = subprocess.run([str(BIN / "snakemake"), "--snakefile", str(SNAKEFILE), *args],
-                            cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [str(BIN / "snakemake"), "--snakefile", str(SNAKEFILE), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if check and result.returncode != 0:
         raise AssertionError(result.stdout[-3000:] + result.stderr[-3000:])
     return result
@@ -37,7 +43,7 @@ def snakemake(*args, cwd=ROOT, check=True):
 def job_counts(output):
     """The dry run's "Job stats" table as {rule: count}."""
     lines = output.split("Job stats:")[1].splitlines()[3:]
-    rows = [line.split() for line in lines[:lines.index("")]]
+    rows = [line.split() for line in lines[: lines.index("")]]
     return {name: int(count) for name, count in rows}
 
 
@@ -48,6 +54,7 @@ def write_config(folder, **config):
 
 
 # --- one definition of the settings ---------------------------------------------------
+
 
 def schema_keys(node, path=()):
     """(path, property schema) of every key the schema defines, into $refs."""
@@ -78,8 +85,11 @@ def test_snakemake_fills_the_same_nested_defaults():
     empty = {}
     validate(empty, str(settings.SCHEMA_FILE), set_default=True)
     assert empty == settings.defaults()
-    partial = {"datasets": {"mnist": {"epochs": 3}}, "spectrum": {"steps": 9},
-               "figures": {"fig3": {"arch": "mlp", "datasets": ["mnist"], "per_class": [5]}}}
+    partial = {
+        "datasets": {"mnist": {"epochs": 3}},
+        "spectrum": {"steps": 9},
+        "figures": {"fig3": {"arch": "mlp", "datasets": ["mnist"], "per_class": [5]}},
+    }
     expected = settings.complete(partial)
     validate(partial, str(settings.SCHEMA_FILE), set_default=True)
     assert partial == expected
@@ -90,22 +100,48 @@ def test_snakemake_fills_the_same_nested_defaults():
 
 def test_the_defaults_are_the_papers():
     """Section 3.1, Table 1, Section 3.2 (shared/notes/reference-settings.md)."""
-    assert training.LR_GRID["mnist"] == training.LR_GRID["fashionmnist"] == \
-        (0.1, 0.075, 0.05, 0.025, 0.01)
-    assert training.LR_GRID["cifar10"] == training.LR_GRID["cifar100"] == \
-        (0.25, 0.1, 0.075, 0.05, 0.025, 0.0075)
-    assert {name: training.EPOCHS[name] for name in ("mnist", "cifar100")} == \
-        {"mnist": 200, "cifar100": 350}
-    assert {key: settings.TRAINING[key] for key in ("batch_size", "momentum", "weight_decay")} \
-        == {"batch_size": 128, "momentum": 0.9, "weight_decay": 5e-4}
+    assert (
+        training.LR_GRID["mnist"]
+        == training.LR_GRID["fashionmnist"]
+        == (0.1, 0.075, 0.05, 0.025, 0.01)
+    )
+    assert (
+        training.LR_GRID["cifar10"]
+        == training.LR_GRID["cifar100"]
+        == (0.25, 0.1, 0.075, 0.05, 0.025, 0.0075)
+    )
+    assert {name: training.EPOCHS[name] for name in ("mnist", "cifar100")} == {
+        "mnist": 200,
+        "cifar100": 350,
+    }
+    assert {key: settings.TRAINING[key] for key in ("batch_size", "momentum", "weight_decay")} == {
+        "batch_size": 128,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+    }
     spectrum = settings.SPECTRUM
-    assert (spectrum["bound_steps"], spectrum["margin"], spectrum["steps"], spectrum["points"],
-            spectrum["n_vec"], spectrum["log_steps"]) == (64, 0.05, 256, 1024, 1, 2048)
+    assert (
+        spectrum["bound_steps"],
+        spectrum["margin"],
+        spectrum["steps"],
+        spectrum["points"],
+        spectrum["n_vec"],
+        spectrum["log_steps"],
+    ) == (64, 0.05, 256, 1024, 1, 2048)
     assert list(settings.defaults()["figures"]) == ["fig1", "fig2", "fig3", "fig4", "fig5"]
 
 
-SPECTRUM_ARGS = ["spectrum", "--model", "m.pt", "--dataset", "digits", "--split", "train",
-                 "--out", "o.zarr"]
+SPECTRUM_ARGS = [
+    "spectrum",
+    "--model",
+    "m.pt",
+    "--dataset",
+    "digits",
+    "--split",
+    "train",
+    "--out",
+    "o.zarr",
+]
 
 
 def test_the_library_and_cli_defaults_are_the_settings():
@@ -118,45 +154,56 @@ def test_the_library_and_cli_defaults_are_the_settings():
         assert signature[key].default == settings.SPECTRUM[key], key
     assert signature["seed"].default == settings.defaults()["seed"]
     assert operators.DEFAULT_BATCH_SIZE == settings.SPECTRUM["batch_size"]
-    assert (training.BATCH_SIZE, training.MOMENTUM, training.WEIGHT_DECAY) == \
-        tuple(settings.TRAINING[k] for k in ("batch_size", "momentum", "weight_decay"))
+    assert (training.BATCH_SIZE, training.MOMENTUM, training.WEIGHT_DECAY) == tuple(
+        settings.TRAINING[k] for k in ("batch_size", "momentum", "weight_decay")
+    )
     args = build_parser().parse_args(SPECTRUM_ARGS)
     expected = {**settings.SPECTRUM, "device": "auto", "seed": settings.defaults()["seed"]}
     for key in settings.SPECTRUM_OPTIONS:
         assert getattr(args, key) == expected[key], key
-    train = build_parser().parse_args(["train", "--dataset", "digits", "--arch", "mlp",
-                                       "--lr", "0.1", "--out", "run"])
-    assert (train.batch_size, train.momentum, train.weight_decay, train.seed) == \
-        (128, 0.9, 5e-4, 0)
+    train = build_parser().parse_args(
+        ["train", "--dataset", "digits", "--arch", "mlp", "--lr", "0.1", "--out", "run"]
+    )
+    assert (train.batch_size, train.momentum, train.weight_decay, train.seed) == (128, 0.9, 5e-4, 0)
 
 
 # --- hspec spectrum --settings FILE ----------------------------------------------------
 
+
 @pytest.fixture
 def settings_file(tmp_path):
     path = tmp_path / "settings.json"
-    path.write_text(json.dumps({"steps": 7, "resident": False, "seed": 3, "device": "cpu",
-                                "deflation": "krylov"}))
+    path.write_text(
+        json.dumps(
+            {"steps": 7, "resident": False, "seed": 3, "device": "cpu", "deflation": "krylov"}
+        )
+    )
     return str(path)
 
 
 @pytest.mark.parametrize("order", ["flags first", "file first"])
 def test_explicit_flags_override_the_settings_file(settings_file, order):
     flags = ["--steps", "9", "--resident"]
-    argv = [*flags, "--settings", settings_file] if order == "flags first" else \
-        ["--settings", settings_file, *flags]
+    argv = (
+        [*flags, "--settings", settings_file]
+        if order == "flags first"
+        else ["--settings", settings_file, *flags]
+    )
     args = build_parser().parse_args(SPECTRUM_ARGS + argv)
     assert (args.steps, args.resident) == (9, True)
     assert (args.seed, args.device, args.deflation) == (3, "cpu", "krylov")
     assert args.points == settings.SPECTRUM["points"]
 
 
-@pytest.mark.parametrize("content, culprit", [
-    ({"steps": 7.0}, "steps must be an integer, not 7.0"),
-    ({"threads": 4}, "'threads' was unexpected"),
-    ({"k": 1.0}, "k: 1.0 is less than or equal to the minimum of 1"),
-    ({"seed": 2**32}, "seed: 4294967296 is greater than the maximum"),
-])
+@pytest.mark.parametrize(
+    "content, culprit",
+    [
+        ({"steps": 7.0}, "steps must be an integer, not 7.0"),
+        ({"threads": 4}, "'threads' was unexpected"),
+        ({"k": 1.0}, "k: 1.0 is less than or equal to the minimum of 1"),
+        ({"seed": 2**32}, "seed: 4294967296 is greater than the maximum"),
+    ],
+)
 def test_a_bad_settings_file_is_one_error_naming_the_key(tmp_path, capsys, content, culprit):
     path = tmp_path / "settings.json"
     path.write_text(json.dumps(content))
@@ -173,6 +220,7 @@ def test_no_resident_turns_the_default_off():
 
 # --- partial configs (item 5) ----------------------------------------------------------
 
+
 @pytest.fixture(params=["repository root", "another folder"])
 def cwd(request, tmp_path):
     if request.param == "repository root":
@@ -184,11 +232,19 @@ def cwd(request, tmp_path):
 def test_a_config_with_only_fig1_plans_only_fig1(cwd, tmp_path):
     """A --configfile replaces config.yaml and its `figures` replaces the paper's: Fig. 1
     on digits is 5 training runs (digits' default grid), 1 spectrum, 1 figure."""
-    config = write_config(tmp_path, results=str(tmp_path / "out"), download=False,
-                          device="cpu", figures=FIG1)
+    config = write_config(
+        tmp_path, results=str(tmp_path / "out"), download=False, device="cpu", figures=FIG1
+    )
     result = snakemake("-n", "--quiet", "rules", "--configfile", config, cwd=cwd)
-    assert job_counts(result.stdout) == {"download": 1, "train": 5, "select": 1,
-                                         "spectrum": 1, "figure": 1, "all": 1, "total": 10}
+    assert job_counts(result.stdout) == {
+        "download": 1,
+        "train": 5,
+        "select": 1,
+        "spectrum": 1,
+        "figure": 1,
+        "all": 1,
+        "total": 10,
+    }
 
 
 def test_a_config_without_device_gets_the_documented_default(tmp_path):
@@ -207,8 +263,10 @@ def test_settings_files_change_only_with_their_content(tmp_path):
     out = tmp_path / "out"
     config = dict(results=str(out), device="cpu", download=False, figures=FIG1)
     snakemake("-n", "--configfile", write_config(tmp_path, **config))
-    files = {variant: out / f"settings/spectrum-{variant}.json"
-             for variant in ("plain", "deflated", "log")}
+    files = {
+        variant: out / f"settings/spectrum-{variant}.json"
+        for variant in ("plain", "deflated", "log")
+    }
     before = {variant: path.stat().st_mtime_ns for variant, path in files.items()}
     assert json.loads(files["log"].read_text())["steps"] == settings.SPECTRUM["log_steps"]
     snakemake("-n", "--configfile", write_config(tmp_path, **config))
@@ -221,11 +279,13 @@ def test_settings_files_change_only_with_their_content(tmp_path):
 
 # --- quoting (item 3) ------------------------------------------------------------------
 
+
 def test_config_strings_reach_the_shell_quoted(tmp_path):
     results = f"{tmp_path}/out dir;touch {tmp_path}/pwned;"
     data_dir = f"{tmp_path}/my data's"
-    config = write_config(tmp_path, results=results, data_dir=data_dir, device="cpu",
-                          download=False, figures=FIG1)
+    config = write_config(
+        tmp_path, results=results, data_dir=data_dir, device="cpu", download=False, figures=FIG1
+    )
     result = snakemake("-n", "-p", "spectra", "--configfile", config, cwd=ROOT)
     assert shlex.quote(f"{results}/data/digits.json") in result.stdout
     assert f"--data-dir {shlex.quote(data_dir)} " in result.stdout
@@ -237,8 +297,9 @@ def test_download_and_subsample_run_in_a_folder_with_a_space_and_a_semicolon(tmp
     """A real run of the first two rules; before quoting, `touch pwned` ran and the
     unquoted space split --data-dir in two."""
     results = "out dir;touch pwned;x"
-    config = write_config(tmp_path, results=results, data_dir="my data", device="cpu",
-                          download=False, figures=FIG1)
+    config = write_config(
+        tmp_path, results=results, data_dir="my data", device="cpu", download=False, figures=FIG1
+    )
     target = f"{results}/subsets/digits/n10.npy"
     snakemake("--cores", "1", target, "--configfile", config, cwd=tmp_path)
     assert (tmp_path / target).stat().st_size > 0
@@ -248,13 +309,15 @@ def test_download_and_subsample_run_in_a_folder_with_a_space_and_a_semicolon(tmp
 
 # --- the spectra target (issue 14) -----------------------------------------------------
 
+
 def test_the_spectra_target_plans_the_eq11_grid_for_every_selected_model(tmp_path):
     """Demo: 4 models (full, 10, 20, 60 per class) x {train, test} x (H, G plain and
     deflated, R plain) = 40 spectra, and no figure."""
     config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     config["results"] = str(tmp_path / "out")
-    result = snakemake("spectra", "-n", "--quiet", "rules", "--configfile",
-                       write_config(tmp_path, **config))
+    result = snakemake(
+        "spectra", "-n", "--quiet", "rules", "--configfile", write_config(tmp_path, **config)
+    )
     counts = job_counts(result.stdout)
     assert (counts["spectrum"], counts["select"], counts["spectra"]) == (40, 4, 1)
     assert "figure" not in counts

@@ -37,7 +37,6 @@ def local_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def shard(inputs: Tensor, targets: Tensor, rank: int, world_size: int
-          ) -> tuple[Tensor, Tensor]:
+def shard(inputs: Tensor, targets: Tensor, rank: int, world_size: int) -> tuple[Tensor, Tensor]:
     """This rank's examples: indices rank, rank + world_size, …"""
     return inputs[rank::world_size], targets[rank::world_size]

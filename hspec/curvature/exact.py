@@ -28,13 +28,18 @@ def _flat_hessian(op: CurvatureOperator, scalar) -> Tensor:
     """The p×p Hessian of ``scalar(params)``, flattened in the operator's order."""
     blocks = hessian(scalar)(op.params)
     names = list(op.params)
-    rows = [torch.cat([blocks[a][b].reshape(op.params[a].numel(), op.params[b].numel())
-                       for b in names], dim=1) for a in names]
+    rows = [
+        torch.cat(
+            [blocks[a][b].reshape(op.params[a].numel(), op.params[b].numel()) for b in names], dim=1
+        )
+        for a in names
+    ]
     return torch.cat(rows, dim=0)
 
 
 def _jacobians(op: CurvatureOperator, x: Tensor) -> Tensor:
     """Per-example Jacobians ∂f(x_i)/∂θ of shape (batch, C, p)."""
+
     def f_single(params: Params, xi: Tensor) -> Tensor:
         return op.logits(params, xi[None])[0]
 
@@ -48,12 +53,14 @@ def _factors(probs: Tensor) -> Tensor:
     return torch.diag_embed(sqrt_p) - probs[:, :, None] * sqrt_p[:, None, :]
 
 
-def dense_matrices(op: CurvatureOperator, components: Iterable[str] = COMPONENTS
-                   ) -> dict[str, Tensor]:
+def dense_matrices(
+    op: CurvatureOperator, components: Iterable[str] = COMPONENTS
+) -> dict[str, Tensor]:
     """Dense H, G and/or R (keys ``hessian``, ``gradient_covariance``,
     ``prediction_hessian``) of the operator's model and data, averaged over the split."""
-    total = {name: torch.zeros(op.dim, op.dim, dtype=op.dtype, device=op.device)
-             for name in components}
+    total = {
+        name: torch.zeros(op.dim, op.dim, dtype=op.dtype, device=op.device) for name in components
+    }
     count = 0
     with eval_mode(op.model):
         for x, y in op._iter_batches():
@@ -63,8 +70,7 @@ def dense_matrices(op: CurvatureOperator, components: Iterable[str] = COMPONENTS
             g = probs - torch.nn.functional.one_hot(y, probs.shape[-1]).to(probs)
 
             def loss(params: Params, x=x, y=y) -> Tensor:
-                return torch.nn.functional.cross_entropy(op.logits(params, x), y,
-                                                         reduction="sum")
+                return torch.nn.functional.cross_entropy(op.logits(params, x), y, reduction="sum")
 
             def weighted(params: Params, x=x, g=g) -> Tensor:
                 return (op.logits(params, x) * g).sum()
@@ -76,8 +82,7 @@ def dense_matrices(op: CurvatureOperator, components: Iterable[str] = COMPONENTS
             if "gradient_covariance" in total:
                 jac = _jacobians(op, x)
                 outer = torch.diag_embed(probs) - probs[:, :, None] * probs[:, None, :]
-                total["gradient_covariance"] += torch.einsum("ncp,ncd,ndq->pq", jac, outer,
-                                                             jac)
+                total["gradient_covariance"] += torch.einsum("ncp,ncd,ndq->pq", jac, outer, jac)
     return {name: m / count for name, m in total.items()}
 
 
@@ -96,7 +101,10 @@ def gram_spectrum(op: CurvatureOperator) -> np.ndarray:
             count += x.shape[0]
             probs = torch.softmax(op.logits(op.params, x).detach(), dim=-1)
             # rows of Vᵀ √n for these examples: B_iᵀ J_i, shape (batch·C, p)
-            factors.append(torch.einsum("ndc,ndp->ncp", _factors(probs),
-                                        _jacobians(op, x).detach()).flatten(0, 1))
+            factors.append(
+                torch.einsum("ndc,ndp->ncp", _factors(probs), _jacobians(op, x).detach()).flatten(
+                    0, 1
+                )
+            )
     vt = torch.cat(factors)
     return eigenvalues(vt @ vt.T / count)

@@ -45,8 +45,9 @@ def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     float32 accuracy when the softmax saturates)."""
     top = _top(logits)
     rest = torch.exp(logits - logits.gather(-1, top)).scatter(-1, top, 0.0).sum(-1)
-    margin = (torch.zeros_like(logits).scatter(-1, top, 1.0)
-              - torch.nn.functional.one_hot(targets, logits.shape[-1]).to(logits.dtype))
+    margin = torch.zeros_like(logits).scatter(-1, top, 1.0) - torch.nn.functional.one_hot(
+        targets, logits.shape[-1]
+    ).to(logits.dtype)
     return (torch.log1p(rest) + (margin * logits).sum(-1)).sum()
 
 

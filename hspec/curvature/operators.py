@@ -58,9 +58,9 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 from torch.utils.data import DataLoader, Dataset
 
 from hspec import settings
+from hspec.curvature.loss import cross_entropy, logit_gradient, logit_hessian_product
 from hspec.errors import HspecError
 from hspec.numerics.linear_operator import SymmetricOperator, check_dtype
-from hspec.curvature.loss import cross_entropy, logit_gradient, logit_hessian_product
 
 COMPONENTS = ("hessian", "gradient_covariance", "prediction_hessian")
 HVP_MODES = ("reverse-over-forward", "forward-over-reverse", "reverse-over-reverse")
@@ -72,18 +72,23 @@ HVP_MODES = ("reverse-over-forward", "forward-over-reverse", "reverse-over-rever
 #: there: benchmarks/gpu.sh does).
 AUTO_HVP = {"cpu": "reverse-over-forward", "cuda": "forward-over-reverse"}
 #: the precision policies of the command line and the workflow, as curvature_operator arguments
-PRECISIONS = {"float32": {"dtype": torch.float32, "tf32": False},
-              "tf32": {"dtype": torch.float32, "tf32": True},
-              "float64": {"dtype": torch.float64, "tf32": False}}
+PRECISIONS = {
+    "float32": {"dtype": torch.float32, "tf32": False},
+    "tf32": {"dtype": torch.float32, "tf32": True},
+    "float64": {"dtype": torch.float64, "tf32": False},
+}
 DEFAULT_BATCH_SIZE: int = settings.SPECTRUM["batch_size"]  # the workflow's spectrum.batch_size
-SUPPORTED_DATA = ("supported: an (inputs, targets) pair of tensors, or a Dataset or "
-                  "DataLoader yielding such pairs")
+SUPPORTED_DATA = (
+    "supported: an (inputs, targets) pair of tensors, or a Dataset or "
+    "DataLoader yielding such pairs"
+)
 
 Params = dict[str, Tensor]
 
 
-def second_order_product(phi: Callable[[Params], Tensor], params: Params,
-                         mode: str) -> Callable[[Params], Params]:
+def second_order_product(
+    phi: Callable[[Params], Tensor], params: Params, mode: str
+) -> Callable[[Params], Params]:
     """v ↦ ∇²φ(θ) v at θ = ``params`` for a scalar φ, in one of :data:`HVP_MODES` (see the
     module docstring for their costs). What does not depend on v is done here, once."""
     if mode == "reverse-over-forward":
@@ -137,13 +142,24 @@ class CurvatureOperator(SymmetricOperator):
         dtype, device: of the vectors :meth:`matvec` accepts and returns.
     """
 
-    def __init__(self, model: nn.Module, batches: Callable[[], Iterable], *,
-                 dtype: torch.dtype, device: torch.device, distributed: bool = False,
-                 block_size: int = 1, hvp: str = "auto", tf32: bool = False,
-                 compile: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        batches: Callable[[], Iterable],
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+        distributed: bool = False,
+        block_size: int = 1,
+        hvp: str = "auto",
+        tf32: bool = False,
+        compile: bool = False,
+    ) -> None:
         if distributed and not dist.is_initialized():
-            raise HspecError("distributed: torch.distributed is not initialized (launch "
-                             "with torchrun and call hspec.curvature.distributed.init_from_env())")
+            raise HspecError(
+                "distributed: torch.distributed is not initialized (launch "
+                "with torchrun and call hspec.curvature.distributed.init_from_env())"
+            )
         if not isinstance(block_size, int) or block_size < 1:
             raise HspecError(f"block_size: must be a positive integer, got {block_size!r}")
         if hvp == "auto":
@@ -167,8 +183,9 @@ class CurvatureOperator(SymmetricOperator):
             raise HspecError("model: it has no parameter with requires_grad=True")
         frozen = {n: p for n, p in model.named_parameters() if not p.requires_grad}
         self.params: Params = {n: self._cast(p) for n, p in trainable.items()}
-        self.constants: Params = {n: self._cast(t) for n, t in
-                                  {**frozen, **dict(model.named_buffers())}.items()}
+        self.constants: Params = {
+            n: self._cast(t) for n, t in {**frozen, **dict(model.named_buffers())}.items()
+        }
         self._shapes = [p.shape for p in self.params.values()]
         self._numels = [p.numel() for p in self.params.values()]
         super().__init__(sum(self._numels), dtype=dtype, device=device)
@@ -224,11 +241,15 @@ class CurvatureOperator(SymmetricOperator):
             with torch.no_grad():
                 out = self.logits(self.params, x)
             if not isinstance(out, Tensor):
-                raise HspecError(f"model: returned a {type(out).__name__}; hspec needs a "
-                                 "model returning one (N, C) tensor of logits")
+                raise HspecError(
+                    f"model: returned a {type(out).__name__}; hspec needs a "
+                    "model returning one (N, C) tensor of logits"
+                )
             if out.ndim != 2 or out.shape[0] != x.shape[0] or out.shape[1] < 2:
-                raise HspecError(f"model: returned shape {tuple(out.shape)} for a batch of "
-                                 f"{x.shape[0]}; hspec needs logits of shape (N, C), C ≥ 2")
+                raise HspecError(
+                    f"model: returned shape {tuple(out.shape)} for a batch of "
+                    f"{x.shape[0]}; hspec needs logits of shape (N, C), C ≥ 2"
+                )
             self._classes = out.shape[1]
         return self._classes
 
@@ -239,8 +260,10 @@ class CurvatureOperator(SymmetricOperator):
         low, high = torch.aminmax(y)
         low, high = int(low), int(high)
         if low < 0 or high >= classes:
-            raise HspecError(f"data: target {low if low < 0 else high} is not a class index "
-                             f"of the model's {classes} outputs (0 to {classes - 1})")
+            raise HspecError(
+                f"data: target {low if low < 0 else high} is not a class index "
+                f"of the model's {classes} outputs (0 to {classes - 1})"
+            )
 
     def _matmat(self, V: Tensor) -> Tensor:
         """A V for V of shape (dim, k): one pass over the data; per batch, the columns go
@@ -317,33 +340,48 @@ class PredictionHessian(CurvatureOperator):
 
 def _check_pair(batch) -> tuple[Tensor, Tensor]:
     """A batch as (inputs, targets): two tensors, targets 1-D int64, one per input."""
-    if not (isinstance(batch, (tuple, list)) and len(batch) == 2
-            and all(isinstance(t, Tensor) for t in batch)):
-        raise HspecError(f"data: a batch is a {type(batch).__name__}, not an (inputs, "
-                         f"targets) pair of tensors; {SUPPORTED_DATA}")
+    if not (
+        isinstance(batch, (tuple, list))
+        and len(batch) == 2
+        and all(isinstance(t, Tensor) for t in batch)
+    ):
+        raise HspecError(
+            f"data: a batch is a {type(batch).__name__}, not an (inputs, "
+            f"targets) pair of tensors; {SUPPORTED_DATA}"
+        )
     x, y = batch
     if y.dtype != torch.int64 or y.ndim != 1 or y.shape[0] != x.shape[0]:
-        raise HspecError("data: targets must be a 1-D int64 tensor of class indices, one "
-                         f"per input, got dtype {y.dtype} and shape {tuple(y.shape)} for "
-                         f"{x.shape[0]} inputs")
+        raise HspecError(
+            "data: targets must be a 1-D int64 tensor of class indices, one "
+            f"per input, got dtype {y.dtype} and shape {tuple(y.shape)} for "
+            f"{x.shape[0]} inputs"
+        )
     return x, y
 
 
-_OPERATORS = {"hessian": Hessian, "gradient_covariance": GradientCovariance,
-              "prediction_hessian": PredictionHessian}
+_OPERATORS = {
+    "hessian": Hessian,
+    "gradient_covariance": GradientCovariance,
+    "prediction_hessian": PredictionHessian,
+}
 
 
-def _batch_source(data, batch_size: int | None,
-                  resident: tuple[torch.device, torch.dtype] | None) -> Callable[[], Iterable]:
+def _batch_source(
+    data, batch_size: int | None, resident: tuple[torch.device, torch.dtype] | None
+) -> Callable[[], Iterable]:
     """A callable returning a fresh iterable of (inputs, targets) batches; with ``resident``
     = (device, dtype) a pair of tensors is moved and cast there once, not per product."""
     if resident is not None and not isinstance(data, (tuple, list)):
-        raise HspecError("resident: needs data as an (inputs, targets) pair of tensors, "
-                         f"got {type(data).__name__}")
+        raise HspecError(
+            "resident: needs data as an (inputs, targets) pair of tensors, "
+            f"got {type(data).__name__}"
+        )
     if isinstance(data, DataLoader):
         if batch_size is not None:
-            raise HspecError("batch_size: cannot be given with a DataLoader "
-                             "(the DataLoader sets its own batch size)")
+            raise HspecError(
+                "batch_size: cannot be given with a DataLoader "
+                "(the DataLoader sets its own batch size)"
+            )
         return lambda: data
     size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
     if not isinstance(size, int) or size < 1:
@@ -351,14 +389,19 @@ def _batch_source(data, batch_size: int | None,
     if isinstance(data, Dataset):
         loader = DataLoader(data, batch_size=size, shuffle=False)
         return lambda: loader
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(
-            isinstance(t, Tensor) for t in data):
+    if (
+        isinstance(data, (tuple, list))
+        and len(data) == 2
+        and all(isinstance(t, Tensor) for t in data)
+    ):
         inputs, targets = data
         if inputs.shape[0] != targets.shape[0]:
             raise HspecError(f"data: {inputs.shape[0]} inputs but {targets.shape[0]} targets")
         if targets.dtype != torch.int64 or targets.ndim != 1:
-            raise HspecError("data: targets must be a 1-D int64 tensor of class indices, "
-                             f"got dtype {targets.dtype} and shape {tuple(targets.shape)}")
+            raise HspecError(
+                "data: targets must be a 1-D int64 tensor of class indices, "
+                f"got dtype {targets.dtype} and shape {tuple(targets.shape)}"
+            )
         if resident is not None:
             device, dtype = resident
             inputs = inputs.to(device, dtype if inputs.is_floating_point() else None)
@@ -367,12 +410,21 @@ def _batch_source(data, batch_size: int | None,
     raise HspecError(f"data: got a {type(data).__name__}; {SUPPORTED_DATA}")
 
 
-def curvature_operator(model: nn.Module, data, component: str = "hessian", *,
-                       batch_size: int | None = None, dtype: torch.dtype | None = None,
-                       device: torch.device | str | None = None,
-                       distributed: bool = False, block_size: int = 1,
-                       hvp: str = "auto", tf32: bool = False, resident: bool = False,
-                       compile: bool = False) -> CurvatureOperator:
+def curvature_operator(
+    model: nn.Module,
+    data,
+    component: str = "hessian",
+    *,
+    batch_size: int | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    distributed: bool = False,
+    block_size: int = 1,
+    hvp: str = "auto",
+    tf32: bool = False,
+    resident: bool = False,
+    compile: bool = False,
+) -> CurvatureOperator:
     """The averaged curvature matrix of ``model`` on ``data`` as a linear operator.
 
     Args:
@@ -423,6 +475,14 @@ def curvature_operator(model: nn.Module, data, component: str = "hessian", *,
         device = first.device if first is not None else torch.device("cpu")
     device = torch.empty(0, device=device).device  # "cuda" -> "cuda:0", as tensors report
     source = _batch_source(data, batch_size, (device, dtype) if resident else None)
-    return _OPERATORS[component](model, source, dtype=dtype, device=device,
-                                 distributed=distributed, block_size=block_size, hvp=hvp,
-                                 tf32=tf32, compile=compile)
+    return _OPERATORS[component](
+        model,
+        source,
+        dtype=dtype,
+        device=device,
+        distributed=distributed,
+        block_size=block_size,
+        hvp=hvp,
+        tf32=tf32,
+        compile=compile,
+    )

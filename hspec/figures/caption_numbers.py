@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hspec.numerics import analysis
 from hspec.atomic import write_json
-from hspec.numerics.density import log_density, smoothing_width
 from hspec.errors import HspecError
+from hspec.numerics import analysis
+from hspec.numerics.density import log_density, smoothing_width
 
 GHOST_TOLERANCE = 1e-4  # Ritz values closer than this × spectrum width count once
 # Ritz values with a weight below this × 1/n_params (one eigenvalue's share) are taken
@@ -56,6 +56,7 @@ def num_classes(attrs: Mapping, override=None) -> int | None:
 
 # ------------------------------------------------------------------- spectral measures
 
+
 def kernel_width(attrs: Mapping) -> float:
     """σ of the bulk's Gaussian kernel in eigenvalue units: σ(M, k)·d (Alg. 3)."""
     steps, k = _steps_and_k(attrs)
@@ -76,8 +77,10 @@ def atoms(arrays: Mapping, attrs: Mapping) -> tuple[np.ndarray, np.ndarray]:
         grid, density = np.asarray(arrays["grid"]), np.asarray(arrays["density"])
         nodes, weights = grid, density * (grid[1] - grid[0])
     outliers = np.asarray(arrays["outliers"])
-    return (np.concatenate([outliers, nodes]),
-            np.concatenate([np.full(outliers.size, 1.0 / attrs["n_params"]), weights]))
+    return (
+        np.concatenate([outliers, nodes]),
+        np.concatenate([np.full(outliers.size, 1.0 / attrs["n_params"]), weights]),
+    )
 
 
 def separated(arrays: Mapping, attrs: Mapping) -> np.ndarray:
@@ -90,13 +93,18 @@ def separated(arrays: Mapping, attrs: Mapping) -> np.ndarray:
     steps, k = _steps_and_k(attrs)
     reach = analysis.kernel_reach(smoothing_width(steps, k)) * float(attrs["bulk_d"])
     width = abs(float(attrs["lambda_max"]) - float(attrs["lambda_min"]))
-    return analysis.separated_outliers(values, masses, reach,
-                                       min_mass=MIN_WEIGHT / attrs["n_params"],
-                                       tolerance=GHOST_TOLERANCE * width)
+    return analysis.separated_outliers(
+        values,
+        masses,
+        reach,
+        min_mass=MIN_WEIGHT / attrs["n_params"],
+        tolerance=GHOST_TOLERANCE * width,
+    )
 
 
-def bulk_edges(arrays: Mapping, attrs: Mapping, outliers=None,
-               quantiles: tuple[float, float] = (0.001, 0.999)) -> tuple[float, float]:
+def bulk_edges(
+    arrays: Mapping, attrs: Mapping, outliers=None, quantiles: tuple[float, float] = (0.001, 0.999)
+) -> tuple[float, float]:
     """:func:`hspec.numerics.analysis.bulk_edges` of the bulk's quadrature, leaving out the Ritz
     values of separated outliers (for spectra computed without deflation)."""
     outliers = separated(arrays, attrs) if outliers is None else np.asarray(outliers)
@@ -106,7 +114,8 @@ def bulk_edges(arrays: Mapping, attrs: Mapping, outliers=None,
         nodes, weights = grid, density * (grid[1] - grid[0])
     if outliers.size:
         keep = nodes < outliers.min() - GHOST_TOLERANCE * abs(
-            float(attrs["lambda_max"]) - float(attrs["lambda_min"]))
+            float(attrs["lambda_max"]) - float(attrs["lambda_min"])
+        )
         nodes, weights = nodes[keep], weights[keep]
     if nodes.size == 0 or not np.sum(weights) > 0:
         raise HspecError("bulk: no quadrature mass left below the outliers")
@@ -118,8 +127,9 @@ def asymmetry(arrays: Mapping, attrs: Mapping) -> float:
     return analysis.asymmetry(*atoms(arrays, attrs))
 
 
-def log_tail(arrays: Mapping, attrs: Mapping, sign: int = 1, *, decades: float = 8.0,
-             points: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def log_tail(
+    arrays: Mapping, attrs: Mapping, sign: int = 1, *, decades: float = 8.0, points: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
     """(|λ|, density in λ) over the eigenvalues of one sign, on a log grid.
 
     :func:`hspec.numerics.density.log_density` of the whole distribution (deflated outliers as
@@ -128,9 +138,10 @@ def log_tail(arrays: Mapping, attrs: Mapping, sign: int = 1, *, decades: float =
     """
     values, masses = atoms(arrays, attrs)
     steps, k = _steps_and_k(attrs)
-    u, density_u = log_density(values, masses, sign=sign, points=points, decades=decades,
-                               steps=steps, k=k)
-    x = 10.0 ** u
+    u, density_u = log_density(
+        values, masses, sign=sign, points=points, decades=decades, steps=steps, k=k
+    )
+    x = 10.0**u
     return x, density_u / (x * math.log(10))
 
 
@@ -140,11 +151,13 @@ AUTO_FIT_RULE = (
     "automatic fit range, per sign: the {span:g} decade(s) of |λ| below the largest |λ| of "
     "that sign, ending two kernel widths (of the log-axis smoothing) below it so that "
     "the smoothed edge is left out: the tail of the spectrum, away from the concentration "
-    "of eigenvalues near zero")
+    "of eigenvalues near zero"
+)
 
 
-def auto_fit_range(arrays: Mapping, attrs: Mapping, sign: int = 1, *, span: float = 1.0,
-                   decades: float = 8.0) -> tuple[float, float]:
+def auto_fit_range(
+    arrays: Mapping, attrs: Mapping, sign: int = 1, *, span: float = 1.0, decades: float = 8.0
+) -> tuple[float, float]:
     """The fit range [lo, hi] in |λ| chosen by the rule in ``AUTO_FIT_RULE``."""
     values, _ = atoms(arrays, attrs)
     side = values * sign
@@ -156,8 +169,15 @@ def auto_fit_range(arrays: Mapping, attrs: Mapping, sign: int = 1, *, span: floa
     return float(10 ** (top - span)), float(10 ** (top - 2 * sigma_u))
 
 
-def fit_tail(arrays: Mapping, attrs: Mapping, sign: int = 1, fit_range=None, *,
-             span: float = 1.0, decades: float = 8.0) -> dict:
+def fit_tail(
+    arrays: Mapping,
+    attrs: Mapping,
+    sign: int = 1,
+    fit_range=None,
+    *,
+    span: float = 1.0,
+    decades: float = 8.0,
+) -> dict:
     """Power law φ = a·|λ|^(−b) fitted to the density of |λ| over one sign
     (:func:`hspec.numerics.analysis.power_law_fit`) on ``fit_range`` = [lo, hi] or, if None,
     on :func:`auto_fit_range`. Returns a, b, r2, points, lo, hi, sign, rule; on
@@ -177,6 +197,7 @@ def fit_tail(arrays: Mapping, attrs: Mapping, sign: int = 1, fit_range=None, *,
 
 # ------------------------------------------------------------------------------ numbers
 
+
 def align(values, reference) -> list[dict]:
     """For each value, the nearest reference value and their relative difference
     (e.g. Fig. 3: deflated outliers against the separated Ritz values of a spectrum
@@ -187,8 +208,13 @@ def align(values, reference) -> list[dict]:
         if reference.size == 0:
             break
         nearest = float(reference[np.argmin(np.abs(reference - value))])
-        pairs.append({"value": float(value), "reference": nearest,
-                      "relative_difference": abs(nearest - value) / max(abs(value), 1e-300)})
+        pairs.append(
+            {
+                "value": float(value),
+                "reference": nearest,
+                "relative_difference": abs(nearest - value) / max(abs(value), 1e-300),
+            }
+        )
     return pairs
 
 
@@ -218,11 +244,15 @@ def spectrum_numbers(arrays: Mapping, attrs: Mapping, path=None, classes=None) -
     settings = _settings(attrs)
     return {
         "path": None if path is None else str(path),
-        "dataset": attrs.get("dataset"), "arch": attrs.get("arch"),
-        "split": attrs.get("split"), "component": attrs.get("component"),
-        "n_per_class": attrs.get("n_per_class"), "n_samples": attrs.get("n_samples"),
+        "dataset": attrs.get("dataset"),
+        "arch": attrs.get("arch"),
+        "split": attrs.get("split"),
+        "component": attrs.get("component"),
+        "n_per_class": attrs.get("n_per_class"),
+        "n_samples": attrs.get("n_samples"),
         "n_params": attrs.get("n_params"),
-        "method": settings.get("method"), "steps": settings.get("steps"),
+        "method": settings.get("method"),
+        "steps": settings.get("steps"),
         "deflate": settings.get("deflate"),
         "num_classes": C,
         "outliers_found": int(found.size),
@@ -230,7 +260,8 @@ def spectrum_numbers(arrays: Mapping, attrs: Mapping, path=None, classes=None) -
         "separated_outliers": [float(v) for v in found],
         "deflated_outliers": [float(v) for v in np.asarray(arrays["outliers"])],
         "bulk_edges": edges,
-        "lambda_min": float(attrs["lambda_min"]), "lambda_max": float(attrs["lambda_max"]),
+        "lambda_min": float(attrs["lambda_min"]),
+        "lambda_max": float(attrs["lambda_max"]),
         "hvp_count": int(attrs["hvp_count"]),
         "asymmetry": float(asymmetry(arrays, attrs)),
     }
@@ -242,10 +273,12 @@ def summary(label, numbers: Mapping) -> str:
     edges = "n/a" if edges is None else f"[{edges[0]:.4g}, {edges[1]:.4g}]"
     equal = numbers["outliers_equal_classes"]
     verdict = "" if equal is None else ("; equals C" if equal else "; differs from C")
-    return (f"{label}: outliers found: {numbers['outliers_found']} "
-            f"(classes: {numbers['num_classes']}{verdict}); bulk edges {edges}; "
-            f"range [{numbers['lambda_min']:.4g}, {numbers['lambda_max']:.4g}]; "
-            f"{numbers['hvp_count']} products")
+    return (
+        f"{label}: outliers found: {numbers['outliers_found']} "
+        f"(classes: {numbers['num_classes']}{verdict}); bulk edges {edges}; "
+        f"range [{numbers['lambda_min']:.4g}, {numbers['lambda_max']:.4g}]; "
+        f"{numbers['hvp_count']} products"
+    )
 
 
 def write_numbers(numbers: Mapping, path) -> Path:
@@ -255,16 +288,21 @@ def write_numbers(numbers: Mapping, path) -> Path:
 
 # -------------------------------------------------------------------------- per figure
 
+
 def _largest(pairs) -> float | None:
     return max((p["relative_difference"] for p in pairs), default=None)
 
 
 def hessian_numbers(fig: str, loaded: Mapping, paths: Mapping, classes=None) -> dict:
     """Figs. 1–2: :func:`spectrum_numbers` of every panel's Hessian."""
-    return {"figure": fig, "split": "train" if fig == "fig1" else "test",
-            "component": "hessian",
-            "spectra": {label: spectrum_numbers(*loaded[label], paths[label], classes)
-                        for label in loaded}}
+    return {
+        "figure": fig,
+        "split": "train" if fig == "fig1" else "test",
+        "component": "hessian",
+        "spectra": {
+            label: spectrum_numbers(*loaded[label], paths[label], classes) for label in loaded
+        },
+    }
 
 
 def deflation_panel(loaded: Mapping, paths: Mapping, classes=None) -> dict:
@@ -273,15 +311,22 @@ def deflation_panel(loaded: Mapping, paths: Mapping, classes=None) -> dict:
     top = spectrum_numbers(*loaded["deflated"], paths["deflated"], classes)
     bottom = spectrum_numbers(*loaded["plain"], paths["plain"], classes)
     pairs = align(top["separated_outliers"], bottom["separated_outliers"])
-    return {"deflated": top, "plain": bottom, "alignment": pairs,
-            "max_relative_difference": _largest(pairs)}
+    return {
+        "deflated": top,
+        "plain": bottom,
+        "alignment": pairs,
+        "max_relative_difference": _largest(pairs),
+    }
 
 
 def deflation_numbers(loaded: Mapping, paths: Mapping, classes=None) -> dict:
     """Fig. 3: :func:`deflation_panel` per panel."""
-    return {"figure": "fig3", "panels": {label: deflation_panel(loaded[label], paths[label],
-                                                                classes)
-                                         for label in loaded}}
+    return {
+        "figure": "fig3",
+        "panels": {
+            label: deflation_panel(loaded[label], paths[label], classes) for label in loaded
+        },
+    }
 
 
 COMPONENT_ORDER = ("hessian", "gradient_covariance", "prediction_hessian")
@@ -290,27 +335,38 @@ COMPONENT_ORDER = ("hessian", "gradient_covariance", "prediction_hessian")
 def ordered_components(components) -> list:
     """H, G, R first (in that order), then any other component as given."""
     components = list(components)
-    return ([c for c in COMPONENT_ORDER if c in components]
-            + [c for c in components if c not in COMPONENT_ORDER])
+    return [c for c in COMPONENT_ORDER if c in components] + [
+        c for c in components if c not in COMPONENT_ORDER
+    ]
 
 
 def tail_component(components) -> str:
     """The component whose tail Fig. 4d fits: R if present, else the last one."""
-    return "prediction_hessian" if "prediction_hessian" in components else \
-        ordered_components(components)[-1]
+    return (
+        "prediction_hessian"
+        if "prediction_hessian" in components
+        else ordered_components(components)[-1]
+    )
 
 
 def zoom_range(loaded: Mapping) -> tuple[str, tuple[float, float]]:
     """Fig. 4c's x-range: the bulk edges of R (of the first component if R is absent),
     widened by 10 % on each side; returns (that component, (lo, hi))."""
-    reference = "prediction_hessian" if "prediction_hessian" in loaded else \
-        ordered_components(loaded)[0]
+    reference = (
+        "prediction_hessian" if "prediction_hessian" in loaded else ordered_components(loaded)[0]
+    )
     lo, hi = bulk_edges(*loaded[reference])
     return reference, (lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo))
 
 
-def components_panel(loaded: Mapping, log_loaded: Mapping, paths: Mapping,
-                     log_paths: Mapping, fit_range=None, classes=None) -> dict:
+def components_panel(
+    loaded: Mapping,
+    log_loaded: Mapping,
+    paths: Mapping,
+    log_paths: Mapping,
+    fit_range=None,
+    classes=None,
+) -> dict:
     """Fig. 4, one model: every component's numbers (plain and log variants), H's
     outliers paired with G's, the power law fitted to each sign of the tail component's
     log variant, its asymmetry, and the zoom range of (c)."""
@@ -319,49 +375,68 @@ def components_panel(loaded: Mapping, log_loaded: Mapping, paths: Mapping,
     if missing:
         raise HspecError(f"fig4: log_spectra has no {', '.join(missing)}")
     results = {c: spectrum_numbers(*loaded[c], paths[c], classes) for c in components}
-    log_results = {c: spectrum_numbers(*log_loaded[c], log_paths[c], classes)
-                   for c in components}
+    log_results = {c: spectrum_numbers(*log_loaded[c], log_paths[c], classes) for c in components}
     attribution = []
     if "hessian" in results and "gradient_covariance" in results:
-        attribution = align(results["hessian"]["separated_outliers"],
-                            results["gradient_covariance"]["separated_outliers"])
+        attribution = align(
+            results["hessian"]["separated_outliers"],
+            results["gradient_covariance"]["separated_outliers"],
+        )
     tail = tail_component(components)
     fit = fit_tail(*log_loaded[tail], 1, fit_range)
     reference, zoom = zoom_range(loaded)
-    return {"spectra": results, "log_spectra": log_results,
-            "fit": fit, "fit_negative": fit_tail(*log_loaded[tail], -1, fit_range),
-            "fit_range": None if "error" in fit else [fit["lo"], fit["hi"]],
-            "fit_range_given": fit_range is not None,
-            "asymmetry": asymmetry(*log_loaded[tail]), "asymmetry_component": tail,
-            "outlier_attribution": attribution,
-            "zoom_range": list(zoom), "zoom_reference": reference}
+    return {
+        "spectra": results,
+        "log_spectra": log_results,
+        "fit": fit,
+        "fit_negative": fit_tail(*log_loaded[tail], -1, fit_range),
+        "fit_range": None if "error" in fit else [fit["lo"], fit["hi"]],
+        "fit_range_given": fit_range is not None,
+        "asymmetry": asymmetry(*log_loaded[tail]),
+        "asymmetry_component": tail,
+        "outlier_attribution": attribution,
+        "zoom_range": list(zoom),
+        "zoom_reference": reference,
+    }
 
 
-def components_numbers(loaded: Mapping, paths: Mapping, fit_range=None,
-                       classes=None) -> dict:
+def components_numbers(loaded: Mapping, paths: Mapping, fit_range=None, classes=None) -> dict:
     """Fig. 4: :func:`components_panel` per model; ``loaded`` and ``paths`` map a panel
     label to ``{"spectra": {component: ...}, "log_spectra": {component: ...}}``."""
-    return {"figure": "fig4", "fit_rule": AUTO_FIT_RULE.format(span=1.0),
-            "panels": {label: components_panel(
-                loaded[label]["spectra"], loaded[label]["log_spectra"],
-                paths[label]["spectra"], paths[label]["log_spectra"], fit_range, classes)
-                for label in loaded}}
+    return {
+        "figure": "fig4",
+        "fit_rule": AUTO_FIT_RULE.format(span=1.0),
+        "panels": {
+            label: components_panel(
+                loaded[label]["spectra"],
+                loaded[label]["log_spectra"],
+                paths[label]["spectra"],
+                paths[label]["log_spectra"],
+                fit_range,
+                classes,
+            )
+            for label in loaded
+        },
+    }
 
 
 def curve_sizes(splits: Mapping, classes=None) -> dict:
     """Fig. 5: ``{split: {key: examples per class}}`` (:func:`per_class_value`); a test
     curve whose size is unknown borrows the train curve's of the same key, and any still
     unknown is put after the largest known (1.5 × it; 1 if none is known)."""
-    sizes = {split: {key: per_class_value(key, attrs, classes)
-                     for key, (_, attrs) in curves.items()}
-             for split, curves in splits.items()}
+    sizes = {
+        split: {key: per_class_value(key, attrs, classes) for key, (_, attrs) in curves.items()}
+        for split, curves in splits.items()
+    }
     for key, value in sizes.get("test", {}).items():
         if value is None:
             sizes["test"][key] = sizes.get("train", {}).get(key)
     known = [v for s in sizes.values() for v in s.values() if v is not None]
     fallback = 1.5 * max(known) if known else 1.0
-    return {split: {key: fallback if value is None else value for key, value in s.items()}
-            for split, s in sizes.items()}
+    return {
+        split: {key: fallback if value is None else value for key, value in s.items()}
+        for split, s in sizes.items()
+    }
 
 
 def sample_size_panel(splits: Mapping, paths: Mapping, classes=None) -> dict:
@@ -370,34 +445,48 @@ def sample_size_panel(splits: Mapping, paths: Mapping, classes=None) -> dict:
     sizes = curve_sizes(splits, classes)
     results, trend = {}, {}
     for split, curves in splits.items():
-        results[split] = {str(key): {**spectrum_numbers(*curves[key], paths[split][key],
-                                                        classes),
-                                     "per_class_value": sizes[split][key]}
-                          for key in curves}
+        results[split] = {
+            str(key): {
+                **spectrum_numbers(*curves[key], paths[split][key], classes),
+                "per_class_value": sizes[split][key],
+            }
+            for key in curves
+        }
         order = sorted(curves, key=lambda key: sizes[split][key])
-        trend[split] = [[str(key), sizes[split][key],
-                         results[split][str(key)]["outliers_found"]] for key in order]
+        trend[split] = [
+            [str(key), sizes[split][key], results[split][str(key)]["outliers_found"]]
+            for key in order
+        ]
     return {"spectra": results, "outliers_by_size": trend}
 
 
 def sample_size_numbers(loaded: Mapping, paths: Mapping, classes=None) -> dict:
     """Fig. 5: :func:`sample_size_panel` per dataset."""
-    return {"figure": "fig5", "component": "gradient_covariance",
-            "panels": {label: sample_size_panel(loaded[label], paths[label], classes)
-                       for label in loaded}}
+    return {
+        "figure": "fig5",
+        "component": "gradient_covariance",
+        "panels": {
+            label: sample_size_panel(loaded[label], paths[label], classes) for label in loaded
+        },
+    }
 
 
 def _pairs_lines(pairs, value, reference) -> list[str]:
-    return [f"  {value} {p['value']:.5g} <-> {reference} {p['reference']:.5g}: "
-            f"relative difference {p['relative_difference']:.2e}" for p in pairs]
+    return [
+        f"  {value} {p['value']:.5g} <-> {reference} {p['reference']:.5g}: "
+        f"relative difference {p['relative_difference']:.2e}"
+        for p in pairs
+    ]
 
 
 def _fit_line(sign, fit) -> str:
     if "error" in fit:
         return f"power law on {sign}: no fit ({fit['error']})"
-    return (f"power law on {sign}: phi = {fit['a']:.3g} |lambda|^-{fit['b']:.3f}, "
-            f"R^2 = {fit['r2']:.3f}, on |lambda| in [{fit['lo']:.3g}, {fit['hi']:.3g}] "
-            f"({fit['points']} grid points)")
+    return (
+        f"power law on {sign}: phi = {fit['a']:.3g} |lambda|^-{fit['b']:.3f}, "
+        f"R^2 = {fit['r2']:.3f}, on |lambda| in [{fit['lo']:.3g}, {fit['hi']:.3g}] "
+        f"({fit['points']} grid points)"
+    )
 
 
 def summary_lines(numbers: Mapping) -> list[str]:
@@ -405,37 +494,48 @@ def summary_lines(numbers: Mapping) -> list[str]:
     fig, lines = numbers["figure"], []
     if fig in ("fig1", "fig2"):
         for label, values in numbers["spectra"].items():
-            lines += [summary(label, values), "   separated outliers: "
-                      + str([round(v, 4) for v in values["separated_outliers"]])]
+            lines += [
+                summary(label, values),
+                "   separated outliers: "
+                + str([round(v, 4) for v in values["separated_outliers"]]),
+            ]
     for label, panel in numbers.get("panels", {}).items():
         lines.append(f"[{label}]")
         if fig == "fig3":
-            lines += [summary("deflated (top)", panel["deflated"]),
-                      summary("plain (bottom)", panel["plain"])]
+            lines += [
+                summary("deflated (top)", panel["deflated"]),
+                summary("plain (bottom)", panel["plain"]),
+            ]
             lines += _pairs_lines(panel["alignment"], "deflated", "plain Ritz value")
-            lines.append("largest relative difference: "
-                         f"{panel['max_relative_difference']}")
+            lines.append(f"largest relative difference: {panel['max_relative_difference']}")
         elif fig == "fig4":
             for c, values in panel["spectra"].items():
-                lines += [summary(c, values),
-                          summary(f"{c} (log variant)", panel["log_spectra"][c])]
+                lines += [
+                    summary(c, values),
+                    summary(f"{c} (log variant)", panel["log_spectra"][c]),
+                ]
             lines.append("H's separated outliers against the nearest of G's:")
             lines += _pairs_lines(panel["outlier_attribution"], "H", "G")
-            lines += [_fit_line("lambda > 0", panel["fit"]),
-                      _fit_line("lambda < 0", panel["fit_negative"]),
-                      "fit range: " + ("given" if panel["fit_range_given"]
-                                       else "automatic rule"),
-                      f"asymmetry of {panel['asymmetry_component']} (log variant): "
-                      f"{panel['asymmetry']:.4f}; 0 = symmetric about 0, 1 = one-signed",
-                      f"zoom range of (c): [{panel['zoom_range'][0]:.4g}, "
-                      f"{panel['zoom_range'][1]:.4g}] from the bulk edges of "
-                      f"{panel['zoom_reference']}"]
+            lines += [
+                _fit_line("lambda > 0", panel["fit"]),
+                _fit_line("lambda < 0", panel["fit_negative"]),
+                "fit range: " + ("given" if panel["fit_range_given"] else "automatic rule"),
+                f"asymmetry of {panel['asymmetry_component']} (log variant): "
+                f"{panel['asymmetry']:.4f}; 0 = symmetric about 0, 1 = one-signed",
+                f"zoom range of (c): [{panel['zoom_range'][0]:.4g}, "
+                f"{panel['zoom_range'][1]:.4g}] from the bulk edges of "
+                f"{panel['zoom_reference']}",
+            ]
         elif fig == "fig5":
             for split, trend in panel["outliers_by_size"].items():
                 lines.append(f"{split}:")
-                lines += ["  " + summary(f"{key}/class", panel["spectra"][split][key])
-                          for key, _, _ in trend]
+                lines += [
+                    "  " + summary(f"{key}/class", panel["spectra"][split][key])
+                    for key, _, _ in trend
+                ]
                 counts = [count for _, _, count in trend]
-                lines.append(f"  outliers in order of sample size: {counts}; "
-                             f"non-decreasing: {all(a <= b for a, b in zip(counts, counts[1:]))}")
+                lines.append(
+                    f"  outliers in order of sample size: {counts}; "
+                    f"non-decreasing: {all(a <= b for a, b in zip(counts, counts[1:]))}"
+                )
     return lines

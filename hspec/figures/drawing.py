@@ -29,9 +29,9 @@ import matplotlib as mpl
 import numpy as np
 import seaborn as sns
 
-from hspec.figures import caption_numbers as fn
 from hspec.atomic import atomic_write
 from hspec.errors import HspecError
+from hspec.figures import caption_numbers as fn
 
 PALETTE = sns.color_palette("colorblind").as_hex()
 BULK_COLOR = PALETTE[0]
@@ -44,15 +44,24 @@ COMPONENT_NAMES = {
     "gradient_covariance": "covariance of gradients $G$",
     "prediction_hessian": "averaged Hessian of predictions $R$",
 }
-DATASET_NAMES = {"digits": "digits", "mnist": "MNIST", "fashionmnist": "FashionMNIST",
-                 "cifar10": "CIFAR10", "cifar100": "CIFAR100"}
+DATASET_NAMES = {
+    "digits": "digits",
+    "mnist": "MNIST",
+    "fashionmnist": "FashionMNIST",
+    "cifar10": "CIFAR10",
+    "cifar100": "CIFAR100",
+}
 ARCH_NAMES = {"mlp": "MLP", "cnn": "CNN", "vgg11": "VGG11", "resnet18": "ResNet18"}
 
 
 def apply_style() -> None:
     """The one look of every figure: seaborn's theme, set on matplotlib's rcParams."""
-    sns.set_theme(context="paper", style="ticks", palette=PALETTE,
-                  rc={"axes.titlesize": 9, "legend.fontsize": 7, "savefig.dpi": 150})
+    sns.set_theme(
+        context="paper",
+        style="ticks",
+        palette=PALETTE,
+        rc={"axes.titlesize": 9, "legend.fontsize": 7, "savefig.dpi": 150},
+    )
 
 
 def _new_figure(**kwargs):
@@ -64,14 +73,22 @@ def _new_figure(**kwargs):
 
 # ------------------------------------------------------------------------------ titles
 
+
 def variant(attrs: Mapping) -> str:
     """'deflated (C=…)' or 'plain', from the stored settings."""
     deflate = int(fn._settings(attrs).get("deflate", 0) or 0)
     return f"deflated (C={deflate})" if deflate else "plain"
 
 
-def describe(attrs: Mapping, *, dataset: bool = True, arch: bool = True,
-             split: bool = True, component: bool = True, size: bool = True) -> str:
+def describe(
+    attrs: Mapping,
+    *,
+    dataset: bool = True,
+    arch: bool = True,
+    split: bool = True,
+    component: bool = True,
+    size: bool = True,
+) -> str:
     """A title naming dataset, arch, split, component and examples per class."""
     parts = []
     if dataset:
@@ -81,8 +98,7 @@ def describe(attrs: Mapping, *, dataset: bool = True, arch: bool = True,
     if split:
         parts.append(str(attrs.get("split")))
     if component:
-        parts.append(COMPONENT_NAMES.get(attrs.get("component"),
-                                         str(attrs.get("component"))))
+        parts.append(COMPONENT_NAMES.get(attrs.get("component"), str(attrs.get("component"))))
     if size and attrs.get("n_per_class") is not None:
         parts.append(f"{attrs['n_per_class']}/class")
     return ", ".join(parts)
@@ -96,8 +112,13 @@ def component_title(attrs: Mapping) -> str:
 
 # ------------------------------------------------------------------------------ axes
 
-def floor_density(density, floor: float = DEFAULT_FLOOR, reference: float | None = None,
-                  at_most: float | None = None) -> tuple[np.ndarray, float]:
+
+def floor_density(
+    density,
+    floor: float = DEFAULT_FLOOR,
+    reference: float | None = None,
+    at_most: float | None = None,
+) -> tuple[np.ndarray, float]:
     """(density clipped below at a level, the level) for a log scale: the level is
     floor·reference (reference = max(density)), or ``at_most`` if that is lower."""
     density = np.asarray(density, dtype=float)
@@ -110,9 +131,17 @@ def floor_density(density, floor: float = DEFAULT_FLOOR, reference: float | None
     return np.maximum(density, level), level
 
 
-def mark_outliers(ax, values, *, height: float | None = None, bottom: float | None = None,
-                  color: str = OUTLIER_COLOR, label: str | None = None, size: float = 5,
-                  linewidth: float = 1.0):
+def mark_outliers(
+    ax,
+    values,
+    *,
+    height: float | None = None,
+    bottom: float | None = None,
+    color: str = OUTLIER_COLOR,
+    label: str | None = None,
+    size: float = 5,
+    linewidth: float = 1.0,
+):
     """Mark eigenvalues at their x positions and return the markers' Line2D.
 
     With ``height`` (and ``bottom``): stems from ``bottom`` to ``height`` in data units,
@@ -121,22 +150,49 @@ def mark_outliers(ax, values, *, height: float | None = None, bottom: float | No
     """
     values = np.asarray(values, dtype=float)
     if height is None:
-        (line,) = ax.plot(values, np.full(values.size, 0.97), linestyle="none",
-                          marker="v", markersize=size, color=color, label=label,
-                          transform=ax.get_xaxis_transform(), zorder=4)
+        (line,) = ax.plot(
+            values,
+            np.full(values.size, 0.97),
+            linestyle="none",
+            marker="v",
+            markersize=size,
+            color=color,
+            label=label,
+            transform=ax.get_xaxis_transform(),
+            zorder=4,
+        )
         return line
     if bottom is not None and values.size:
         ax.vlines(values, bottom, height, colors=color, linewidth=linewidth, zorder=3)
-    (line,) = ax.plot(values, np.full(values.size, height), linestyle="none",
-                      marker="o", markersize=size, color=color, label=label, zorder=4)
+    (line,) = ax.plot(
+        values,
+        np.full(values.size, height),
+        linestyle="none",
+        marker="o",
+        markersize=size,
+        color=color,
+        label=label,
+        zorder=4,
+    )
     return line
 
 
-def plot_density(ax, arrays: Mapping, attrs: Mapping, *, floor: float = DEFAULT_FLOOR,
-                 color: str = BULK_COLOR, label: str | None = None,
-                 title: str | bool = True, stems: bool = True, mark_separated: bool = True,
-                 outlier_color: str | None = None, linewidth: float = 1.2,
-                 pad: float = 0.03, set_limits: bool = True) -> dict:
+def plot_density(
+    ax,
+    arrays: Mapping,
+    attrs: Mapping,
+    *,
+    floor: float = DEFAULT_FLOOR,
+    color: str = BULK_COLOR,
+    label: str | None = None,
+    title: str | bool = True,
+    stems: bool = True,
+    mark_separated: bool = True,
+    outlier_color: str | None = None,
+    linewidth: float = 1.2,
+    pad: float = 0.03,
+    set_limits: bool = True,
+) -> dict:
     """The bulk density on a log y-scale over the denormalized axis, with the
     deflated outliers as stems and the separated outliers marked along the top.
 
@@ -151,18 +207,30 @@ def plot_density(ax, arrays: Mapping, attrs: Mapping, *, floor: float = DEFAULT_
     grid, density = np.asarray(arrays["grid"]), np.asarray(arrays["density"])
     outliers = np.asarray(arrays["outliers"], dtype=float)
     height = fn.atom_height(attrs) if outliers.size else 0.0
-    clipped, level = floor_density(density, floor, max(density.max(), height),
-                                   at_most=0.01 * fn.atom_height(attrs))
+    clipped, level = floor_density(
+        density, floor, max(density.max(), height), at_most=0.01 * fn.atom_height(attrs)
+    )
     (line,) = ax.plot(grid, clipped, color=color, linewidth=linewidth, label=label)
     ax.set_yscale("log")
     outlier_color = outlier_color or (OUTLIER_COLOR if color == BULK_COLOR else color)
     if stems and outliers.size:
-        mark_outliers(ax, outliers, height=height, bottom=level, color=outlier_color,
-                      label=None if label else f"deflated outliers ({outliers.size})")
+        mark_outliers(
+            ax,
+            outliers,
+            height=height,
+            bottom=level,
+            color=outlier_color,
+            label=None if label else f"deflated outliers ({outliers.size})",
+        )
     found = fn.separated(arrays, attrs)
     if mark_separated and found.size:
-        mark_outliers(ax, found, color=outlier_color, size=4,
-                      label=None if label else f"separated outliers ({found.size})")
+        mark_outliers(
+            ax,
+            found,
+            color=outlier_color,
+            size=4,
+            label=None if label else f"separated outliers ({found.size})",
+        )
     lo = min(grid[0], outliers.min()) if outliers.size else grid[0]
     hi = max(grid[-1], outliers.max()) if outliers.size else grid[-1]
     margin = pad * (hi - lo)
@@ -177,14 +245,28 @@ def plot_density(ax, arrays: Mapping, attrs: Mapping, *, floor: float = DEFAULT_
         ax.set_title(f"{describe(attrs)} [{variant(attrs)}]")
     elif title:
         ax.set_title(title)
-    return {"line": line, "floor": level, "top": top, "outliers": outliers,
-            "separated": found, "xlim": xlim}
+    return {
+        "line": line,
+        "floor": level,
+        "top": top,
+        "outliers": outliers,
+        "separated": found,
+        "xlim": xlim,
+    }
 
 
-def plot_log_density(ax, arrays: Mapping, attrs: Mapping, sign: int = 1, *,
-                     floor: float = DEFAULT_FLOOR, color: str | None = None,
-                     label: str | None = None, decades: float = 8.0,
-                     title: str | bool = True) -> dict:
+def plot_log_density(
+    ax,
+    arrays: Mapping,
+    attrs: Mapping,
+    sign: int = 1,
+    *,
+    floor: float = DEFAULT_FLOOR,
+    color: str | None = None,
+    label: str | None = None,
+    decades: float = 8.0,
+    title: str | bool = True,
+) -> dict:
     """The density of |λ| over one sign on log–log axes (Fig. 4b, 4d); the x-range
     is where the density is above the floor (``xlim`` in the result)."""
     x, phi = fn.log_tail(arrays, attrs, sign, decades=decades)
@@ -201,8 +283,7 @@ def plot_log_density(ax, arrays: Mapping, attrs: Mapping, sign: int = 1, *,
         ax.set_title(describe(attrs))
     elif title:
         ax.set_title(title)
-    return {"line": line, "floor": level, "x": x, "phi": phi, "xlim": xlim,
-            "top": float(phi.max())}
+    return {"line": line, "floor": level, "x": x, "phi": phi, "xlim": xlim, "top": float(phi.max())}
 
 
 def plot_fit(ax, fit: Mapping, *, color: str = "black", shade: bool = True):
@@ -212,10 +293,14 @@ def plot_fit(ax, fit: Mapping, *, color: str = "black", shade: bool = True):
     x = np.geomspace(fit["lo"], fit["hi"], 64)
     if shade:
         ax.axvspan(fit["lo"], fit["hi"], color="0.85", alpha=0.5, zorder=0)
-    (line,) = ax.loglog(x, fit["a"] * x ** -fit["b"], linestyle="--", color=color,
-                        linewidth=1.5,
-                        label=f"$\\phi = {fit['a']:.2g}\\,|\\lambda|^{{-{fit['b']:.2f}}}$, "
-                              f"$R^2 = {fit['r2']:.2f}$")
+    (line,) = ax.loglog(
+        x,
+        fit["a"] * x ** -fit["b"],
+        linestyle="--",
+        color=color,
+        linewidth=1.5,
+        label=f"$\\phi = {fit['a']:.2g}\\,|\\lambda|^{{-{fit['b']:.2f}}}$, $R^2 = {fit['r2']:.2f}$",
+    )
     return line
 
 
@@ -248,8 +333,9 @@ def share_limits(axes, drawn, *, y: bool = False) -> tuple[float, float]:
     return xlim
 
 
-def bulk_inset(ax, arrays: Mapping, attrs: Mapping, *, color: str = BULK_COLOR,
-               bounds=(0.38, 0.5, 0.3, 0.36)):
+def bulk_inset(
+    ax, arrays: Mapping, attrs: Mapping, *, color: str = BULK_COLOR, bounds=(0.38, 0.5, 0.3, 0.36)
+):
     """An inset (at ``bounds`` in axes fraction) zooming on the bulk: its edges
     (:func:`hspec.figures.caption_numbers.bulk_edges`) widened by 10 % on each side, log y.
     Returns the inset axes, or None when the bulk has no edges."""
@@ -283,6 +369,7 @@ def save_figure(fig, stem, dpi: int = 150) -> list[Path]:
 
 # --------------------------------------------------------------------------- figures
 
+
 def hessian_figure(loaded: Mapping, title: str):
     """Figs. 1–2: one panel per spectrum (two columns), lettered, each with a bulk
     inset."""
@@ -291,10 +378,8 @@ def hessian_figure(loaded: Mapping, title: str):
     nrows = -(-n // ncols)
     fig = _new_figure(figsize=(6.5 * ncols, 4.2 * nrows))
     axes = fig.subplots(nrows, ncols, squeeze=False)
-    for ax, letter, (arrays, attrs) in zip(axes.flat, string.ascii_lowercase,
-                                           loaded.values()):
-        plot_density(ax, arrays, attrs,
-                     title=f"({letter}) {describe(attrs)} [{variant(attrs)}]")
+    for ax, letter, (arrays, attrs) in zip(axes.flat, string.ascii_lowercase, loaded.values()):
+        plot_density(ax, arrays, attrs, title=f"({letter}) {describe(attrs)} [{variant(attrs)}]")
         bulk_inset(ax, arrays, attrs)
         legend(ax, loc="center right")
     for ax in axes.flat[n:]:
@@ -309,12 +394,20 @@ def deflation_figure(loaded: Mapping):
     n = len(loaded)
     fig = _new_figure(figsize=(8 * n, 7))
     axes = fig.subplots(2, n, sharex="col", squeeze=False)
-    for column, (label, pair) in zip(axes.T, loaded.items()):
+    for column, pair in zip(axes.T, loaded.values()):
         top_arrays, top_attrs = pair["deflated"]
-        drawn = [plot_density(column[0], *pair["deflated"], title=(
-                     f"LOWRANKDEFLATION then LANCZOSAPPROXSPEC: {describe(top_attrs)}")),
-                 plot_density(column[1], *pair["plain"], title=(
-                     f"LANCZOSAPPROXSPEC only: {describe(pair['plain'][1])}"))]
+        drawn = [
+            plot_density(
+                column[0],
+                *pair["deflated"],
+                title=(f"LOWRANKDEFLATION then LANCZOSAPPROXSPEC: {describe(top_attrs)}"),
+            ),
+            plot_density(
+                column[1],
+                *pair["plain"],
+                title=(f"LANCZOSAPPROXSPEC only: {describe(pair['plain'][1])}"),
+            ),
+        ]
         for ax, (arrays, attrs) in zip(column, (pair["deflated"], pair["plain"])):
             for value in top_arrays["outliers"]:
                 ax.axvline(value, color="0.6", linestyle=":", linewidth=0.8, zorder=0)
@@ -326,8 +419,7 @@ def deflation_figure(loaded: Mapping):
     return fig
 
 
-def _components_block(subfig, loaded: Mapping, log_loaded: Mapping,
-                      numbers: Mapping) -> None:
+def _components_block(subfig, loaded: Mapping, log_loaded: Mapping, numbers: Mapping) -> None:
     components = fn.ordered_components(loaded)
     rows = len(components)
     grid = subfig.add_gridspec(rows, 4)
@@ -336,38 +428,70 @@ def _components_block(subfig, loaded: Mapping, log_loaded: Mapping,
     axes_c = [subfig.add_subplot(grid[i, 2]) for i in range(rows)]
     ax_d = subfig.add_subplot(grid[:, 3])
     # (a) the spectra on a shared x-axis
-    share_limits(axes_a, [plot_density(ax, *loaded[c], title=component_title(loaded[c][1]))
-                          for ax, c in zip(axes_a, components)])
+    share_limits(
+        axes_a,
+        [
+            plot_density(ax, *loaded[c], title=component_title(loaded[c][1]))
+            for ax, c in zip(axes_a, components)
+        ],
+    )
     for ax in axes_a:
         legend(ax, fontsize=6, loc="center right")
     # (b) log x-axis, positive eigenvalues, from the log variants
-    share_limits(axes_b, [plot_log_density(ax, *log_loaded[c], sign=1, color=BULK_COLOR,
-                                           title=component_title(log_loaded[c][1]))
-                          for ax, c in zip(axes_b, components)])
+    share_limits(
+        axes_b,
+        [
+            plot_log_density(
+                ax,
+                *log_loaded[c],
+                sign=1,
+                color=BULK_COLOR,
+                title=component_title(log_loaded[c][1]),
+            )
+            for ax, c in zip(axes_b, components)
+        ],
+    )
     # (c) zoom on the bulk
     for ax, c in zip(axes_c, components):
         plot_density(ax, *loaded[c], title=component_title(loaded[c][1]), set_limits=False)
         zoom(ax, loaded[c][0], *numbers["zoom_range"])
     # (d) the tail on log-log axes, both signs, with the power law
     tail = numbers["asymmetry_component"]
-    drawn = [plot_log_density(ax_d, *log_loaded[tail], sign=1, label="$\\lambda > 0$",
-                              title=component_title(log_loaded[tail][1]))]
+    drawn = [
+        plot_log_density(
+            ax_d,
+            *log_loaded[tail],
+            sign=1,
+            label="$\\lambda > 0$",
+            title=component_title(log_loaded[tail][1]),
+        )
+    ]
     try:
-        drawn.append(plot_log_density(ax_d, *log_loaded[tail], sign=-1,
-                                      label="$|\\lambda|,\\ \\lambda < 0$", title=False))
+        drawn.append(
+            plot_log_density(
+                ax_d, *log_loaded[tail], sign=-1, label="$|\\lambda|,\\ \\lambda < 0$", title=False
+            )
+        )
     except HspecError:  # a one-signed tail: no blue curve (its fit says why)
         pass
     share_limits([ax_d], drawn)
     ax_d.set_ylim(min(d["floor"] for d in drawn) / 2, max(d["top"] for d in drawn) * 3)
     plot_fit(ax_d, numbers["fit"])
-    ax_d.text(0.03, 0.03, f"asymmetry = {numbers['asymmetry']:.3f}\n"
-              "(0: symmetric about 0, 1: one-signed)", transform=ax_d.transAxes,
-              fontsize=8)
+    ax_d.text(
+        0.03,
+        0.03,
+        f"asymmetry = {numbers['asymmetry']:.3f}\n(0: symmetric about 0, 1: one-signed)",
+        transform=ax_d.transAxes,
+        fontsize=8,
+    )
     ax_d.set_xlabel("$|\\lambda|$")
     ax_d.legend(fontsize=8, loc="upper right")
-    titles = ["(a) outlier attribution", "(b) log x-axis, $\\lambda > 0$",
-              "(c) zoom on the bulk",
-              "(d) tail: $\\lambda > 0$ red, $\\lambda < 0$ blue"]
+    titles = [
+        "(a) outlier attribution",
+        "(b) log x-axis, $\\lambda > 0$",
+        "(c) zoom on the bulk",
+        "(d) tail: $\\lambda > 0$ red, $\\lambda < 0$ blue",
+    ]
     for axes, title in zip([axes_a, axes_b, axes_c, [ax_d]], titles):
         axes[0].set_title(f"{title}\n{axes[0].get_title()}")
     subfig.suptitle(describe(log_loaded[tail][1], component=False))  # names the entry
@@ -382,8 +506,9 @@ def components_figure(loaded: Mapping, numbers: Mapping):
     fig = _new_figure(figsize=(20, sum(2.9 * r + 1 for r in rows)))
     subfigs = fig.subfigures(len(rows), 1, squeeze=False, height_ratios=rows)[:, 0]
     for subfig, label in zip(subfigs, loaded):
-        _components_block(subfig, loaded[label]["spectra"], loaded[label]["log_spectra"],
-                          numbers["panels"][label])
+        _components_block(
+            subfig, loaded[label]["spectra"], loaded[label]["log_spectra"], numbers["panels"][label]
+        )
     fig.suptitle("The Hessian $H$ and its components $G$ and $R$")
     return fig
 
@@ -392,12 +517,19 @@ def sample_size_figure(loaded: Mapping, numbers: Mapping):
     """Fig. 5: per dataset (a column) train (top) and test (bottom) curves of the
     covariance of gradients, coloured by examples per class (log colour scale, one
     colourbar); ``numbers`` is :func:`hspec.figures.caption_numbers.sample_size_numbers`."""
-    sizes = {label: {split: {key: values["per_class_value"] for key, values in s.items()}
-                     for split, s in numbers["panels"][label]["spectra"].items()}
-             for label in loaded}
+    sizes = {
+        label: {
+            split: {key: values["per_class_value"] for key, values in s.items()}
+            for split, s in numbers["panels"][label]["spectra"].items()
+        }
+        for label in loaded
+    }
     values = sorted({v for p in sizes.values() for s in p.values() for v in s.values()})
-    norm = (mpl.colors.LogNorm(values[0], values[-1]) if values[0] < values[-1]
-            else mpl.colors.LogNorm(values[0] / 2, values[0] * 2))
+    norm = (
+        mpl.colors.LogNorm(values[0], values[-1])
+        if values[0] < values[-1]
+        else mpl.colors.LogNorm(values[0] / 2, values[0] * 2)
+    )
     cmap = mpl.colormaps[SIZE_CMAP]
     fig = _new_figure(figsize=(9 * len(loaded), 8))
     axes = fig.subplots(2, len(loaded), squeeze=False)
@@ -405,15 +537,24 @@ def sample_size_figure(loaded: Mapping, numbers: Mapping):
         for ax, split in zip(column, [s for s in ("train", "test") if s in splits]):
             curves = splits[split]
             order = sorted(curves, key=lambda key: sizes[label][split][key])
-            drawn = [plot_density(ax, *curves[key], label=f"{key}/class", title=False,
-                                  color=cmap(norm(sizes[label][split][key])),
-                                  set_limits=False, linewidth=1.0)
-                     for key in order]
+            drawn = [
+                plot_density(
+                    ax,
+                    *curves[key],
+                    label=f"{key}/class",
+                    title=False,
+                    color=cmap(norm(sizes[label][split][key])),
+                    set_limits=False,
+                    linewidth=1.0,
+                )
+                for key in order
+            ]
             share_limits([ax], drawn, y=True)
             first = curves[order[0]][1]
             ax.set_title(f"{describe(first, size=False)} [{variant(first)}]")
-    colorbar = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes,
-                            label="examples per class (train)")
+    colorbar = fig.colorbar(
+        mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes, label="examples per class (train)"
+    )
     ticks = {}
     for panel in sizes.values():
         for split in panel.values():

@@ -31,8 +31,11 @@ NOTEBOOKS = {
 }
 COMPONENTS = ("hessian", "gradient_covariance", "prediction_hessian")
 # Fig. 4 (a), (c): H and G deflated, R plain (R has no outliers to deflate)
-FIG4_VARIANTS = {"hessian": "deflated", "gradient_covariance": "deflated",
-                 "prediction_hessian": "plain"}
+FIG4_VARIANTS = {
+    "hessian": "deflated",
+    "gradient_covariance": "deflated",
+    "prediction_hessian": "plain",
+}
 
 
 def spectrum_path(results, arch, dataset, n, split, component, variant) -> str:
@@ -42,8 +45,10 @@ def spectrum_path(results, arch, dataset, n, split, component, variant) -> str:
 
 def figure_files(fig: str, results) -> dict:
     """The notebook's outputs: ``figure`` (a stem: .png and .pdf) and ``numbers``."""
-    return {"figure": f"{results}/figures/{fig}/{fig}",
-            "numbers": f"{results}/figures/{fig}/numbers.json"}
+    return {
+        "figure": f"{results}/figures/{fig}/{fig}",
+        "numbers": f"{results}/figures/{fig}/numbers.json",
+    }
 
 
 def _label(dataset, n, sizes) -> str:
@@ -76,21 +81,35 @@ def figure_parameters(fig: str, spec: Mapping, results) -> dict:
     entries = [(_label(d, n, sizes), d, n) for d in datasets for n in sizes]
     if fig in ("fig1", "fig2"):
         split = "train" if fig == "fig1" else "test"
-        return {"spectra": {label: path(d, n, split, "hessian", "plain")
-                            for label, d, n in entries}}
+        return {
+            "spectra": {label: path(d, n, split, "hessian", "plain") for label, d, n in entries}
+        }
     if fig == "fig3":
-        return {"panels": {label: {v: path(d, n, "train", "hessian", v)
-                                   for v in ("deflated", "plain")}
-                           for label, d, n in entries}}
+        return {
+            "panels": {
+                label: {v: path(d, n, "train", "hessian", v) for v in ("deflated", "plain")}
+                for label, d, n in entries
+            }
+        }
     if fig == "fig4":
-        return {"panels": {label: {
-            "spectra": {c: path(d, n, "test", c, FIG4_VARIANTS[c]) for c in COMPONENTS},
-            "log_spectra": {c: path(d, n, "test", c, "log") for c in COMPONENTS},
-        } for label, d, n in entries}}
-    return {"panels": {d: {split: {n: path(d, n, split, "gradient_covariance", "plain")
-                                   for n in sizes}
-                           for split in ("train", "test")}
-                       for d in datasets}}
+        return {
+            "panels": {
+                label: {
+                    "spectra": {c: path(d, n, "test", c, FIG4_VARIANTS[c]) for c in COMPONENTS},
+                    "log_spectra": {c: path(d, n, "test", c, "log") for c in COMPONENTS},
+                }
+                for label, d, n in entries
+            }
+        }
+    return {
+        "panels": {
+            d: {
+                split: {n: path(d, n, split, "gradient_covariance", "plain") for n in sizes}
+                for split in ("train", "test")
+            }
+            for d in datasets
+        }
+    }
 
 
 def spectrum_paths(parameters) -> list[str]:
@@ -103,8 +122,7 @@ def spectrum_paths(parameters) -> list[str]:
 def papermill_yaml(fig: str, spec: Mapping, results) -> str:
     """papermill ``-y``: the parameters plus the outputs, as JSON (which is YAML), in
     the config's order (papermill keeps it: the panels come in that order)."""
-    return json.dumps({**figure_parameters(fig, spec, results),
-                       **figure_files(fig, results)})
+    return json.dumps({**figure_parameters(fig, spec, results), **figure_files(fig, results)})
 
 
 def find_root(start) -> Path:
@@ -114,8 +132,10 @@ def find_root(start) -> Path:
     for folder in (start, *start.parents):
         if (folder / "config" / "demo.yaml").is_file():
             return folder
-    raise HspecError(f"{start}: no config/demo.yaml here or above; run the notebook "
-                     "inside the repository (e.g. from notebooks/)")
+    raise HspecError(
+        f"{start}: no config/demo.yaml here or above; run the notebook "
+        "inside the repository (e.g. from notebooks/)"
+    )
 
 
 def notebook_defaults(fig: str, start=None) -> dict:
@@ -127,11 +147,11 @@ def notebook_defaults(fig: str, start=None) -> dict:
     root = find_root(start)
     demo = yaml.safe_load((root / "config" / "demo.yaml").read_text())
     results = os.path.relpath(root / demo["results"], start.resolve())
-    return {**figure_parameters(fig, demo["figures"][fig], results),
-            **figure_files(fig, results)}
+    return {**figure_parameters(fig, demo["figures"][fig], results), **figure_files(fig, results)}
 
 
 # ----------------------------------------------------------------------------- loading
+
 
 def writer_hint(path) -> str:
     """How to make a missing spectrum: the ``snakemake`` target that writes it, relative
@@ -143,8 +163,10 @@ def writer_hint(path) -> str:
         return f"run the workflow step that writes {path}"
     target = path.relative_to(root)
     demo = " (the demo's: `make demo`)" if target.parts[:2] == ("results", "demo") else ""
-    return (f"it is written by `snakemake --cores all {target}`, run in {root} with the "
-            f"config that names it{demo}")
+    return (
+        f"it is written by `snakemake --cores all {target}`, run in {root} with the "
+        f"config that names it{demo}"
+    )
 
 
 def load(path) -> tuple[dict, dict]:
@@ -157,5 +179,7 @@ def load(path) -> tuple[dict, dict]:
 
 def load_all(paths: Mapping) -> dict:
     """The same mapping with every path replaced by :func:`load` of it (nested)."""
-    return {key: load_all(value) if isinstance(value, Mapping) else load(value)
-            for key, value in paths.items()}
+    return {
+        key: load_all(value) if isinstance(value, Mapping) else load(value)
+        for key, value in paths.items()
+    }

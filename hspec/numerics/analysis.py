@@ -16,8 +16,8 @@ import math
 
 import numpy as np
 
-from hspec.numerics.density import KERNEL_CUTOFF
 from hspec.errors import HspecError
+from hspec.numerics.density import KERNEL_CUTOFF
 
 
 def kernel_reach(sigma: float, cutoff: float = KERNEL_CUTOFF) -> float:
@@ -26,8 +26,14 @@ def kernel_reach(sigma: float, cutoff: float = KERNEL_CUTOFF) -> float:
     return sigma * math.sqrt(2 * math.log(1 / (cutoff * sigma * math.sqrt(2 * math.pi))))
 
 
-def separated_outliers(values: np.ndarray, masses: np.ndarray, reach: float, *,
-                       min_mass: float = 0.0, tolerance: float = 0.0) -> np.ndarray:
+def separated_outliers(
+    values: np.ndarray,
+    masses: np.ndarray,
+    reach: float,
+    *,
+    min_mass: float = 0.0,
+    tolerance: float = 0.0,
+) -> np.ndarray:
     """Eigenvalue estimates isolated above the bulk, descending, each counted once.
 
     ``values``/``masses`` are the estimated distribution as atoms (Ritz nodes and
@@ -53,19 +59,18 @@ def separated_outliers(values: np.ndarray, masses: np.ndarray, reach: float, *,
     return above[np.concatenate([[True], -np.diff(above) > tolerance])]
 
 
-def bulk_edges(nodes: np.ndarray, weights: np.ndarray,
-               quantiles: tuple[float, float] = (0.001, 0.999)) -> tuple[float, float]:
+def bulk_edges(
+    nodes: np.ndarray, weights: np.ndarray, quantiles: tuple[float, float] = (0.001, 0.999)
+) -> tuple[float, float]:
     """The given quantiles of the bulk's quadrature distribution (nodes, weights)."""
     order = np.argsort(nodes)
     cdf = np.cumsum(np.asarray(weights)[order])
     cdf /= cdf[-1]
     sorted_nodes = np.asarray(nodes)[order]
-    return tuple(float(sorted_nodes[min(np.searchsorted(cdf, q), len(cdf) - 1)])
-                 for q in quantiles)
+    return tuple(float(sorted_nodes[min(np.searchsorted(cdf, q), len(cdf) - 1)]) for q in quantiles)
 
 
-def power_law_fit(x: np.ndarray, y: np.ndarray, lo: float, hi: float
-                  ) -> dict[str, float]:
+def power_law_fit(x: np.ndarray, y: np.ndarray, lo: float, hi: float) -> dict[str, float]:
     """Least squares of log10 y = log10 a − b log10 x over lo ≤ x ≤ hi (y > 0).
 
     Returns a, b, the coefficient of determination R² (on the log–log axes) and the
@@ -73,14 +78,21 @@ def power_law_fit(x: np.ndarray, y: np.ndarray, lo: float, hi: float
     """
     keep = (x >= lo) & (x <= hi) & (y > 0)
     if keep.sum() < 3:
-        raise HspecError(f"fit range: fewer than 3 points with positive density in "
-                         f"[{lo:.3g}, {hi:.3g}]")
+        raise HspecError(
+            f"fit range: fewer than 3 points with positive density in [{lo:.3g}, {hi:.3g}]"
+        )
     lx, ly = np.log10(x[keep]), np.log10(y[keep])
     slope, intercept = np.polyfit(lx, ly, 1)
     residual = ly - (intercept + slope * lx)
     r2 = 1 - residual @ residual / ((ly - ly.mean()) @ (ly - ly.mean()))
-    return {"a": float(10 ** intercept), "b": float(-slope), "r2": float(r2),
-            "points": int(keep.sum()), "lo": float(lo), "hi": float(hi)}
+    return {
+        "a": float(10**intercept),
+        "b": float(-slope),
+        "r2": float(r2),
+        "points": int(keep.sum()),
+        "lo": float(lo),
+        "hi": float(hi),
+    }
 
 
 def wasserstein1(atoms_a, masses_a, atoms_b, masses_b) -> float:

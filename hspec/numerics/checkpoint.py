@@ -67,8 +67,11 @@ def _differences(found, fingerprint: dict) -> list[str]:
     out = []
     for part in ("settings", "key"):
         old, new = found.get(part) or {}, fingerprint[part]
-        out += [f"{part}.{name} {old.get(name)!r} -> {new.get(name)!r}"
-                for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]
+        out += [
+            f"{part}.{name} {old.get(name)!r} -> {new.get(name)!r}"
+            for name in sorted(set(old) | set(new))
+            if old.get(name) != new.get(name)
+        ]
     if found.get("dim") != fingerprint["dim"]:
         out.append(f"dim {found.get('dim')!r} -> {fingerprint['dim']!r}")
     if _probe_differs(found.get("probe"), fingerprint["probe"]):
@@ -79,16 +82,26 @@ def _differences(found, fingerprint: dict) -> list[str]:
 class SpectrumCheckpoint:
     """The saved stages of one spectrum computation at ``path``."""
 
-    def __init__(self, path: str | os.PathLike, settings: dict, op,
-                 key: Mapping | None = None, interval: float = 60.0) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        settings: dict,
+        op,
+        key: Mapping | None = None,
+        interval: float = 60.0,
+    ) -> None:
         """``op``: the operator (a :class:`hspec.numerics.linear_operator.LinearOperator`), probed
         with one uncounted product; ``key``: the caller's identity of the computation."""
         self.path = Path(path)
         self.device = op.device
         self.interval = interval
         self._last_save = time.monotonic()
-        fingerprint = {"settings": dict(settings), "dim": op.dim, "key": dict(key or {}),
-                       "probe": probe(op)}
+        fingerprint = {
+            "settings": dict(settings),
+            "dim": op.dim,
+            "key": dict(key or {}),
+            "probe": probe(op),
+        }
         self.state = self._load(fingerprint) or {"fingerprint": fingerprint, "stages": {}}
 
     def _load(self, fingerprint: dict) -> dict | None:
@@ -100,12 +113,17 @@ class SpectrumCheckpoint:
             state = torch.load(self.path, weights_only=True, map_location=self.device)
             found = state["fingerprint"]
         except Exception as error:
-            raise HspecError(f"{self.path}: not a readable spectrum checkpoint ({error}); "
-                             "delete it to start over") from error
+            raise HspecError(
+                f"{self.path}: not a readable spectrum checkpoint ({error}); "
+                "delete it to start over"
+            ) from error
         differences = _differences(found, fingerprint)
         if differences:
-            log.warning("%s: discarded, a checkpoint of another computation (%s); starting "
-                        "over", self.path, "; ".join(differences))
+            log.warning(
+                "%s: discarded, a checkpoint of another computation (%s); starting over",
+                self.path,
+                "; ".join(differences),
+            )
             self.path.unlink(missing_ok=True)
             return None
         return state
@@ -122,8 +140,15 @@ class SpectrumCheckpoint:
     def partial(self, stage: str):
         return self.state["stages"].get(stage + "/partial")
 
-    def save(self, stage: str, value, generator: torch.Generator, hvp_count: int, *,
-             partial: bool = False) -> None:
+    def save(
+        self,
+        stage: str,
+        value,
+        generator: torch.Generator,
+        hvp_count: int,
+        *,
+        partial: bool = False,
+    ) -> None:
         """Record a stage's result (always written) or partial state (rate-limited)."""
         now = time.monotonic()
         if partial and now - self._last_save < self.interval:
@@ -141,21 +166,26 @@ class SpectrumCheckpoint:
         try:
             atomic_write(self.path, lambda file: torch.save(self.state, file))
         except (OSError, RuntimeError) as error:  # torch's writer reports I/O as RuntimeError
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise HspecError(f"{self.path}: cannot write the spectrum checkpoint ({reason})") from error
+            reason = (
+                str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            )
+            raise HspecError(
+                f"{self.path}: cannot write the spectrum checkpoint ({reason})"
+            ) from error
 
     def stage_runner(self, generator: torch.Generator, op) -> Callable:
         """``run(stage, compute)``: the stored result, or ``compute(partial, snapshot)``
         whose result is stored; ``snapshot(state)`` saves partial state."""
+
         def run(stage: str, compute: Callable, encode=lambda x: x, decode=lambda x: x):
             done = self.finished(stage)
             if done is not None:
                 return decode(done)
-            snapshot = lambda value: self.save(stage, value, generator, op.hvp_count,
-                                               partial=True)
+            snapshot = lambda value: self.save(stage, value, generator, op.hvp_count, partial=True)
             result = compute(self.partial(stage), snapshot)
             self.save(stage, encode(result), generator, op.hvp_count)
             return result
+
         return run
 
     def remove(self) -> None:

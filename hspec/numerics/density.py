@@ -34,8 +34,9 @@ def smoothing_width(steps: int, k: float = 1.25) -> float:
     return 2.0 / ((steps - 1) * math.sqrt(8 * math.log(k)))
 
 
-def gaussian_density(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray,
-                     sigma: float) -> np.ndarray:
+def gaussian_density(
+    nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, sigma: float
+) -> np.ndarray:
     """Σ_m w_m g_σ(t − θ_m) on ``grid``, with g_σ the centred Gaussian of width σ."""
     z = (grid[:, None] - np.asarray(nodes)[None, :]) / sigma
     kernel = np.exp(-0.5 * z * z) / (sigma * math.sqrt(2 * math.pi))
@@ -46,13 +47,21 @@ def gaussian_density(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray,
 def quadrature(runs: list[LanczosRun]) -> tuple[np.ndarray, np.ndarray]:
     """Ritz values θ_m^l and weights τ_m^l²/n_vec of all runs, concatenated (eq. 10)."""
     ritz = [run.ritz() for run in runs]
-    return (np.concatenate([theta for theta, _, _ in ritz]),
-            np.concatenate([tau2 / len(runs) for _, tau2, _ in ritz]))
+    return (
+        np.concatenate([theta for theta, _, _ in ritz]),
+        np.concatenate([tau2 / len(runs) for _, tau2, _ in ritz]),
+    )
 
 
-def lanczos_approx_spec(nodes: np.ndarray, weights: np.ndarray, norm: Normalization, *,
-                        steps: int, points: int = 1024, k: float = 1.25
-                        ) -> tuple[np.ndarray, np.ndarray]:
+def lanczos_approx_spec(
+    nodes: np.ndarray,
+    weights: np.ndarray,
+    norm: Normalization,
+    *,
+    steps: int,
+    points: int = 1024,
+    k: float = 1.25,
+) -> tuple[np.ndarray, np.ndarray]:
     """Alg. 3's smoothing step: the denormalized grid and density of a Ritz quadrature.
 
     Returns ``grid`` (K points, c + d·linspace(−1, 1, K)) and ``density`` (φ/d).
@@ -64,9 +73,17 @@ def lanczos_approx_spec(nodes: np.ndarray, weights: np.ndarray, norm: Normalizat
     return norm.to_original(t), phi / norm.d
 
 
-def log_density(nodes: np.ndarray, weights: np.ndarray, *, sign: int = 1,
-                points: int = 1024, decades: float = 8.0, sigma: float | None = None,
-                steps: int = 256, k: float = 1.25) -> tuple[np.ndarray, np.ndarray]:
+def log_density(
+    nodes: np.ndarray,
+    weights: np.ndarray,
+    *,
+    sign: int = 1,
+    points: int = 1024,
+    decades: float = 8.0,
+    sigma: float | None = None,
+    steps: int = 256,
+    k: float = 1.25,
+) -> tuple[np.ndarray, np.ndarray]:
     """Density of u = log10|λ| over the quadrature nodes of one sign (Fig. 4b/4d).
 
     The grid spans ``decades`` decades below the largest |node| of that sign; nodes

@@ -31,8 +31,10 @@ def gram(A: Tensor, B: Tensor) -> Tensor:
     (a scalar, vector or matrix, as ``A.T @ B``), on A's device."""
     a, b = (A[:, None] if A.ndim == 1 else A), (B[:, None] if B.ndim == 1 else B)
     rows = a.shape[0] - a.shape[0] % BLOCK
-    blocks = torch.bmm(b[:rows].reshape(-1, BLOCK, b.shape[1]).transpose(1, 2),
-                       a[:rows].reshape(-1, BLOCK, a.shape[1]))  # (p/BLOCK, k, m): Bᵀ A
+    blocks = torch.bmm(
+        b[:rows].reshape(-1, BLOCK, b.shape[1]).transpose(1, 2),
+        a[:rows].reshape(-1, BLOCK, a.shape[1]),
+    )  # (p/BLOCK, k, m): Bᵀ A
     out = blocks.to(torch.float64).sum(0).T + (a[rows:].T @ b[rows:]).to(torch.float64)
     return out.reshape(A.shape[1:] + B.shape[1:])
 

@@ -27,12 +27,18 @@ def jackson_damping(count: int) -> np.ndarray:
     """Jackson coefficients g_0 … g_{N−1} for N = ``count`` moments."""
     n1 = count + 1
     k = np.arange(count)
-    return ((n1 - k) * np.cos(np.pi * k / n1)
-            + np.sin(np.pi * k / n1) / np.tan(np.pi / n1)) / n1
+    return ((n1 - k) * np.cos(np.pi * k / n1) + np.sin(np.pi * k / n1) / np.tan(np.pi / n1)) / n1
 
 
-def kpm_moments(normalized, steps: int, n_vec: int, *, generator: torch.Generator,
-                progress: bool = False, start_projection=None) -> np.ndarray:
+def kpm_moments(
+    normalized,
+    steps: int,
+    n_vec: int,
+    *,
+    generator: torch.Generator,
+    progress: bool = False,
+    start_projection=None,
+) -> np.ndarray:
     """2·``steps`` Chebyshev moments μ_k of the normalized operator, averaged over
     ``n_vec`` Rademacher vectors (``steps`` products each); ``start_projection`` (the
     deflation projector) restricts the trace to the deflated subspace."""
@@ -43,7 +49,8 @@ def kpm_moments(normalized, steps: int, n_vec: int, *, generator: torch.Generato
     moments = np.zeros(2 * steps)
     for run in range(n_vec):
         z = (torch.randint(0, 2, (normalized.dim,), generator=generator) * 2 - 1).to(
-            normalized.device, normalized.dtype)
+            normalized.device, normalized.dtype
+        )
         if start_projection is not None:
             z = start_projection(z)
         z = z / norm(z)
@@ -51,8 +58,9 @@ def kpm_moments(normalized, steps: int, n_vec: int, *, generator: torch.Generato
         mu0, mu1 = dot(z, z), dot(z, v)
         moments[0] += mu0
         moments[1] += mu1
-        for k in tqdm(range(1, steps), desc=f"KPM {run + 1}/{n_vec}", disable=not progress,
-                      leave=False):
+        for k in tqdm(
+            range(1, steps), desc=f"KPM {run + 1}/{n_vec}", disable=not progress, leave=False
+        ):
             v_next = 2 * normalized.matvec(v) - v_prev
             moments[2 * k] += 2 * dot(v, v) - mu0
             moments[2 * k + 1] += 2 * dot(v_next, v) - mu1

@@ -64,8 +64,9 @@ class LanczosRun:
         return theta, y[0] ** 2, abs(self.beta[-1]) * np.abs(y[-1])
 
 
-def tridiagonal_eigh(diagonal: np.ndarray, offdiagonal: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def tridiagonal_eigh(
+    diagonal: np.ndarray, offdiagonal: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Eigenpairs of a symmetric tridiagonal matrix in float64 (LAPACK stemr), with a
     dense fallback when LAPACK reports a failure."""
     d = np.asarray(diagonal, dtype=np.float64)
@@ -81,11 +82,18 @@ def _breakdown_tolerance(dtype: torch.dtype) -> float:
     return 100 * torch.finfo(dtype).eps
 
 
-def fast_lanczos(op: LinearOperator, steps: int, *, reorth: str = "none",
-                 start: Tensor | None = None, generator: torch.Generator | None = None,
-                 progress: bool = False, desc: str = "Lanczos",
-                 resume: dict | None = None,
-                 snapshot: Callable[[dict], None] | None = None) -> LanczosRun:
+def fast_lanczos(
+    op: LinearOperator,
+    steps: int,
+    *,
+    reorth: str = "none",
+    start: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    desc: str = "Lanczos",
+    resume: dict | None = None,
+    snapshot: Callable[[dict], None] | None = None,
+) -> LanczosRun:
     """FASTLANCZOS (paper Alg. 2): ``steps`` products with A, O(dim) memory.
 
     Args:
@@ -111,14 +119,18 @@ def fast_lanczos(op: LinearOperator, steps: int, *, reorth: str = "none",
         v = op.randn(generator=generator) if start is None else start
         v = v / norm(v)
         v_prev = torch.zeros_like(v)
-        basis = torch.empty(op.dim, steps, dtype=op.dtype, device=op.device) \
-            if reorth == "full" else None
+        basis = (
+            torch.empty(op.dim, steps, dtype=op.dtype, device=op.device)
+            if reorth == "full"
+            else None
+        )
         alpha, beta = [], []
     tol = _breakdown_tolerance(op.dtype)
     scale = max((abs(a) + b for a, b in zip(alpha, beta)), default=0.0)
     broke_down = bool(beta) and beta[-1] == 0.0
-    for m in tqdm(range(len(alpha), 0 if broke_down else steps), desc=desc,
-                  disable=not progress, leave=False):
+    for m in tqdm(
+        range(len(alpha), 0 if broke_down else steps), desc=desc, disable=not progress, leave=False
+    ):
         if basis is not None:
             basis[:, m] = v
         op.context = f"{desc} iteration {m + 1}"
@@ -129,7 +141,7 @@ def fast_lanczos(op: LinearOperator, steps: int, *, reorth: str = "none",
         w = w - alpha[-1] * v
         if basis is not None:
             for _ in range(2):
-                w = w - basis[:, :m + 1] @ gram(basis[:, :m + 1], w).to(w.dtype)
+                w = w - basis[:, : m + 1] @ gram(basis[:, : m + 1], w).to(w.dtype)
         beta.append(norm(w))
         scale = max(scale, abs(alpha[-1]) + beta[-1] + (beta[-2] if m > 0 else 0.0))
         if beta[-1] <= tol * scale:
@@ -137,22 +149,32 @@ def fast_lanczos(op: LinearOperator, steps: int, *, reorth: str = "none",
             break
         v_prev, v = v, w / beta[-1]
         if snapshot is not None:
-            snapshot({"alpha": torch.tensor(alpha, dtype=torch.float64),
-                      "beta": torch.tensor(beta, dtype=torch.float64),
-                      "v": v, "v_prev": v_prev, "basis": basis})
+            snapshot(
+                {
+                    "alpha": torch.tensor(alpha, dtype=torch.float64),
+                    "beta": torch.tensor(beta, dtype=torch.float64),
+                    "v": v,
+                    "v_prev": v_prev,
+                    "basis": basis,
+                }
+            )
     op.context = ""
     m = len(alpha)
-    return LanczosRun(np.array(alpha), np.array(beta),
-                      None if basis is None else basis[:, :m])
+    return LanczosRun(np.array(alpha), np.array(beta), None if basis is None else basis[:, :m])
 
 
-def slow_lanczos(op: LinearOperator, steps: int | None = None, *,
-                 generator: torch.Generator | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def slow_lanczos(
+    op: LinearOperator, steps: int | None = None, *, generator: torch.Generator | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """SLOWLANCZOS (paper Alg. 1): Lanczos with full re-orthogonalization, by default for
     all ``dim`` steps, returning the Ritz values θ (ascending) and the eigenvectors of
     T. Run to ``dim`` steps it gives the exact spectrum; it is the reference for
     :func:`fast_lanczos` and costs O(dim × steps) memory."""
-    run = fast_lanczos(op, op.dim if steps is None else steps, reorth="full",
-                       generator=generator, desc="SlowLanczos")
+    run = fast_lanczos(
+        op,
+        op.dim if steps is None else steps,
+        reorth="full",
+        generator=generator,
+        desc="SlowLanczos",
+    )
     return run.eig()

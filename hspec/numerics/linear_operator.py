@@ -28,8 +28,10 @@ DTYPES = (torch.float32, torch.float64)
 def check_dtype(dtype) -> torch.dtype:
     """``dtype`` if it is float32 or float64, else one clear error."""
     if dtype not in DTYPES:
-        raise HspecError(f"dtype: must be torch.float32 or torch.float64 (Lanczos needs "
-                         f"their precision), got {dtype!r}")
+        raise HspecError(
+            f"dtype: must be torch.float32 or torch.float64 (Lanczos needs "
+            f"their precision), got {dtype!r}"
+        )
     return dtype
 
 
@@ -69,28 +71,32 @@ class SymmetricOperator:
             raise HspecError(f"{name}: expected a torch.Tensor, got {type(v).__name__}")
         if v.ndim != ndim or v.shape[0] != self.dim:
             want = "(dim,)" if ndim == 1 else "(dim, k)"
-            raise HspecError(f"{name}: expected shape {want} with dim={self.dim}, "
-                             f"got {tuple(v.shape)}")
+            raise HspecError(
+                f"{name}: expected shape {want} with dim={self.dim}, got {tuple(v.shape)}"
+            )
         if v.dtype != self.dtype:
-            raise HspecError(f"{name}: dtype {v.dtype} does not match the operator's "
-                             f"{self.dtype}")
+            raise HspecError(f"{name}: dtype {v.dtype} does not match the operator's {self.dtype}")
         if v.device != self.device:
-            raise HspecError(f"{name}: device {v.device} does not match the operator's "
-                             f"{self.device}")
+            raise HspecError(
+                f"{name}: device {v.device} does not match the operator's {self.device}"
+            )
 
     def _check_output(self, out, shape: tuple[int, ...]) -> Tensor:
         where = self._where()
         if not isinstance(out, Tensor):
             raise HspecError(f"matvec: returned {type(out).__name__}, not a Tensor{where}")
         if tuple(out.shape) != shape:
-            raise HspecError(f"matvec: returned shape {tuple(out.shape)}, expected {shape}"
-                             f"{where}")
+            raise HspecError(f"matvec: returned shape {tuple(out.shape)}, expected {shape}{where}")
         if out.dtype != self.dtype:
-            raise HspecError(f"dtype: matvec returned {out.dtype} for {self.dtype} input"
-                             f"{where}; pass dtype={out.dtype}")
+            raise HspecError(
+                f"dtype: matvec returned {out.dtype} for {self.dtype} input"
+                f"{where}; pass dtype={out.dtype}"
+            )
         if out.device != self.device:
-            raise HspecError(f"device: matvec returned a tensor on {out.device} for input "
-                             f"on {self.device}{where}; pass device='{out.device}'")
+            raise HspecError(
+                f"device: matvec returned a tensor on {out.device} for input "
+                f"on {self.device}{where}; pass device='{out.device}'"
+            )
         if not torch.isfinite(out).all():
             raise HspecError(f"matvec: returned NaN or Inf{where}")
         return out
@@ -112,8 +118,9 @@ class SymmetricOperator:
 
     def randn(self, *shape: int, generator: torch.Generator) -> Tensor:
         """Standard Gaussian vectors drawn on the CPU (same numbers on every device)."""
-        return torch.randn(self.dim, *shape, generator=generator,
-                           dtype=torch.float64).to(self.device, self.dtype)
+        return torch.randn(self.dim, *shape, generator=generator, dtype=torch.float64).to(
+            self.device, self.dtype
+        )
 
     def check_symmetric(self, generator: torch.Generator) -> None:
         """Cheap probe (three products: A x twice, A y): A x must be reproducible and
@@ -126,14 +133,18 @@ class SymmetricOperator:
         tol = 10 * torch.finfo(self.dtype).eps ** 0.5
         change = norm(again - ax)
         if change > tol * norm(ax):
-            raise HspecError(f"matvec: the operator is not deterministic: two products with "
-                             f"the same vector differ by {change / norm(ax):.3g} relative "
-                             f"(> {tol:.1g}); is dropout or another random layer active?")
+            raise HspecError(
+                f"matvec: the operator is not deterministic: two products with "
+                f"the same vector differ by {change / norm(ax):.3g} relative "
+                f"(> {tol:.1g}); is dropout or another random layer active?"
+            )
         gap = abs(dot(y, ax) - dot(x, ay))
         scale = norm(ax) * norm(y) + norm(ay) * norm(x)
         if gap > tol * scale:
-            raise HspecError(f"matvec: the operator is not symmetric (|yᵀAx − xᵀAy| = "
-                             f"{gap:.3g}, relative {gap / scale:.3g} > {tol:.1g})")
+            raise HspecError(
+                f"matvec: the operator is not symmetric (|yᵀAx − xᵀAy| = "
+                f"{gap:.3g}, relative {gap / scale:.3g} > {tol:.1g})"
+            )
 
 
 class LinearOperator(SymmetricOperator):
@@ -143,9 +154,15 @@ class LinearOperator(SymmetricOperator):
     [1/L, L], L = 2^(emax/2 − 12) of the dtype (4.5e15 for float32): beyond, the
     algorithms' inner products overflow or underflow, so it is refused."""
 
-    def __init__(self, matvec: Callable[[Tensor], Tensor], dim: int, *,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-                 matmat: Callable[[Tensor], Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        matvec: Callable[[Tensor], Tensor],
+        dim: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        matmat: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
         if not callable(matvec):
             raise HspecError(f"matvec: expected a callable, got {type(matvec).__name__}")
         super().__init__(dim, dtype=dtype, device=device)
@@ -154,17 +171,26 @@ class LinearOperator(SymmetricOperator):
         self._scale_known = False  # set by the first nonzero product within range
 
     @classmethod
-    def wrap(cls, operator, dim: int | None = None, *, dtype: torch.dtype | None = None,
-             device: torch.device | str | None = None) -> "LinearOperator":
+    def wrap(
+        cls,
+        operator,
+        dim: int | None = None,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> LinearOperator:
         """From a callable (``dim`` required) or an object with ``matvec`` and ``dim``
         (such as a :class:`hspec.curvature.operators.CurvatureOperator`), whose ``dtype``,
         ``device`` and ``matmat`` are used when present. The result counts its own
         products (the wrapped operator's ``hvp_count`` counts them too)."""
         if hasattr(operator, "matvec") and hasattr(operator, "dim"):
-            return cls(operator.matvec, operator.dim if dim is None else dim,
-                       dtype=dtype or getattr(operator, "dtype", torch.float32),
-                       device=device or getattr(operator, "device", "cpu"),
-                       matmat=getattr(operator, "matmat", None))
+            return cls(
+                operator.matvec,
+                operator.dim if dim is None else dim,
+                dtype=dtype or getattr(operator, "dtype", torch.float32),
+                device=device or getattr(operator, "device", "cpu"),
+                matmat=getattr(operator, "matmat", None),
+            )
         if dim is None:
             raise HspecError("dim: required when the operator is a plain callable")
         return cls(operator, dim, dtype=dtype or torch.float32, device=device or "cpu")
@@ -173,8 +199,7 @@ class LinearOperator(SymmetricOperator):
         if V.shape[1] == 1:
             out = self._check_output(self._matvec(V[:, 0]), (self.dim,))[:, None]
         elif self._block is None:
-            out = torch.stack([self._check_output(self._matvec(c), (self.dim,))
-                               for c in V.T], 1)
+            out = torch.stack([self._check_output(self._matvec(c), (self.dim,)) for c in V.T], 1)
         else:
             out = self._block(V)
         if not self._scale_known:
@@ -188,10 +213,12 @@ class LinearOperator(SymmetricOperator):
         self._scale_known = 1 / limit <= ratio <= limit
         if ratio != 0 and not self._scale_known:
             name = str(self.dtype).removeprefix("torch.")
-            raise HspecError(f"matvec: the operator's scale ‖A v‖/‖v‖ ≈ {ratio:.3g} is "
-                             f"outside what {name} inner products hold ({1 / limit:.2g} to "
-                             f"{limit:.2g}){self._where()}; multiply it by a power of "
-                             "two (and the eigenvalues back), or use float64")
+            raise HspecError(
+                f"matvec: the operator's scale ‖A v‖/‖v‖ ≈ {ratio:.3g} is "
+                f"outside what {name} inner products hold ({1 / limit:.2g} to "
+                f"{limit:.2g}){self._where()}; multiply it by a power of "
+                "two (and the eigenvalues back), or use float64"
+            )
 
 
 class _Derived(SymmetricOperator):

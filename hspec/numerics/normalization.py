@@ -55,14 +55,29 @@ def bounds_from_runs(runs: list[LanczosRun], margin: float = 0.05) -> Normalizat
     return Normalization(lam_min, lam_max, (lam_min + lam_max) / 2, half)
 
 
-def normalization(op: LinearOperator, steps: int = 64, margin: float = 0.05, *,
-                  generator: torch.Generator | None = None, start: Tensor | None = None,
-                  progress: bool = False, resume: dict | None = None,
-                  snapshot=None) -> Normalization:
+def normalization(
+    op: LinearOperator,
+    steps: int = 64,
+    margin: float = 0.05,
+    *,
+    generator: torch.Generator | None = None,
+    start: Tensor | None = None,
+    progress: bool = False,
+    resume: dict | None = None,
+    snapshot=None,
+) -> Normalization:
     """NORMALIZATION(A, M0=steps, κ=margin) of paper Alg. 4 (``steps`` products);
     ``resume``/``snapshot`` as in :func:`hspec.numerics.lanczos.fast_lanczos`."""
     if margin < 0:
         raise HspecError(f"margin: must be ≥ 0, got {margin!r}")
-    run = fast_lanczos(op, steps, generator=generator, start=start, progress=progress,
-                       desc="Normalization", resume=resume, snapshot=snapshot)
+    run = fast_lanczos(
+        op,
+        steps,
+        generator=generator,
+        start=start,
+        progress=progress,
+        desc="Normalization",
+        resume=resume,
+        snapshot=snapshot,
+    )
     return bounds_from_runs([run], margin)

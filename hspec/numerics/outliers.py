@@ -115,8 +115,9 @@ def _wanted(theta: np.ndarray, count: int) -> np.ndarray:
     return order[:count]
 
 
-def _error_bounds(theta: np.ndarray, residual: np.ndarray, wanted: np.ndarray,
-                  criterion: str) -> np.ndarray:
+def _error_bounds(
+    theta: np.ndarray, residual: np.ndarray, wanted: np.ndarray, criterion: str
+) -> np.ndarray:
     """Bound on |λ − θ_i| for each wanted i: r_i, or min(r_i, r_i²/δ_i) with the gap δ_i."""
     bounds = residual[wanted].copy()
     if criterion == "residual" or len(theta) < 2:
@@ -137,13 +138,21 @@ def _orthogonalize(w: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
     return w - basis @ again, coeffs + again
 
 
-def top_eigenpairs(op, count: int, *, tol: float = 1e-4, max_products: int | None = None,
-                   basis_size: int | None = None, criterion: str = "gap",
-                   generator: torch.Generator | None = None,
-                   start: Tensor | LanczosRun | None = None, dim: int | None = None,
-                   dtype: torch.dtype | None = None,
-                   device: torch.device | str | None = None, progress: bool = False
-                   ) -> tuple[np.ndarray, Tensor, int]:
+def top_eigenpairs(
+    op,
+    count: int,
+    *,
+    tol: float = 1e-4,
+    max_products: int | None = None,
+    basis_size: int | None = None,
+    criterion: str = "gap",
+    generator: torch.Generator | None = None,
+    start: Tensor | LanczosRun | None = None,
+    dim: int | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, Tensor, int]:
     """The ``count`` eigenvalues of largest magnitude of a symmetric operator, by
     thick-restart Lanczos (see the module docstring for the maths).
 
@@ -185,12 +194,15 @@ def top_eigenpairs(op, count: int, *, tol: float = 1e-4, max_products: int | Non
     if max_products is None:
         max_products = max(1000, 100 * count)
     if not isinstance(max_products, int) or max_products < count:
-        raise HspecError(f"max_products: must be an integer ≥ count = {count}, "
-                         f"got {max_products!r}")
+        raise HspecError(
+            f"max_products: must be an integer ≥ count = {count}, got {max_products!r}"
+        )
     m = default_basis_size(count, n) if basis_size is None else basis_size
     if not isinstance(m, int) or not min(count + 2, n) <= m <= n:
-        raise HspecError(f"basis_size: must be an integer in [count + 2, dim] = "
-                         f"[{min(count + 2, n)}, {n}], got {basis_size!r}")
+        raise HspecError(
+            f"basis_size: must be an integer in [count + 2, dim] = "
+            f"[{min(count + 2, n)}, {n}], got {basis_size!r}"
+        )
     keep = count + (m - count) // 2  # Ritz vectors kept at a restart
 
     V = torch.zeros(n, m, dtype=A.dtype, device=A.device)
@@ -198,23 +210,30 @@ def top_eigenpairs(op, count: int, *, tol: float = 1e-4, max_products: int | Non
     j = 0  # the next vector to multiply is V[:, j]; V[:, :j] are done
     if isinstance(start, LanczosRun):
         if start.basis is None:
-            raise HspecError("start: a LanczosRun needs its basis (run fast_lanczos with "
-                             "reorth='full')")
+            raise HspecError(
+                "start: a LanczosRun needs its basis (run fast_lanczos with reorth='full')"
+            )
         if tuple(start.basis.shape[:1]) != (n,):
-            raise HspecError(f"start: the run's basis has {start.basis.shape[0]} rows, "
-                             f"expected dim = {n}")
+            raise HspecError(
+                f"start: the run's basis has {start.basis.shape[0]} rows, expected dim = {n}"
+            )
         k = min(start.steps, m)
         V[:, :k] = start.basis[:, :k].to(A.device, A.dtype)
         j = k - 1  # v_k is multiplied next; T_{k−1} is taken over
         if j:
-            H[:j, :j] = (np.diag(start.alpha[:j]) + np.diag(start.beta[:j - 1], 1)
-                         + np.diag(start.beta[:j - 1], -1))
+            H[:j, :j] = (
+                np.diag(start.alpha[:j])
+                + np.diag(start.beta[: j - 1], 1)
+                + np.diag(start.beta[: j - 1], -1)
+            )
     else:
         if start is None:
             v = A.randn(generator=generator)
         elif not isinstance(start, Tensor) or tuple(start.shape) != (n,):
-            raise HspecError(f"start: expected a tensor of shape ({n},), got "
-                             f"{getattr(start, 'shape', type(start).__name__)}")
+            raise HspecError(
+                f"start: expected a tensor of shape ({n},), got "
+                f"{getattr(start, 'shape', type(start).__name__)}"
+            )
         else:
             v = start.to(A.device, A.dtype)
         length = norm(v)
@@ -233,10 +252,10 @@ def top_eigenpairs(op, count: int, *, tol: float = 1e-4, max_products: int | Non
         A.context = f"top_eigenpairs product {A.hvp_count - first_products + 1}"
         w = A.matvec(V[:, j])
         bar.update(1)
-        w, coeffs = _orthogonalize(w, V[:, :j + 1])
+        w, coeffs = _orthogonalize(w, V[:, : j + 1])
         h = coeffs.to(torch.float64).cpu().numpy()
-        H[:j + 1, j] = h
-        H[j, :j + 1] = h
+        H[: j + 1, j] = h
+        H[j, : j + 1] = h
         beta = norm(w)
         size = j + 1
         theta, s = np.linalg.eigh(H[:size, :size])
@@ -250,8 +269,10 @@ def top_eigenpairs(op, count: int, *, tol: float = 1e-4, max_products: int | Non
             bounds = _error_bounds(theta, residual, wanted, criterion)
             if broke_down:
                 values = np.sort(theta[wanted])
-                if size == n or (previous_wanted is not None and np.allclose(
-                        values, previous_wanted, rtol=tol, atol=64 * eps * scale)):
+                if size == n or (
+                    previous_wanted is not None
+                    and np.allclose(values, previous_wanted, rtol=tol, atol=64 * eps * scale)
+                ):
                     converged = True
                     break
                 previous_wanted = values
@@ -285,16 +306,19 @@ def top_eigenpairs(op, count: int, *, tol: float = 1e-4, max_products: int | Non
     A.context = ""
 
     if not converged:
-        warnings.warn(f"top_eigenpairs: {products} products (max_products) spent "
-                      f"before the {count} wanted pairs reached tol={tol:g}; returning "
-                      "the current estimates", NotConvergedWarning, stacklevel=2)
+        warnings.warn(
+            f"top_eigenpairs: {products} products (max_products) spent "
+            f"before the {count} wanted pairs reached tol={tol:g}; returning "
+            "the current estimates",
+            NotConvergedWarning,
+            stacklevel=2,
+        )
     order = wanted[np.argsort(-theta[wanted], kind="stable")]
     vectors = V[:, :size] @ torch.from_numpy(s[:, order]).to(A.device, A.dtype)
     return theta[order].copy(), vectors, products
 
 
-def _restart(V: Tensor, H: np.ndarray, theta: np.ndarray, s: np.ndarray,
-             keep: int) -> int:
+def _restart(V: Tensor, H: np.ndarray, theta: np.ndarray, s: np.ndarray, keep: int) -> int:
     """Thick restart in place: V[:, :keep] ← the ``keep`` Ritz vectors of largest |θ|,
     H[:keep, :keep] ← diag θ; returns keep, the index of the next vector. (The coupling
     row β S[j, kept] is recomputed by the next step's coefficients h.)"""

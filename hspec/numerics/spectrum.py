@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from hspec.errors import HspecError
 from hspec.numerics.checkpoint import SpectrumCheckpoint
 from hspec.numerics.deflation import low_rank_deflation
 from hspec.numerics.density import lanczos_approx_spec, log_density, quadrature
-from hspec.errors import HspecError
 from hspec.numerics.kpm import kpm_density, kpm_moments
 from hspec.numerics.lanczos import LanczosRun, fast_lanczos
 from hspec.numerics.linear_operator import Deflated, LinearOperator, Normalized
@@ -74,22 +74,36 @@ class SpectralDensity:
     def atoms(self) -> tuple[np.ndarray, np.ndarray]:
         """The estimated spectral distribution as point masses: outliers (1/dim each)
         and the bulk's quadrature nodes (Lanczos only)."""
-        return (np.concatenate([self.outliers, self.nodes]),
-                np.concatenate([np.full(len(self.outliers), 1 / self.dim), self.weights]))
+        return (
+            np.concatenate([self.outliers, self.nodes]),
+            np.concatenate([np.full(len(self.outliers), 1 / self.dim), self.weights]),
+        )
 
-    def resmooth(self, k: float = 1.25, points: int | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
+    def resmooth(self, k: float = 1.25, points: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Alg. 3's smoothing of the stored quadrature with another constant k."""
-        return lanczos_approx_spec(self.nodes, self.weights, self.bulk,
-                                   steps=self.settings["steps"], k=k,
-                                   points=points or len(self.grid))
+        return lanczos_approx_spec(
+            self.nodes,
+            self.weights,
+            self.bulk,
+            steps=self.settings["steps"],
+            k=k,
+            points=points or len(self.grid),
+        )
 
-    def log_density(self, sign: int = 1, points: int = 1024, decades: float = 8.0
-                    ) -> tuple[np.ndarray, np.ndarray]:
+    def log_density(
+        self, sign: int = 1, points: int = 1024, decades: float = 8.0
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Density of log10|λ| over the eigenvalues of one sign, outliers included."""
         nodes, masses = self.atoms()
-        return log_density(nodes, masses, sign=sign, points=points, decades=decades,
-                           steps=self.settings["steps"], k=self.settings["k"])
+        return log_density(
+            nodes,
+            masses,
+            sign=sign,
+            points=points,
+            decades=decades,
+            steps=self.settings["steps"],
+            k=self.settings["k"],
+        )
 
 
 def _no_checkpoint(stage, compute, encode=None, decode=None):
@@ -102,8 +116,7 @@ def _start(op, generator: torch.Generator, project):
 
 
 def _encode_norm(norm: Normalization) -> torch.Tensor:
-    return torch.tensor([norm.lambda_min, norm.lambda_max, norm.c, norm.d],
-                        dtype=torch.float64)
+    return torch.tensor([norm.lambda_min, norm.lambda_max, norm.c, norm.d], dtype=torch.float64)
 
 
 def _decode_norm(values: torch.Tensor) -> Normalization:
@@ -119,8 +132,7 @@ def _decode_run(saved: dict) -> LanczosRun:
 
 
 def _is_real(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
-        math.isfinite(value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_int(name: str, value, low: int) -> None:
@@ -128,17 +140,30 @@ def _check_int(name: str, value, low: int) -> None:
         raise HspecError(f"{name}: must be an integer ≥ {low}, got {value!r}")
 
 
-def spectral_density(matvec, dim: int | None = None, *, method: str = "lanczos",
-                     deflate: int = 0, steps: int = 256, bound_steps: int = 64,
-                     margin: float = 0.05, points: int = 1024, n_vec: int = 1,
-                     iterations: int = 256, deflation: str = "subspace",
-                     deflation_tol: float = 1e-6, k: float = 1.25, seed: int = 0,
-                     dtype: torch.dtype | None = None,
-                     device: torch.device | str | None = None,
-                     check_symmetric: bool = True, progress: bool = False,
-                     checkpoint: str | os.PathLike | None = None,
-                     checkpoint_interval: float = 60.0,
-                     checkpoint_key: Mapping | None = None) -> SpectralDensity:
+def spectral_density(
+    matvec,
+    dim: int | None = None,
+    *,
+    method: str = "lanczos",
+    deflate: int = 0,
+    steps: int = 256,
+    bound_steps: int = 64,
+    margin: float = 0.05,
+    points: int = 1024,
+    n_vec: int = 1,
+    iterations: int = 256,
+    deflation: str = "subspace",
+    deflation_tol: float = 1e-6,
+    k: float = 1.25,
+    seed: int = 0,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    check_symmetric: bool = True,
+    progress: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_interval: float = 60.0,
+    checkpoint_key: Mapping | None = None,
+) -> SpectralDensity:
     """Estimate the spectral density of a symmetric operator (paper Section 3.2).
 
     Args:
@@ -174,10 +199,15 @@ def spectral_density(matvec, dim: int | None = None, *, method: str = "lanczos",
         raise HspecError(f"method: must be one of {METHODS}, got {method!r}")
     if deflation not in DEFLATIONS:
         raise HspecError(f"deflation: must be one of {DEFLATIONS}, got {deflation!r}")
-    for name, value, low in (("steps", steps, 2), ("bound_steps", bound_steps, 2),
-                             ("points", points, 2), ("n_vec", n_vec, 1),
-                             ("iterations", iterations, 1), ("deflate", deflate, 0),
-                             ("seed", seed, 0)):
+    for name, value, low in (
+        ("steps", steps, 2),
+        ("bound_steps", bound_steps, 2),
+        ("points", points, 2),
+        ("n_vec", n_vec, 1),
+        ("iterations", iterations, 1),
+        ("deflate", deflate, 0),
+        ("seed", seed, 0),
+    ):
         _check_int(name, value, low)
     if deflate >= op.dim:
         raise HspecError(f"deflate: must be smaller than dim = {op.dim}, got {deflate}")
@@ -186,36 +216,71 @@ def spectral_density(matvec, dim: int | None = None, *, method: str = "lanczos",
     if not _is_real(k) or not k > 1:
         raise HspecError(f"k: the smoothing constant must be a number > 1, got {k!r}")
 
-    settings = dict(method=method, deflate=deflate, steps=steps, bound_steps=bound_steps,
-                    margin=margin, points=points, n_vec=n_vec, iterations=iterations,
-                    deflation=deflation, deflation_tol=deflation_tol, k=k, seed=seed,
-                    dtype=str(op.dtype).removeprefix("torch."))
+    settings = dict(
+        method=method,
+        deflate=deflate,
+        steps=steps,
+        bound_steps=bound_steps,
+        margin=margin,
+        points=points,
+        n_vec=n_vec,
+        iterations=iterations,
+        deflation=deflation,
+        deflation_tol=deflation_tol,
+        k=k,
+        seed=seed,
+        dtype=str(op.dtype).removeprefix("torch."),
+    )
     generator = torch.Generator().manual_seed(seed)
     stage = _no_checkpoint
     if checkpoint is not None:
-        saved = SpectrumCheckpoint(checkpoint, settings, op, key=checkpoint_key,
-                                   interval=checkpoint_interval)
+        saved = SpectrumCheckpoint(
+            checkpoint, settings, op, key=checkpoint_key, interval=checkpoint_interval
+        )
         op.hvp_count = saved.restore(generator)
         stage = saved.stage_runner(generator, op)
 
     if check_symmetric:
         stage("probe", lambda resume, snapshot: op.check_symmetric(generator) or True)
-    full = stage("normalization", lambda resume, snapshot: normalization(
-        op, bound_steps, margin, generator=generator, progress=progress, resume=resume,
-        snapshot=snapshot), encode=_encode_norm, decode=_decode_norm)
+    full = stage(
+        "normalization",
+        lambda resume, snapshot: normalization(
+            op,
+            bound_steps,
+            margin,
+            generator=generator,
+            progress=progress,
+            resume=resume,
+            snapshot=snapshot,
+        ),
+        encode=_encode_norm,
+        decode=_decode_norm,
+    )
 
     outliers, target, project = np.empty(0), op, None
     if deflate:
+
         def outlier_search(resume, snapshot):
             if deflation == "krylov":
-                return top_eigenpairs(op, deflate, tol=deflation_tol, generator=generator,
-                                      progress=progress)[:2]
-            return low_rank_deflation(op, deflate, iterations, generator=generator,
-                                      progress=progress, resume=resume, snapshot=snapshot)
+                return top_eigenpairs(
+                    op, deflate, tol=deflation_tol, generator=generator, progress=progress
+                )[:2]
+            return low_rank_deflation(
+                op,
+                deflate,
+                iterations,
+                generator=generator,
+                progress=progress,
+                resume=resume,
+                snapshot=snapshot,
+            )
 
-        found = stage("deflation", outlier_search,
-                      encode=lambda r: {"values": torch.from_numpy(r[0]), "basis": r[1]},
-                      decode=lambda d: (d["values"].cpu().numpy(), d["basis"]))
+        found = stage(
+            "deflation",
+            outlier_search,
+            encode=lambda r: {"values": torch.from_numpy(r[0]), "basis": r[1]},
+            decode=lambda d: (d["values"].cpu().numpy(), d["basis"]),
+        )
         outliers, basis = found
         target = Deflated(op, basis)
         project = target.project
@@ -223,34 +288,70 @@ def spectral_density(matvec, dim: int | None = None, *, method: str = "lanczos",
 
     nodes = weights = moments = np.empty(0)
     if method == "lanczos":
+
         def lanczos(resume, snapshot):
             start = None if resume is not None else _start(target, generator, project)
-            return fast_lanczos(target, steps, start=start, progress=progress,
-                                resume=resume, snapshot=snapshot, desc="Lanczos")
+            return fast_lanczos(
+                target,
+                steps,
+                start=start,
+                progress=progress,
+                resume=resume,
+                snapshot=snapshot,
+                desc="Lanczos",
+            )
 
-        runs = [stage(f"lanczos{index}", lanczos, encode=_encode_run, decode=_decode_run)
-                for index in range(n_vec)]
+        runs = [
+            stage(f"lanczos{index}", lanczos, encode=_encode_run, decode=_decode_run)
+            for index in range(n_vec)
+        ]
         bulk = bounds_from_runs(runs, margin) if deflate else full
         nodes, weights = quadrature(runs)
         weights = weights * share
-        grid, density = lanczos_approx_spec(nodes, weights, bulk, steps=steps,
-                                            points=points, k=k)
+        grid, density = lanczos_approx_spec(nodes, weights, bulk, steps=steps, points=points, k=k)
     else:
-        bulk = full if not deflate else stage(
-            "bulk_normalization", lambda resume, snapshot: normalization(
-                target, bound_steps, margin, generator=generator, progress=progress,
-                start=None if resume is not None else _start(target, generator, project),
-                resume=resume, snapshot=snapshot),
-            encode=_encode_norm, decode=_decode_norm)
-        moments = kpm_moments(Normalized(target, bulk.c, bulk.d), steps, n_vec,
-                              generator=generator, progress=progress,
-                              start_projection=project)
+        bulk = (
+            full
+            if not deflate
+            else stage(
+                "bulk_normalization",
+                lambda resume, snapshot: normalization(
+                    target,
+                    bound_steps,
+                    margin,
+                    generator=generator,
+                    progress=progress,
+                    start=None if resume is not None else _start(target, generator, project),
+                    resume=resume,
+                    snapshot=snapshot,
+                ),
+                encode=_encode_norm,
+                decode=_decode_norm,
+            )
+        )
+        moments = kpm_moments(
+            Normalized(target, bulk.c, bulk.d),
+            steps,
+            n_vec,
+            generator=generator,
+            progress=progress,
+            start_projection=project,
+        )
         t = np.linspace(-1.0, 1.0, points)
         grid, density = bulk.to_original(t), kpm_density(moments, t) * share / bulk.d
 
-    return SpectralDensity(grid=grid, density=density, outliers=outliers, nodes=nodes,
-                           weights=weights, moments=moments, lambda_min=full.lambda_min,
-                           lambda_max=full.lambda_max, bulk=bulk,
-                           hvp_count=op.hvp_count, dim=op.dim,
-                           seconds=time.perf_counter() - start_time, settings=settings)
-
+    return SpectralDensity(
+        grid=grid,
+        density=density,
+        outliers=outliers,
+        nodes=nodes,
+        weights=weights,
+        moments=moments,
+        lambda_min=full.lambda_min,
+        lambda_max=full.lambda_max,
+        bulk=bulk,
+        hvp_count=op.hvp_count,
+        dim=op.dim,
+        seconds=time.perf_counter() - start_time,
+        settings=settings,
+    )

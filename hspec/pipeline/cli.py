@@ -16,18 +16,30 @@ from pathlib import Path
 import torch
 
 from hspec import settings
-from hspec.pipeline import data, devices, locking, models, run_files, selection, spectrum_job, training
-from hspec.curvature.operators import COMPONENTS, HVP_MODES, PRECISIONS
-from hspec.numerics.spectrum import DEFLATIONS, METHODS
 from hspec.atomic import atomic_write, write_json
+from hspec.curvature.operators import COMPONENTS, HVP_MODES, PRECISIONS
 from hspec.errors import HspecError
+from hspec.numerics.spectrum import DEFLATIONS, METHODS
+from hspec.pipeline import (
+    data,
+    devices,
+    locking,
+    models,
+    run_files,
+    selection,
+    spectrum_job,
+    training,
+)
 
 DEFAULT_DATA_DIR = "data"
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--dataset", required=True, metavar="NAME", help=f"dataset name (required), one of: {', '.join(data.DATASETS)}"
+        "--dataset",
+        required=True,
+        metavar="NAME",
+        help=f"dataset name (required), one of: {', '.join(data.DATASETS)}",
     )
     parser.add_argument(
         "--data-dir",
@@ -52,7 +64,9 @@ def _add_download(subparsers: argparse._SubParsersAction) -> None:
         "and write a JSON summary: input shape, and examples and class counts per split.",
     )
     _add_data_options(parser)
-    parser.add_argument("--out", type=Path, required=True, metavar="FILE", help="JSON summary to write (required)")
+    parser.add_argument(
+        "--out", type=Path, required=True, metavar="FILE", help="JSON summary to write (required)"
+    )
     parser.set_defaults(handler=_download)
 
 
@@ -75,9 +89,19 @@ def _add_subsample(subparsers: argparse._SubParsersAction) -> None:
         "and write their sorted indices as a .npy file.",
     )
     _add_data_options(parser)
-    parser.add_argument("--per-class", type=int, required=True, metavar="N", help="examples per class (required)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the draw (default: %(default)s)")
-    parser.add_argument("--out", type=Path, required=True, metavar="FILE", help="index file to write, .npy (required)")
+    parser.add_argument(
+        "--per-class", type=int, required=True, metavar="N", help="examples per class (required)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the draw (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="index file to write, .npy (required)",
+    )
     parser.set_defaults(handler=_subsample)
 
 
@@ -85,7 +109,9 @@ def _subsample(args: argparse.Namespace) -> None:
     _, targets = data.load_split(args.dataset, "train", args.data_dir, args.download)
     indices = data.subsample(targets, args.per_class, args.seed)
     data.save_indices(args.out, indices)
-    print(f"wrote {len(indices)} indices ({args.per_class} per class) of {args.dataset} train to {args.out}")
+    print(
+        f"wrote {len(indices)} indices ({args.per_class} per class) of {args.dataset} train to {args.out}"
+    )
 
 
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
@@ -98,31 +124,76 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         "of other options is discarded) and leaves a finished one as it is. A non-finite loss stops the run.",
     )
     _add_data_options(parser)
-    parser.add_argument("--arch", required=True, metavar="NAME",
-                        help=f"network (required), one of: {', '.join(models.ARCHS)}")
-    parser.add_argument("--indices", type=Path, default=None, metavar="FILE",
-                        help="index file of `hspec subsample` choosing the train examples "
-                        "(default: the whole train split)")
-    grids = "; ".join(f"{name}: {', '.join(map(str, grid))}" for name, grid in training.LR_GRID.items())
-    parser.add_argument("--lr", type=float, required=True,
-                        help=f"initial learning rate (required); the grids (Table 1; digits: ours) are {grids}")
+    parser.add_argument(
+        "--arch",
+        required=True,
+        metavar="NAME",
+        help=f"network (required), one of: {', '.join(models.ARCHS)}",
+    )
+    parser.add_argument(
+        "--indices",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="index file of `hspec subsample` choosing the train examples "
+        "(default: the whole train split)",
+    )
+    grids = "; ".join(
+        f"{name}: {', '.join(map(str, grid))}" for name, grid in training.LR_GRID.items()
+    )
+    parser.add_argument(
+        "--lr",
+        type=float,
+        required=True,
+        help=f"initial learning rate (required); the grids (Table 1; digits: ours) are {grids}",
+    )
     epochs = ", ".join(f"{name} {count}" for name, count in training.EPOCHS.items())
-    parser.add_argument("--epochs", type=int, default=None,
-                        help=f"epochs (default: per dataset, Table 1; digits: ours: {epochs})")
-    parser.add_argument("--seed", type=int, default=settings.defaults()["seed"],
-                        help="seed of the initial weights and of the data order (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=training.BATCH_SIZE,
-                        help="batch size (default: %(default)s)")
-    parser.add_argument("--momentum", type=float, default=training.MOMENTUM,
-                        help="SGD momentum (default: %(default)s)")
-    parser.add_argument("--weight-decay", type=float, default=training.WEIGHT_DECAY,
-                        help="weight decay (default: %(default)s)")
-    parser.add_argument("--device", default="auto",
-                        help="torch device, e.g. cpu or cuda:0; auto: cuda if available, else cpu "
-                        "(default: %(default)s)")
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
-                        help="run directory to write, or to resume (required)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar (default: a bar on a terminal)")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"epochs (default: per dataset, Table 1; digits: ours: {epochs})",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=settings.defaults()["seed"],
+        help="seed of the initial weights and of the data order (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=training.BATCH_SIZE,
+        help="batch size (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--momentum",
+        type=float,
+        default=training.MOMENTUM,
+        help="SGD momentum (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--weight-decay",
+        type=float,
+        default=training.WEIGHT_DECAY,
+        help="weight decay (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="torch device, e.g. cpu or cuda:0; auto: cuda if available, else cpu "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="run directory to write, or to resume (required)",
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bar (default: a bar on a terminal)"
+    )
     parser.set_defaults(handler=_train)
 
 
@@ -149,7 +220,9 @@ def _train(args: argparse.Namespace) -> None:
         weight_decay=args.weight_decay,
     )
     test_set = data.load_split(args.dataset, "test", args.data_dir, args.download)
-    history = training.train(config, (train_x, train_y), test_set, args.out, device, False if args.quiet else None)
+    history = training.train(
+        config, (train_x, train_y), test_set, args.out, device, False if args.quiet else None
+    )
     final = history[-1]
     print(
         f"wrote {args.out / run_files.MODEL_FILE}: test accuracy {final['test_accuracy']:.4f}, "
@@ -165,9 +238,15 @@ def _add_select(subparsers: argparse._SubParsersAction) -> None:
         "the highest final test accuracy (paper, Section 3.1); ties go to the lower learning rate, then to "
         "the run listed first.",
     )
-    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories of `hspec train`")
     parser.add_argument(
-        "--out", type=Path, default=None, metavar="FILE", help="JSON file to write the choice to (default: none)"
+        "runs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories of `hspec train`"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="JSON file to write the choice to (default: none)",
     )
     parser.add_argument(
         "--model-out",
@@ -188,7 +267,9 @@ def _select(args: argparse.Namespace) -> None:
         if not model.is_file():
             raise HspecError(f"the best run has no {str(model)!r}")
         atomic_write(args.model_out, lambda file: file.write(model.read_bytes()))
-    print(f"best: {choice['best']} (lr {choice['lr']}, test accuracy {choice['test_accuracy']:.4f})")
+    print(
+        f"best: {choice['best']} (lr {choice['lr']}, test accuracy {choice['test_accuracy']:.4f})"
+    )
 
 
 def _add_spectrum(subparsers: argparse._SubParsersAction) -> None:
@@ -203,60 +284,174 @@ def _add_spectrum(subparsers: argparse._SubParsersAction) -> None:
         "split and rank 0 writes OUT.",
     )
     _add_data_options(parser)
-    parser.add_argument("--model", type=Path, required=True, help="model.pt of `hspec train`/`hspec select` (required)")
-    parser.add_argument("--split", choices=data.SPLITS, required=True, help="train or test split (required)")
-    parser.add_argument("--indices", type=Path, default=None,
-                        help="index file of `hspec subsample` restricting the train split (default: whole split)")
-    parser.add_argument("--component", choices=COMPONENTS, default="hessian", help="operator (default: %(default)s)")
-    parser.add_argument("--settings", action=settings.SettingsFile, metavar="FILE",
-                        help="JSON object of spectrum settings (keys: the options below, with "
-                        "underscores: " + ", ".join(settings.SPECTRUM_OPTIONS) + "), as the workflow "
-                        "writes them; options given explicitly override the file")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        required=True,
+        help="model.pt of `hspec train`/`hspec select` (required)",
+    )
+    parser.add_argument(
+        "--split", choices=data.SPLITS, required=True, help="train or test split (required)"
+    )
+    parser.add_argument(
+        "--indices",
+        type=Path,
+        default=None,
+        help="index file of `hspec subsample` restricting the train split (default: whole split)",
+    )
+    parser.add_argument(
+        "--component", choices=COMPONENTS, default="hessian", help="operator (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--settings",
+        action=settings.SettingsFile,
+        metavar="FILE",
+        help="JSON object of spectrum settings (keys: the options below, with "
+        "underscores: " + ", ".join(settings.SPECTRUM_OPTIONS) + "), as the workflow "
+        "writes them; options given explicitly override the file",
+    )
     spec = dict(action=settings.Explicit)
-    parser.add_argument("--method", choices=METHODS, default=S["method"], **spec,
-                        help="density method (default: %(default)s)")
-    parser.add_argument("--deflate", type=int, default=0,
-                        help="outliers removed first by LOWRANKDEFLATION, e.g. the number of classes (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=S["steps"], **spec, help="Lanczos steps M (default: %(default)s)")
-    parser.add_argument("--bound-steps", type=int, default=S["bound_steps"], **spec,
-                        help="NORMALIZATION steps M0 (default: %(default)s)")
-    parser.add_argument("--margin", type=float, default=S["margin"], **spec,
-                        help="NORMALIZATION margin kappa (default: %(default)s)")
-    parser.add_argument("--points", type=int, default=S["points"], **spec, help="grid points K (default: %(default)s)")
-    parser.add_argument("--n-vec", type=int, default=S["n_vec"], **spec,
-                        help="Lanczos start vectors (default: %(default)s)")
-    parser.add_argument("--iterations", type=int, default=S["iterations"], **spec,
-                        help="subspace iterations T (default: %(default)s)")
-    parser.add_argument("--deflation", choices=DEFLATIONS, default=S["deflation"], **spec,
-                        help="outlier search: subspace = the paper's Alg. 5 (T x C products), krylov = thick-restart "
-                        "Lanczos (a few dozen products) (default: %(default)s)")
-    parser.add_argument("--k", type=float, default=S["k"], **spec,
-                        help="smoothing constant of Alg. 3 (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=S["batch_size"], **spec,
-                        help="examples per forward pass (default: %(default)s)")
-    parser.add_argument("--precision", choices=tuple(PRECISIONS), default=S["precision"], **spec,
-                        help="products and vectors in float32, float32 with TF32 tensor cores on CUDA "
-                        "(faster, ~1e-4 relative error per product), or float64 (default: %(default)s)")
-    parser.add_argument("--hvp", choices=("auto",) + HVP_MODES, default=S["hvp"], **spec,
-                        help="how H v and R v are differentiated; all exact, they differ in speed; auto: "
-                        "the fastest measured on the device's kind (default: %(default)s)")
-    parser.add_argument("--compile", "--no-compile", default=S["compile"], **settings.switch(
-                        help="torch.compile the per-batch product: a one-time compile for faster products "
-                        "(default: %(default)s)"))
-    parser.add_argument("--resident", "--no-resident", default=S["resident"], **settings.switch(
-                        help="keep the whole split on the device instead of moving each batch at each product "
-                        "(default: %(default)s)"))
-    parser.add_argument("--device", default="auto", **spec,
-                        help="torch device; auto = cuda if available (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=settings.defaults()["seed"], **spec,
-                        help="seed of the random vectors (default: %(default)s)")
-    parser.add_argument("--n-per-class", default=None,
-                        help="examples per class the model was trained on, recorded in OUT "
-                        "(default: counted from --indices, else 'full')")
-    parser.add_argument("--checkpoint-interval", type=float, default=float(S["checkpoint_interval"]), **spec,
-                        help="seconds between saves of the resumable state, OUT.rankR.ckpt (default: %(default)s)")
+    parser.add_argument(
+        "--method",
+        choices=METHODS,
+        default=S["method"],
+        **spec,
+        help="density method (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--deflate",
+        type=int,
+        default=0,
+        help="outliers removed first by LOWRANKDEFLATION, e.g. the number of classes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=S["steps"],
+        **spec,
+        help="Lanczos steps M (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--bound-steps",
+        type=int,
+        default=S["bound_steps"],
+        **spec,
+        help="NORMALIZATION steps M0 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--margin",
+        type=float,
+        default=S["margin"],
+        **spec,
+        help="NORMALIZATION margin kappa (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--points",
+        type=int,
+        default=S["points"],
+        **spec,
+        help="grid points K (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--n-vec",
+        type=int,
+        default=S["n_vec"],
+        **spec,
+        help="Lanczos start vectors (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=S["iterations"],
+        **spec,
+        help="subspace iterations T (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--deflation",
+        choices=DEFLATIONS,
+        default=S["deflation"],
+        **spec,
+        help="outlier search: subspace = the paper's Alg. 5 (T x C products), krylov = thick-restart "
+        "Lanczos (a few dozen products) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--k",
+        type=float,
+        default=S["k"],
+        **spec,
+        help="smoothing constant of Alg. 3 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=S["batch_size"],
+        **spec,
+        help="examples per forward pass (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=tuple(PRECISIONS),
+        default=S["precision"],
+        **spec,
+        help="products and vectors in float32, float32 with TF32 tensor cores on CUDA "
+        "(faster, ~1e-4 relative error per product), or float64 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--hvp",
+        choices=("auto",) + HVP_MODES,
+        default=S["hvp"],
+        **spec,
+        help="how H v and R v are differentiated; all exact, they differ in speed; auto: "
+        "the fastest measured on the device's kind (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--compile",
+        "--no-compile",
+        default=S["compile"],
+        **settings.switch(
+            help="torch.compile the per-batch product: a one-time compile for faster products "
+            "(default: %(default)s)"
+        ),
+    )
+    parser.add_argument(
+        "--resident",
+        "--no-resident",
+        default=S["resident"],
+        **settings.switch(
+            help="keep the whole split on the device instead of moving each batch at each product "
+            "(default: %(default)s)"
+        ),
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        **spec,
+        help="torch device; auto = cuda if available (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=settings.defaults()["seed"],
+        **spec,
+        help="seed of the random vectors (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--n-per-class",
+        default=None,
+        help="examples per class the model was trained on, recorded in OUT "
+        "(default: counted from --indices, else 'full')",
+    )
+    parser.add_argument(
+        "--checkpoint-interval",
+        type=float,
+        default=float(S["checkpoint_interval"]),
+        **spec,
+        help="seconds between saves of the resumable state, OUT.rankR.ckpt (default: %(default)s)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="Zarr group to write (required)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars (default: bars on a terminal)")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bars (default: bars on a terminal)"
+    )
     parser.set_defaults(handler=spectrum_job.run)
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from hspec.pipeline.data import smallest_train_class
 from hspec.errors import HspecError
+from hspec.pipeline.data import smallest_train_class
 from hspec.settings import type_errors
 
 
@@ -24,10 +24,14 @@ def check(config: Mapping) -> None:
     for fig, spec in config["figures"].items():
         for dataset in spec["datasets"]:
             if dataset not in config["datasets"]:
-                raise HspecError(f"config: figures.{fig} uses dataset {dataset!r}, which "
-                                 "has no entry under datasets (lrs, epochs)")
+                raise HspecError(
+                    f"config: figures.{fig} uses dataset {dataset!r}, which "
+                    "has no entry under datasets (lrs, epochs)"
+                )
             largest = smallest_train_class(dataset)
             too_many = [n for n in spec["per_class"] if n != "full" and n > largest]
             if too_many:
-                raise HspecError(f"config: figures.{fig}.per_class {too_many} exceeds the "
-                                 f"{largest} examples of the smallest {dataset} train class")
+                raise HspecError(
+                    f"config: figures.{fig}.per_class {too_many} exceeds the "
+                    f"{largest} examples of the smallest {dataset} train class"
+                )

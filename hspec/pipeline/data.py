@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hspec.errors import HspecError
 from hspec.atomic import atomic_write
+from hspec.errors import HspecError
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,12 @@ DIGITS_TEST_SIZE = 360
 DIGITS_SPLIT_SEED = 0
 
 # torchvision's class for each dataset it provides.
-_TORCHVISION_CLASSES = {"mnist": "MNIST", "fashionmnist": "FashionMNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100"}
+_TORCHVISION_CLASSES = {
+    "mnist": "MNIST",
+    "fashionmnist": "FashionMNIST",
+    "cifar10": "CIFAR10",
+    "cifar100": "CIFAR100",
+}
 
 
 def spec(name: str) -> DatasetSpec:
@@ -124,7 +129,11 @@ def _digits(split: str) -> tuple[Tensor, Tensor]:
     bunch = load_digits()
     images = bunch.images.astype(np.float32) / 16.0
     train_x, test_x, train_y, test_y = train_test_split(
-        images, bunch.target, test_size=DIGITS_TEST_SIZE, stratify=bunch.target, random_state=DIGITS_SPLIT_SEED
+        images,
+        bunch.target,
+        test_size=DIGITS_TEST_SIZE,
+        stratify=bunch.target,
+        random_state=DIGITS_SPLIT_SEED,
     )
     images, labels = (train_x, train_y) if split == "train" else (test_x, test_y)
     return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels).long()
@@ -200,7 +209,9 @@ def _read_cifar(name: str, files: list[Path]) -> tuple[Tensor, Tensor]:
         _check_lengths(name, path, len(data), len(batch_labels))
         images.append(data)
         labels.append(batch_labels)
-    return torch.from_numpy(np.concatenate(images)).float() / 255.0, torch.from_numpy(np.concatenate(labels))
+    return torch.from_numpy(np.concatenate(images)).float() / 255.0, torch.from_numpy(
+        np.concatenate(labels)
+    )
 
 
 def _parse(path: Path, reader: Callable[[str], Any]) -> Any:
@@ -208,7 +219,9 @@ def _parse(path: Path, reader: Callable[[str], Any]) -> Any:
     try:
         return reader(str(path))
     except Exception as error:  # noqa: BLE001 -- readers signal bad files by assorted exceptions
-        raise HspecError(f"cannot read {str(path)!r} (truncated or corrupted?): {error!r}") from error
+        raise HspecError(
+            f"cannot read {str(path)!r} (truncated or corrupted?): {error!r}"
+        ) from error
 
 
 def _check_lengths(name: str, path: Path, num_images: int, num_labels: int) -> None:
@@ -254,15 +267,22 @@ def subsample(targets: Tensor | np.ndarray, per_class: int, seed: int) -> np.nda
     classes, counts = np.unique(labels, return_counts=True)
     if per_class < 1 or per_class > counts.min():
         available = ", ".join(f"{c}: {n}" for c, n in zip(classes.tolist(), counts.tolist()))
-        raise HspecError(f"cannot draw {per_class} examples per class; available per class: {available}")
+        raise HspecError(
+            f"cannot draw {per_class} examples per class; available per class: {available}"
+        )
     rng = np.random.default_rng(seed)
-    chosen = [rng.choice(np.flatnonzero(labels == c), size=per_class, replace=False) for c in classes]
+    chosen = [
+        rng.choice(np.flatnonzero(labels == c), size=per_class, replace=False) for c in classes
+    ]
     return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
 def save_indices(path: str | os.PathLike[str], indices: np.ndarray) -> None:
     """Write an index file (.npy) atomically: a temporary file in the same directory, then os.replace."""
-    atomic_write(Path(path), lambda file: np.save(file, np.asarray(indices, dtype=np.int64), allow_pickle=False))
+    atomic_write(
+        Path(path),
+        lambda file: np.save(file, np.asarray(indices, dtype=np.int64), allow_pickle=False),
+    )
 
 
 def load_indices(path: str | os.PathLike[str], size: int | None = None) -> np.ndarray:
@@ -272,14 +292,20 @@ def load_indices(path: str | os.PathLike[str], size: int | None = None) -> np.nd
         indices = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as error:
         raise HspecError(f"cannot read index file {str(path)!r}: {error}") from error
-    if not isinstance(indices, np.ndarray) or indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer):
+    if (
+        not isinstance(indices, np.ndarray)
+        or indices.ndim != 1
+        or not np.issubdtype(indices.dtype, np.integer)
+    ):
         raise HspecError(f"index file {str(path)!r} does not hold a 1-D array of integers")
     if not len(indices):
         raise HspecError(f"index file {str(path)!r} holds no indices")
     if len(np.unique(indices)) != len(indices):
         raise HspecError(f"index file {str(path)!r} repeats indices")
     if size is not None and (indices.min() < 0 or indices.max() >= size):
-        raise HspecError(f"index file {str(path)!r} has indices outside the split's {size} examples")
+        raise HspecError(
+            f"index file {str(path)!r} has indices outside the split's {size} examples"
+        )
     return indices
 
 

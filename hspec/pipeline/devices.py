@@ -22,7 +22,9 @@ def resolve(name: str) -> torch.device:
     if count == 0:
         raise HspecError(f"--device {name!r} but no {device.type} device is available")
     if device.index is not None and device.index >= count:
-        raise HspecError(f"--device {name!r} but only {count} {device.type} device(s) are available")
+        raise HspecError(
+            f"--device {name!r} but only {count} {device.type} device(s) are available"
+        )
     return device
 
 

@@ -68,8 +68,10 @@ def _acquire(lock: Path, path: str | os.PathLike[str]) -> int:
         except BlockingIOError:
             holder = _holder(fd)
             os.close(fd)
-            raise HspecError(f"{str(path)!r} is being written by another process (pid {holder}); "
-                             f"wait for it to finish or stop it, then rerun") from None
+            raise HspecError(
+                f"{str(path)!r} is being written by another process (pid {holder}); "
+                f"wait for it to finish or stop it, then rerun"
+            ) from None
         if _same_file(fd, lock):
             os.ftruncate(fd, 0)
             os.write(fd, str(os.getpid()).encode())

@@ -12,7 +12,21 @@ from torch import Tensor, nn
 from hspec.errors import HspecError
 
 # VGG configuration "A" (VGG11): output channels of each 3×3 convolution, "M" = 2×2 max-pool.
-VGG11_CONFIG: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+VGG11_CONFIG: tuple[int | str, ...] = (
+    64,
+    "M",
+    128,
+    "M",
+    256,
+    256,
+    "M",
+    512,
+    512,
+    "M",
+    512,
+    512,
+    "M",
+)
 
 
 def vgg11(in_channels: int, num_classes: int) -> nn.Sequential:
@@ -28,7 +42,11 @@ def vgg11(in_channels: int, num_classes: int) -> nn.Sequential:
         if item == "M":
             layers.append(nn.MaxPool2d(2))
         else:
-            layers += [nn.Conv2d(channels, int(item), 3, padding=1), nn.BatchNorm2d(int(item)), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(channels, int(item), 3, padding=1),
+                nn.BatchNorm2d(int(item)),
+                nn.ReLU(inplace=True),
+            ]
             channels = int(item)
     layers += [
         nn.Flatten(),
@@ -132,7 +150,12 @@ def cnn(in_channels: int, num_classes: int) -> nn.Sequential:
     )
 
 
-_BUILDERS: dict[str, Callable[[int, int], nn.Module]] = {"vgg11": vgg11, "resnet18": resnet18, "mlp": mlp, "cnn": cnn}
+_BUILDERS: dict[str, Callable[[int, int], nn.Module]] = {
+    "vgg11": vgg11,
+    "resnet18": resnet18,
+    "mlp": mlp,
+    "cnn": cnn,
+}
 
 ARCHS: tuple[str, ...] = tuple(_BUILDERS)
 

@@ -53,8 +53,12 @@ def read_file(path: Path, keys: Iterable[str]) -> dict[str, Any]:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 -- torch.load signals bad files by assorted exceptions
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise HspecError(f"cannot read checkpoint {str(path)!r} (truncated or corrupted?): {first_line}") from error
+        first_line = (
+            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        )
+        raise HspecError(
+            f"cannot read checkpoint {str(path)!r} (truncated or corrupted?): {first_line}"
+        ) from error
     missing = [key for key in keys if not isinstance(saved, dict) or key not in saved]
     if missing:
         raise HspecError(f"{str(path)!r} is not an hspec checkpoint: missing {', '.join(missing)}")
@@ -69,12 +73,17 @@ def _build(path: Path, metadata: Mapping[str, Any]) -> nn.Module:
         raise HspecError(f"checkpoint {str(path)!r} has unusable metadata: {error!r}") from error
 
 
-def metadata_differences(path: Path, found: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+def metadata_differences(
+    path: Path, found: Mapping[str, Any], expected: Mapping[str, Any]
+) -> list[str]:
     """'key=found (expected value)' for every key where `found` differs from `expected`."""
     if not isinstance(found, Mapping):
         raise HspecError(f"checkpoint {str(path)!r} has no metadata dict")
-    return [f"{key}={found.get(key)!r} (expected {value!r})" for key, value in expected.items()
-            if found.get(key) != value]
+    return [
+        f"{key}={found.get(key)!r} (expected {value!r})"
+        for key, value in expected.items()
+        if found.get(key) != value
+    ]
 
 
 def _check_metadata(path: Path, found: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
@@ -84,7 +93,9 @@ def _check_metadata(path: Path, found: Mapping[str, Any], expected: Mapping[str,
         raise HspecError(f"checkpoint {str(path)!r} does not match: {', '.join(found_differences)}")
 
 
-def load_weights(path: Path, model: nn.Module, state_dict: Mapping[str, Tensor], metadata: Mapping[str, Any]) -> None:
+def load_weights(
+    path: Path, model: nn.Module, state_dict: Mapping[str, Tensor], metadata: Mapping[str, Any]
+) -> None:
     """load_state_dict(strict), turning a key or shape mismatch into one clear line naming `path`."""
     try:
         model.load_state_dict(state_dict)
@@ -100,6 +111,8 @@ def read_history(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     epoch), or a clear error naming the group."""
     arrays, attrs = store.read_history(Path(run_dir) / HISTORY_FILE)
     metadata = {key: value for key, value in attrs.items() if key not in ("kind", "complete")}
-    history = [{name: arrays[name][i].item() for name in store.HISTORY_ARRAYS}
-               for i in range(len(arrays["epoch"]))]
+    history = [
+        {name: arrays[name][i].item() for name in store.HISTORY_ARRAYS}
+        for i in range(len(arrays["epoch"]))
+    ]
     return {"metadata": metadata, "history": history}

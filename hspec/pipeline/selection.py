@@ -38,9 +38,15 @@ def _final_result(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     metadata, history = content["metadata"], content["history"]
     try:
         if len(history) != metadata["epochs"]:
-            raise HspecError(f"run {str(run_dir)!r} is unfinished: {len(history)} of {metadata['epochs']} epochs")
-        return {"run": str(run_dir), "lr": metadata["lr"], "test_accuracy": history[-1]["test_accuracy"],
-                "metadata": metadata}
+            raise HspecError(
+                f"run {str(run_dir)!r} is unfinished: {len(history)} of {metadata['epochs']} epochs"
+            )
+        return {
+            "run": str(run_dir),
+            "lr": metadata["lr"],
+            "test_accuracy": history[-1]["test_accuracy"],
+            "metadata": metadata,
+        }
     except (KeyError, TypeError, IndexError) as error:
         raise HspecError(f"training history of run {str(run_dir)!r} lacks {error}") from error
 
@@ -49,7 +55,9 @@ def _check_same_recipe(runs: list[dict[str, Any]]) -> None:
     """All runs must share their metadata except the initial learning rate."""
     reference = {key: value for key, value in runs[0]["metadata"].items() if key != "lr"}
     for run in runs[1:]:
-        differing = sorted(key for key, value in reference.items() if run["metadata"].get(key) != value)
+        differing = sorted(
+            key for key, value in reference.items() if run["metadata"].get(key) != value
+        )
         if differing:
             raise HspecError(
                 f"runs {runs[0]['run']!r} and {run['run']!r} differ in {', '.join(differing)}, not only in lr"

@@ -31,8 +31,15 @@ def run(args) -> None:
     rank, world = distributed.init_from_env(args.device if args.device != "auto" else None)
     device = distributed.local_device(str(devices.resolve(args.device)))
     stats = data.spec(args.dataset)
-    model, metadata = run_files.load_model(args.model, device=device, expect={
-        "dataset": args.dataset, "num_classes": stats.num_classes, "in_channels": stats.in_channels})
+    model, metadata = run_files.load_model(
+        args.model,
+        device=device,
+        expect={
+            "dataset": args.dataset,
+            "num_classes": stats.num_classes,
+            "in_channels": stats.in_channels,
+        },
+    )
     inputs, targets = data.load_split(args.dataset, args.split, args.data_dir, args.download)
     n_per_class = args.n_per_class or "full"
     indices = None
@@ -44,26 +51,60 @@ def run(args) -> None:
         inputs, targets = inputs[index], targets[index]
         n_per_class = args.n_per_class or int(torch.bincount(targets).max())
     n_samples = len(targets)
-    op = curvature_operator(model, distributed.shard(inputs, targets, rank, world), args.component,
-                                  batch_size=args.batch_size, device=device, distributed=world > 1,
-                                  hvp=args.hvp, resident=args.resident, compile=args.compile,
-                                  **PRECISIONS[args.precision])
+    op = curvature_operator(
+        model,
+        distributed.shard(inputs, targets, rank, world),
+        args.component,
+        batch_size=args.batch_size,
+        device=device,
+        distributed=world > 1,
+        hvp=args.hvp,
+        resident=args.resident,
+        compile=args.compile,
+        **PRECISIONS[args.precision],
+    )
     checkpoint = args.out.with_name(args.out.name + f".rank{rank}.ckpt")
-    result = spectral_density(op, method=args.method, deflate=args.deflate, steps=args.steps,
-                              bound_steps=args.bound_steps, margin=args.margin, points=args.points,
-                              n_vec=args.n_vec, iterations=args.iterations, deflation=args.deflation,
-                              k=args.k, seed=args.seed,
-                              progress=not args.quiet and sys.stderr.isatty(), checkpoint=checkpoint,
-                              checkpoint_interval=args.checkpoint_interval,
-                              checkpoint_key=identity(args, indices, targets, rank, world))
+    result = spectral_density(
+        op,
+        method=args.method,
+        deflate=args.deflate,
+        steps=args.steps,
+        bound_steps=args.bound_steps,
+        margin=args.margin,
+        points=args.points,
+        n_vec=args.n_vec,
+        iterations=args.iterations,
+        deflation=args.deflation,
+        k=args.k,
+        seed=args.seed,
+        progress=not args.quiet and sys.stderr.isatty(),
+        checkpoint=checkpoint,
+        checkpoint_interval=args.checkpoint_interval,
+        checkpoint_key=identity(args, indices, targets, rank, world),
+    )
     if rank == 0:
-        store.write_spectrum(args.out, result, {
-            "component": args.component, "split": args.split, "dataset": args.dataset,
-            "arch": metadata["arch"], "n_per_class": _per_class_value(n_per_class), "n_samples": n_samples,
-            "model": str(args.model), "world_size": world, "precision": args.precision,
-            "hvp": op.hvp, "compile": args.compile, "resident": args.resident})
-        print(f"wrote {args.out}: range [{result.lambda_min:.4g}, {result.lambda_max:.4g}], "
-              f"{len(result.outliers)} outliers, {result.hvp_count} products in {result.seconds:.1f} s")
+        store.write_spectrum(
+            args.out,
+            result,
+            {
+                "component": args.component,
+                "split": args.split,
+                "dataset": args.dataset,
+                "arch": metadata["arch"],
+                "n_per_class": _per_class_value(n_per_class),
+                "n_samples": n_samples,
+                "model": str(args.model),
+                "world_size": world,
+                "precision": args.precision,
+                "hvp": op.hvp,
+                "compile": args.compile,
+                "resident": args.resident,
+            },
+        )
+        print(
+            f"wrote {args.out}: range [{result.lambda_min:.4g}, {result.lambda_max:.4g}], "
+            f"{len(result.outliers)} outliers, {result.hvp_count} products in {result.seconds:.1f} s"
+        )
     checkpoint.unlink(missing_ok=True)
 
 
@@ -87,10 +128,17 @@ def sha256(path: Path) -> str:
 
 def identity(args, indices, targets: torch.Tensor, rank: int, world: int) -> dict:
     """What a spectrum checkpoint must match to be resumed: the model file, the data, the operator."""
-    return {"model": sha256(args.model), "dataset": args.dataset, "split": args.split,
-            "subset": data.fingerprint(indices),
-            "targets": "sha256:" + hashlib.sha256(targets.cpu().numpy().tobytes()).hexdigest(),
-            "component": args.component, "precision": args.precision, "rank": rank, "world_size": world}
+    return {
+        "model": sha256(args.model),
+        "dataset": args.dataset,
+        "split": args.split,
+        "subset": data.fingerprint(indices),
+        "targets": "sha256:" + hashlib.sha256(targets.cpu().numpy().tobytes()).hexdigest(),
+        "component": args.component,
+        "precision": args.precision,
+        "rank": rank,
+        "world_size": world,
+    }
 
 
 def _per_class_value(label) -> int | str:

@@ -36,11 +36,22 @@ from hspec.errors import HspecError
 from hspec.version import __version__
 
 SPECTRUM_ARRAYS = ("grid", "density", "outliers", "nodes", "weights")
-SPECTRUM_ATTRS = ("component", "split", "dataset", "arch", "n_per_class", "n_params",
-                  "n_samples", "lambda_min", "lambda_max", "hvp_count", "seconds",
-                  "settings", "hspec_version")
-HISTORY_ARRAYS = ("epoch", "lr", "train_loss", "train_accuracy", "test_loss",
-                  "test_accuracy")
+SPECTRUM_ATTRS = (
+    "component",
+    "split",
+    "dataset",
+    "arch",
+    "n_per_class",
+    "n_params",
+    "n_samples",
+    "lambda_min",
+    "lambda_max",
+    "hvp_count",
+    "seconds",
+    "settings",
+    "hspec_version",
+)
+HISTORY_ARRAYS = ("epoch", "lr", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
 
 
 def checksum(values: np.ndarray) -> str:
@@ -65,16 +76,16 @@ def check_overwritable(path: Path, kind: str) -> None:
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         return
-    if path.is_dir() and not path.is_symlink() and (
-            _kind(path) == kind or not any(path.iterdir())):
+    if path.is_dir() and not path.is_symlink() and (_kind(path) == kind or not any(path.iterdir())):
         return
     what = "a directory" if path.is_dir() else "a file"
-    raise HspecError(f"{path}: exists and is {what}, not a {kind} group written by hspec; "
-                     "refusing to overwrite it (move it or choose another path)")
+    raise HspecError(
+        f"{path}: exists and is {what}, not a {kind} group written by hspec; "
+        "refusing to overwrite it (move it or choose another path)"
+    )
 
 
-def write_group(path: Path, kind: str, arrays: Mapping[str, np.ndarray],
-                attrs: Mapping) -> None:
+def write_group(path: Path, kind: str, arrays: Mapping[str, np.ndarray], attrs: Mapping) -> None:
     """Write a Zarr v3 group of 1-D float arrays and JSON attributes (with a checksum
     of every array), atomically, replacing only what :func:`check_overwritable` allows;
     a failed write is one HspecError naming ``path`` and leaves no temporary directory."""
@@ -94,8 +105,9 @@ def write_group(path: Path, kind: str, arrays: Mapping[str, np.ndarray],
         raise HspecError(f"{path}: cannot write the {kind} group ({reason})") from error
 
 
-def read_group(path: Path, kind: str, arrays: tuple[str, ...]
-               ) -> tuple[dict[str, np.ndarray], dict]:
+def read_group(
+    path: Path, kind: str, arrays: tuple[str, ...]
+) -> tuple[dict[str, np.ndarray], dict]:
     """The named arrays and the attributes (without the checksums) of a group written by
     :func:`write_group`, after the checks of the module docstring."""
     path = Path(path)
@@ -106,20 +118,25 @@ def read_group(path: Path, kind: str, arrays: tuple[str, ...]
             raise ValueError(f"not a complete {kind} group")
         data = {name: np.asarray(group[name][:]) for name in arrays}
     except Exception as error:  # any failure here means a truncated or foreign group
-        raise HspecError(f"{path}: not a readable {kind} result ({error}); delete it and "
-                         "rerun the step that writes it") from error
+        raise HspecError(
+            f"{path}: not a readable {kind} result ({error}); delete it and "
+            "rerun the step that writes it"
+        ) from error
     checksums = attrs.pop("checksums", None)
     for name, values in data.items():
         _check_array(path, kind, name, values, checksums)
     return data, attrs
 
 
-def _check_array(path: Path, kind: str, name: str, values: np.ndarray,
-                 checksums: Mapping | None) -> None:
+def _check_array(
+    path: Path, kind: str, name: str, values: np.ndarray, checksums: Mapping | None
+) -> None:
     if checksums is not None and checksums.get(name) != checksum(values):
-        raise HspecError(f"{path}: not a readable {kind} result (array {name!r} does not "
-                         "match its checksum: missing chunk or changed data); delete it and "
-                         "rerun the step that writes it")
+        raise HspecError(
+            f"{path}: not a readable {kind} result (array {name!r} does not "
+            "match its checksum: missing chunk or changed data); delete it and "
+            "rerun the step that writes it"
+        )
     if not np.isfinite(values).all():
         raise HspecError(f"{path}: array {name!r} of this {kind} holds NaN or Inf")
 
@@ -128,11 +145,18 @@ def write_spectrum(path: Path, result, attrs: Mapping) -> None:
     """Store a :class:`hspec.SpectralDensity` with the attributes describing it."""
     arrays = {name: getattr(result, name) for name in SPECTRUM_ARRAYS}
     arrays["moments"] = result.moments
-    attrs = {**attrs, "n_params": result.dim, "lambda_min": result.lambda_min,
-             "lambda_max": result.lambda_max, "hvp_count": result.hvp_count,
-             "seconds": result.seconds, "settings": result.settings,
-             "bulk_c": result.bulk.c, "bulk_d": result.bulk.d,
-             "hspec_version": __version__}
+    attrs = {
+        **attrs,
+        "n_params": result.dim,
+        "lambda_min": result.lambda_min,
+        "lambda_max": result.lambda_max,
+        "hvp_count": result.hvp_count,
+        "seconds": result.seconds,
+        "settings": result.settings,
+        "bulk_c": result.bulk.c,
+        "bulk_d": result.bulk.d,
+        "hspec_version": __version__,
+    }
     missing = [name for name in SPECTRUM_ATTRS if name not in attrs]
     if missing:
         raise HspecError(f"attrs: missing {', '.join(missing)}")
@@ -154,6 +178,9 @@ def read_history(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     arrays, attrs = read_group(path, "history", HISTORY_ARRAYS)
     lengths = {name: len(values) for name, values in arrays.items()}
     if len(set(lengths.values())) > 1:
-        raise HspecError(f"{path}: history arrays differ in length ("
-                         + ", ".join(f"{name} {n}" for name, n in lengths.items()) + ")")
+        raise HspecError(
+            f"{path}: history arrays differ in length ("
+            + ", ".join(f"{name} {n}" for name, n in lengths.items())
+            + ")"
+        )
     return arrays, attrs

@@ -46,12 +46,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from hspec.pipeline import locking, models, store
-from hspec.pipeline.run_files import (CHECKPOINT_FILE, HISTORY_FILE, MODEL_FILE, load_weights, metadata_differences,
-                                      read_file, read_history)
-from hspec.atomic import atomic_write
 from hspec import settings
+from hspec.atomic import atomic_write
 from hspec.errors import HspecError
+from hspec.pipeline import locking, models, store
+from hspec.pipeline.run_files import (
+    CHECKPOINT_FILE,
+    HISTORY_FILE,
+    MODEL_FILE,
+    load_weights,
+    metadata_differences,
+    read_file,
+    read_history,
+)
 
 log = logging.getLogger(__name__)
 
@@ -169,9 +176,17 @@ def _run(
             record[f"{split}_loss"], record[f"{split}_accuracy"] = evaluate(model, inputs, targets)
         _check_finite(out_dir, epoch + 1, losses, record)
         history.append(record)
-        epochs.set_postfix(test_accuracy=f"{record['test_accuracy']:.4f}", train_loss=f"{record['train_loss']:.3g}")
-        checkpoint = {"metadata": metadata, "epoch": epoch + 1, "model": model.state_dict(),
-                      "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "history": history}
+        epochs.set_postfix(
+            test_accuracy=f"{record['test_accuracy']:.4f}", train_loss=f"{record['train_loss']:.3g}"
+        )
+        checkpoint = {
+            "metadata": metadata,
+            "epoch": epoch + 1,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "generator": generator.get_state(),
+            "history": history,
+        }
         atomic_write(out_dir / CHECKPOINT_FILE, lambda file: torch.save(checkpoint, file))
         _write_history(out_dir, history, metadata)
     if start == config.epochs:  # resumed at the final epoch: the loop wrote nothing
@@ -182,9 +197,14 @@ def _run(
     return history
 
 
-def _write_history(out_dir: Path, history: list[dict[str, float]], metadata: dict[str, Any]) -> None:
-    store.write_history(out_dir / HISTORY_FILE,
-                        {name: [record[name] for record in history] for name in store.HISTORY_ARRAYS}, metadata)
+def _write_history(
+    out_dir: Path, history: list[dict[str, float]], metadata: dict[str, Any]
+) -> None:
+    store.write_history(
+        out_dir / HISTORY_FILE,
+        {name: [record[name] for record in history] for name in store.HISTORY_ARRAYS},
+        metadata,
+    )
 
 
 def _finished(out_dir: Path, metadata: dict[str, Any]) -> list[dict[str, float]] | None:
@@ -199,7 +219,11 @@ def _finished(out_dir: Path, metadata: dict[str, Any]) -> list[dict[str, float]]
     except HspecError:
         return None
     history = saved["history"]
-    if saved["metadata"] != metadata or model_metadata != metadata or len(history) != metadata["epochs"]:
+    if (
+        saved["metadata"] != metadata
+        or model_metadata != metadata
+        or len(history) != metadata["epochs"]
+    ):
         return None
     log.info("%s already holds the finished run; nothing to do", out_dir)
     return history
@@ -216,8 +240,10 @@ def _check_finite(out_dir: Path, epoch: int, losses: Tensor, record: Mapping[str
     else:
         return
     kept = f"; {CHECKPOINT_FILE} of epoch {epoch - 1} is kept" if epoch > 1 else ""
-    raise HspecError(f"training in {str(out_dir)!r} diverged: the loss is not finite in epoch {epoch} {where}; "
-                     f"no {MODEL_FILE} written{kept}; try a lower learning rate")
+    raise HspecError(
+        f"training in {str(out_dir)!r} diverged: the loss is not finite in epoch {epoch} {where}; "
+        f"no {MODEL_FILE} written{kept}; try a lower learning rate"
+    )
 
 
 def _remove_partial_writes(out_dir: Path) -> None:
@@ -244,10 +270,16 @@ def _resume(
     """Restore the state saved in `path`, if any; return (epochs done, history so far)."""
     if not path.exists():
         return 0, []
-    checkpoint = read_file(path, ("metadata", "epoch", "model", "optimizer", "generator", "history"))
+    checkpoint = read_file(
+        path, ("metadata", "epoch", "model", "optimizer", "generator", "history")
+    )
     found_differences = metadata_differences(path, checkpoint["metadata"], metadata)
     if found_differences:
-        log.warning("discarding checkpoint %s of other settings (%s); starting over", path, ", ".join(found_differences))
+        log.warning(
+            "discarding checkpoint %s of other settings (%s); starting over",
+            path,
+            ", ".join(found_differences),
+        )
         return 0, []
     load_weights(path, model, checkpoint["model"], checkpoint["metadata"])
     optimizer.load_state_dict(checkpoint["optimizer"])
@@ -288,14 +320,3 @@ def evaluate(model: nn.Module, inputs: Tensor, targets: Tensor) -> tuple[float, 
         loss += F.cross_entropy(logits, y, reduction="sum").item()
         correct += int((logits.argmax(dim=1) == y).sum())
     return loss / len(targets), correct / len(targets)
-
-
-
-
-
-
-
-
-
-
-

@@ -32,8 +32,17 @@ HERE = Path(__file__).resolve().parent
 MARKER = "Written by hspec tests/slurm/cluster.py"
 ETC = Path("/etc/slurm")
 LOCK = Path(tempfile.gettempdir()) / "hspec-slurm-test.lock"
-BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "sinfo", "scancel",
-            "scontrol")
+BINARIES = (
+    "munged",
+    "slurmctld",
+    "slurmd",
+    "sbatch",
+    "srun",
+    "squeue",
+    "sinfo",
+    "scancel",
+    "scontrol",
+)
 
 
 # slurmd runs it (as root) before a job's first step: one line per job, its allocated GPUs
@@ -60,33 +69,36 @@ def install(timeout: float = 240) -> None:
     if not sys.platform.startswith("linux"):
         raise Unavailable("Slurm needs Linux")
     if os.geteuid() != 0:
-        raise Unavailable(f"Slurm is not installed ({', '.join(missing_binaries())} "
-                          "missing) and installing it needs root")
+        raise Unavailable(
+            f"Slurm is not installed ({', '.join(missing_binaries())} "
+            "missing) and installing it needs root"
+        )
     if shutil.which("apt-get") is None:
         raise Unavailable("Slurm is not installed and there is no apt-get to install it")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    command = ["apt-get", "install", "-y", "-q", "--no-install-recommends",
-               "slurm-wlm", "munge"]
+    command = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "slurm-wlm", "munge"]
     log = []
     for attempt in ("install", "update", "install"):
         cmd = command if attempt == "install" else ["apt-get", "update", "-q"]
         try:
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True,
-                                  timeout=timeout)
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise Unavailable(f"{' '.join(cmd)} took over {timeout:.0f} s") from None
         log.append(done.stdout[-2000:] + done.stderr[-2000:])
         if attempt == "install" and done.returncode == 0:
             break
     if missing_binaries():
-        raise Unavailable("apt-get could not install slurm-wlm and munge: "
-                          + " | ".join(line.strip() for line in log))
+        raise Unavailable(
+            "apt-get could not install slurm-wlm and munge: "
+            + " | ".join(line.strip() for line in log)
+        )
 
 
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM when the parent dies (Linux prctl)."""
     try:
         import ctypes
+
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
@@ -126,8 +138,10 @@ class Cluster:
     def _claim(self, path: Path) -> None:
         """Refuse to overwrite a configuration this module did not write."""
         if path.exists() and MARKER not in path.read_text(errors="replace"):
-            raise Unavailable(f"{path} exists and is not ours: a real Slurm "
-                              "installation is configured here; not touching it")
+            raise Unavailable(
+                f"{path} exists and is not ours: a real Slurm "
+                "installation is configured here; not touching it"
+            )
 
     def _write(self, path: Path, text: str) -> None:
         self._claim(path)
@@ -137,16 +151,25 @@ class Cluster:
     def slurm_conf(self) -> str:
         template = Template((HERE / "slurm.conf.in").read_text())
         return template.substitute(
-            marker=MARKER, host=self.host, ctld_port=free_port(), d_port=free_port(),
-            munge_socket=self.state / "munge" / "munge.socket", state=self.state,
-            cpus=self.cpus, mem_mb=self.mem_mb, gpus=self.gpus)
+            marker=MARKER,
+            host=self.host,
+            ctld_port=free_port(),
+            d_port=free_port(),
+            munge_socket=self.state / "munge" / "munge.socket",
+            state=self.state,
+            cpus=self.cpus,
+            mem_mb=self.mem_mb,
+            gpus=self.gpus,
+        )
 
     def gres_conf(self) -> str:
         devices = self.state / "dev"
         devices.mkdir()
-        lines = [f"# {MARKER}",
-                 "# placeholder GPUs: character devices like /dev/null, so that Slurm "
-                 "schedules GPU requests on a machine without GPUs"]
+        lines = [
+            f"# {MARKER}",
+            "# placeholder GPUs: character devices like /dev/null, so that Slurm "
+            "schedules GPU requests on a machine without GPUs",
+        ]
         for index in range(self.gpus):
             path = devices / f"nvidia{index}"
             try:
@@ -163,16 +186,20 @@ class Cluster:
         should this process die without calling stop()."""
         log = open(self.state / f"{name}.out", "w")
         self.processes[name] = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             env={k: v for k, v in os.environ.items() if not k.startswith("SLURM")},
-            start_new_session=True, preexec_fn=_die_with_parent)
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
         log.close()
 
     def _check_alive(self) -> None:
         for name, process in self.processes.items():
             if process.poll() is not None:
-                raise Unavailable(f"{name} exited ({process.returncode}): "
-                                  + self.logs(name))
+                raise Unavailable(f"{name} exited ({process.returncode}): " + self.logs(name))
 
     def logs(self, name: str) -> str:
         text = ""
@@ -191,10 +218,11 @@ class Cluster:
         except OSError:
             self._lock.close()
             self._lock = None
-            raise Unavailable(f"another test cluster runs on this machine ({LOCK} "
-                              "is locked)") from None
+            raise Unavailable(
+                f"another test cluster runs on this machine ({LOCK} is locked)"
+            ) from None
 
-    def start(self, timeout: float = 60) -> "Cluster":
+    def start(self, timeout: float = 60) -> Cluster:
         install()
         if os.geteuid() != 0:
             raise Unavailable("starting slurmd and writing /etc/slurm needs root")
@@ -219,11 +247,19 @@ class Cluster:
             self._write(ETC / "slurm.conf", self.slurm_conf())
             munge = self.state / "munge"
             sbin = "/usr/sbin:/sbin:" + os.environ.get("PATH", "/usr/bin:/bin")
-            self._spawn("munged", [
-                shutil.which("munged", path=sbin),
-                "--foreground", "--force", f"--socket={munge}/munge.socket",
-                f"--key-file={key}", f"--pid-file={munge}/munged.pid",
-                f"--log-file={munge}/munged.log", f"--seed-file={munge}/munged.seed"])
+            self._spawn(
+                "munged",
+                [
+                    shutil.which("munged", path=sbin),
+                    "--foreground",
+                    "--force",
+                    f"--socket={munge}/munge.socket",
+                    f"--key-file={key}",
+                    f"--pid-file={munge}/munged.pid",
+                    f"--log-file={munge}/munged.log",
+                    f"--seed-file={munge}/munged.seed",
+                ],
+            )
             self._wait(lambda: (munge / "munge.socket").exists(), "munged", timeout)
             self._spawn("slurmctld", [shutil.which("slurmctld", path=sbin), "-D", "-i"])
             self._spawn("slurmd", [shutil.which("slurmd", path=sbin), "-D"])
@@ -235,8 +271,9 @@ class Cluster:
 
     def _node_ready(self) -> bool:
         try:
-            done = subprocess.run(["sinfo", "--noheader", "--format=%T"],
-                                  capture_output=True, text=True, timeout=10)
+            done = subprocess.run(
+                ["sinfo", "--noheader", "--format=%T"], capture_output=True, text=True, timeout=10
+            )
         except subprocess.TimeoutExpired:
             return False
         return done.returncode == 0 and done.stdout.strip() in ("idle", "mixed")
@@ -248,8 +285,10 @@ class Cluster:
             if ready():
                 return
             time.sleep(0.5)
-        raise Unavailable(f"{what} not ready within {timeout:.0f} s: "
-                          + " ".join(self.logs(name) for name in self.processes))
+        raise Unavailable(
+            f"{what} not ready within {timeout:.0f} s: "
+            + " ".join(self.logs(name) for name in self.processes)
+        )
 
     def allocated_gpus(self) -> dict[str, str]:
         """Job id -> the GPU indices Slurm allocated to it ("" for none), as the
@@ -263,13 +302,22 @@ class Cluster:
         the files it wrote. Safe to call twice."""
         if self.processes.get("slurmctld") and self.processes["slurmctld"].poll() is None:
             try:  # every job on this cluster is a test's
-                subprocess.run(["scancel", "--quiet", f"--user={os.getuid()}"],
-                               capture_output=True, timeout=30)
+                subprocess.run(
+                    ["scancel", "--quiet", f"--user={os.getuid()}"], capture_output=True, timeout=30
+                )
                 deadline = time.monotonic() + 15
                 while time.monotonic() < deadline:
-                    queue = subprocess.run(["squeue", "--noheader", "--format=%i",
-                                            "--states=PENDING,RUNNING,COMPLETING"],
-                                           capture_output=True, text=True, timeout=30)
+                    queue = subprocess.run(
+                        [
+                            "squeue",
+                            "--noheader",
+                            "--format=%i",
+                            "--states=PENDING,RUNNING,COMPLETING",
+                        ],
+                        capture_output=True,
+                        text=True,
+                        timeout=30,
+                    )
                     if queue.returncode or not queue.stdout.strip():
                         break
                     time.sleep(0.5)
@@ -297,7 +345,7 @@ class Cluster:
             self._lock.close()  # releases the flock
             self._lock = None
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -306,7 +354,9 @@ class Cluster:
 
 if __name__ == "__main__":
     with Cluster() as cluster:
-        print(f"Slurm up: state in {cluster.state}; "
-              f"PIDs {({n: p.pid for n, p in cluster.processes.items()})}")
+        print(
+            f"Slurm up: state in {cluster.state}; "
+            f"PIDs { ({n: p.pid for n, p in cluster.processes.items()}) }"
+        )
         subprocess.run(["sinfo"])
         input("Enter stops it. ")

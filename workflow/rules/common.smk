@@ -71,8 +71,7 @@ def figure_inputs(wildcards):
 
 def figure_yaml(wildcards):
     """papermill -y: the parameters plus where to write the figure and its numbers."""
-    return specs.papermill_yaml(wildcards.fig, config["figures"][wildcards.fig],
-                                       RESULTS)
+    return specs.papermill_yaml(wildcards.fig, config["figures"][wildcards.fig], RESULTS)
 
 
 def figure_caption(wildcards):
@@ -126,8 +125,9 @@ def spectrum_settings_path(variant):
 def spectrum_settings(variant):
     """What `hspec spectrum --settings` reads for a variant: the spectrum options, device
     and seed; the log variant takes log_steps Lanczos steps."""
-    settings = {key: config[key] if key in ("device", "seed") else SPECTRUM[key]
-                for key in SPECTRUM_OPTIONS}
+    settings = {
+        key: config[key] if key in ("device", "seed") else SPECTRUM[key] for key in SPECTRUM_OPTIONS
+    }
     if variant == "log":
         settings["steps"] = SPECTRUM["log_steps"]
     return settings
@@ -156,17 +156,21 @@ def selected_models():
 
 
 # The paper's eq. 11 grid: {train, test} x {H, G, R}, plain, and deflated for H and G.
-SPECTRA_GRID = [(split, component, variant)
-                for split in ("train", "test")
-                for component in ("hessian", "gradient_covariance", "prediction_hessian")
-                for variant in (("plain", "deflated") if component != "prediction_hessian"
-                                else ("plain",))]
+SPECTRA_GRID = [
+    (split, component, variant)
+    for split in ("train", "test")
+    for component in ("hessian", "gradient_covariance", "prediction_hessian")
+    for variant in (("plain", "deflated") if component != "prediction_hessian" else ("plain",))
+]
 
 
 def all_spectra():
     """Every spectrum of the eq. 11 grid for every model the figures select."""
-    return [spectrum_path(arch, dataset, n, *cell)
-            for arch, dataset, n in selected_models() for cell in SPECTRA_GRID]
+    return [
+        spectrum_path(arch, dataset, n, *cell)
+        for arch, dataset, n in selected_models()
+        for cell in SPECTRA_GRID
+    ]
 
 
 write_spectrum_settings()

@@ -5,17 +5,17 @@
 rule download:
     output:
         f"{RESULTS}/data/{{dataset}}.json",
-    params:
-        data_dir=config["data_dir"],
-        download="--download" if config["download"] else "",
-    conda:
-        "../envs/hspec.yaml"
     log:
         f"{RESULTS}/logs/download/{{dataset}}.log",
+    conda:
+        "../envs/hspec.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=120,
+    params:
+        data_dir=config["data_dir"],
+        download="--download" if config["download"] else "",
     shell:
         "hspec download --dataset {wildcards.dataset:q} --data-dir {params.data_dir:q} "
         "{params.download:q} --out {output:q} > {log:q} 2>&1"
@@ -26,17 +26,17 @@ rule subsample:
         f"{RESULTS}/data/{{dataset}}.json",
     output:
         f"{RESULTS}/subsets/{{dataset}}/n{{n}}.npy",
-    params:
-        data_dir=config["data_dir"],
-        seed=config["seed"],
-    conda:
-        "../envs/hspec.yaml"
     log:
         f"{RESULTS}/logs/subsample/{{dataset}}-n{{n}}.log",
+    conda:
+        "../envs/hspec.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=10,
+    params:
+        data_dir=config["data_dir"],
+        seed=config["seed"],
     shell:
         "hspec subsample --dataset {wildcards.dataset:q} --data-dir {params.data_dir:q} "
         "--per-class {wildcards.n:q} --seed {params.seed:q} --out {output:q} > {log:q} 2>&1"

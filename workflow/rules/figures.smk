@@ -27,17 +27,17 @@ rule figure:
             subcategory="{fig}",
             labels={"figure": "{fig}", "file": "numbers"},
         ),
-    params:
-        parameters=figure_yaml,
-        caption=figure_caption,
-    conda:
-        "../envs/hspec.yaml"
     log:
         f"{RESULTS}/logs/figures/{{fig}}.log",
+    conda:
+        "../envs/hspec.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        parameters=figure_yaml,
+        caption=figure_caption,
     shell:
         "papermill {input.notebook:q} {output.notebook:q} -y {params.parameters:q} "
         "> {log:q} 2>&1 "

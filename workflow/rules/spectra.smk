@@ -13,19 +13,19 @@ rule spectrum:
         directory(
             f"{RESULTS}/spectra/{{arch}}/{{dataset}}/n{{n}}/{{split}}-{{component}}-{{variant}}.zarr"
         ),
-    params:
-        data_dir=config["data_dir"],
-        indices=spectrum_indices,
-        deflate=lambda w: num_classes(w.dataset) if w.variant == "deflated" else 0,
-    conda:
-        "../envs/hspec.yaml"
     log:
         f"{RESULTS}/logs/spectrum/{{arch}}-{{dataset}}-n{{n}}-{{split}}-{{component}}-{{variant}}.log",
+    conda:
+        "../envs/hspec.yaml"
     threads: SPECTRUM["threads"]
     resources:
         mem_mb=SPECTRUM["mem_mb"],
         runtime=SPECTRUM["runtime"],
         gpu=GPU,
+    params:
+        data_dir=config["data_dir"],
+        indices=spectrum_indices,
+        deflate=lambda w: num_classes(w.dataset) if w.variant == "deflated" else 0,
     shell:
         "hspec spectrum --settings {input.settings:q} --model {input.model:q} "
         "--dataset {wildcards.dataset:q} --data-dir {params.data_dir:q} "

@@ -8,6 +8,15 @@ rule train:
     output:
         model=f"{RESULTS}/runs/{{arch}}/{{dataset}}/n{{n}}/lr{{lr}}/model.pt",
         history=directory(f"{RESULTS}/runs/{{arch}}/{{dataset}}/n{{n}}/lr{{lr}}/history.zarr"),
+    log:
+        f"{RESULTS}/logs/train/{{arch}}-{{dataset}}-n{{n}}-lr{{lr}}.log",
+    conda:
+        "../envs/hspec.yaml"
+    threads: config["training"]["threads"]
+    resources:
+        mem_mb=config["training"]["mem_mb"],
+        runtime=config["training"]["runtime"],
+        gpu=GPU,
     params:
         data_dir=config["data_dir"],
         indices=indices_option,
@@ -18,15 +27,6 @@ rule train:
         momentum=config["training"]["momentum"],
         weight_decay=config["training"]["weight_decay"],
         out=lambda w, output: os.path.dirname(output.model),
-    conda:
-        "../envs/hspec.yaml"
-    log:
-        f"{RESULTS}/logs/train/{{arch}}-{{dataset}}-n{{n}}-lr{{lr}}.log",
-    threads: config["training"]["threads"]
-    resources:
-        mem_mb=config["training"]["mem_mb"],
-        runtime=config["training"]["runtime"],
-        gpu=GPU,
     shell:
         "hspec train --dataset {wildcards.dataset:q} --data-dir {params.data_dir:q} "
         "--arch {wildcards.arch:q} {params.indices:q} --lr {wildcards.lr:q} "
@@ -41,16 +41,16 @@ rule select:
     output:
         model=f"{RESULTS}/models/{{arch}}/{{dataset}}/n{{n}}/model.pt",
         choice=f"{RESULTS}/models/{{arch}}/{{dataset}}/n{{n}}/selection.json",
-    params:
-        runs=lambda w, input: [os.path.dirname(path) for path in input],
-    conda:
-        "../envs/hspec.yaml"
     log:
         f"{RESULTS}/logs/select/{{arch}}-{{dataset}}-n{{n}}.log",
+    conda:
+        "../envs/hspec.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        runs=lambda w, input: [os.path.dirname(path) for path in input],
     shell:
         "hspec select {params.runs:q} --out {output.choice:q} --model-out {output.model:q} "
         "> {log:q} 2>&1"
