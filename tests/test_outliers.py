@@ -200,13 +200,13 @@ def test_plain_callable_needs_dim():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"count": 50}, "count: must be an integer in \\[1, dim\\) = \\[1, 50\\)"),
-        ({"count": 0}, "count"),
-        ({"count": 2.0}, "count"),
-        ({"count": 3, "tol": 0}, "tol"),
-        ({"count": 3, "criterion": "best"}, "criterion"),
-        ({"count": 3, "basis_size": 4}, "basis_size"),
-        ({"count": 3, "max_products": 2}, "max_products"),
+        ({"deflate": 50}, "deflate: must be an integer in \\[1, dim\\) = \\[1, 50\\)"),
+        ({"deflate": 0}, "deflate"),
+        ({"deflate": 2.0}, "deflate"),
+        ({"deflate": 3, "tol": 0}, "tol"),
+        ({"deflate": 3, "criterion": "best"}, "criterion"),
+        ({"deflate": 3, "basis_size": 4}, "basis_size"),
+        ({"deflate": 3, "max_products": 2}, "max_products"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, match):

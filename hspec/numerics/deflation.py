@@ -25,7 +25,7 @@ from hspec.numerics.linear_operator import LinearOperator
 
 def low_rank_deflation(
     op: LinearOperator,
-    rank: int,
+    deflate: int,
     iterations: int = 256,
     *,
     generator: torch.Generator | None = None,
@@ -33,19 +33,19 @@ def low_rank_deflation(
     resume: dict | None = None,
     snapshot: Callable[[dict], None] | None = None,
 ) -> tuple[np.ndarray, Tensor]:
-    """The ``rank`` eigenvalues of largest magnitude (descending, signed) and their
-    orthonormal eigenvectors (dim, rank), by Alg. 5 with a final Rayleigh–Ritz step.
+    """The ``deflate`` eigenvalues of largest magnitude (descending, signed) and their
+    orthonormal eigenvectors (dim, deflate), by Alg. 5 with a final Rayleigh–Ritz step.
 
     ``snapshot`` receives the state after each iteration (t and the block Q); pass it
     back as ``resume`` to continue an interrupted run."""
-    if not isinstance(rank, int) or not 1 <= rank < op.dim:
-        raise HspecError(f"deflate: must be an integer in [1, dim) = [1, {op.dim}), got {rank!r}")
+    if not isinstance(deflate, int) or not 1 <= deflate < op.dim:
+        raise HspecError(f"deflate: must be an integer in [1, dim) = [1, {op.dim}), got {deflate!r}")
     if not isinstance(iterations, int) or iterations < 1:
         raise HspecError(f"iterations: must be a positive integer, got {iterations!r}")
     if resume is not None:
         first, q = resume["t"], resume["q"]
     else:
-        first, q = 0, orthonormalize(op.randn(rank, generator=generator))
+        first, q = 0, orthonormalize(op.randn(deflate, generator=generator))
     for t in tqdm(range(first, iterations), desc="Deflation", disable=not progress, leave=False):
         op.context = f"deflation iteration {t + 1}"
         v = op.matmat(q)

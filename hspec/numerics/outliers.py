@@ -11,9 +11,9 @@ the spectrum by a relative gap γ the error falls like (1 + 2γ + 2√(γ + γ²
 handful of products per outlier suffices on Hessian-like spectra (a bulk near 0 plus C
 separated outliers), against hundreds per outlier for Alg. 5.
 
-**Which eigenvalues.** Like Alg. 5, :func:`top_eigenpairs` returns the ``count``
+**Which eigenvalues.** Like Alg. 5, :func:`top_eigenpairs` returns the ``deflate``
 eigenvalues of *largest magnitude*: the outliers of a deep-net Hessian are its
-largest-|λ| eigenvalues, and subspace iteration converges to exactly those. The ``count``
+largest-|λ| eigenvalues, and subspace iteration converges to exactly those. The ``deflate``
 largest-magnitude eigenvalues are the union of some of the largest and some of the most
 negative ones — both ends of the spectrum, which is where Lanczos converges first. A
 large negative eigenvalue counts as an outlier just as a large positive one; the values are
@@ -33,7 +33,7 @@ give Ritz pairs (θ_i, x_i = V_j s_i) whose residual is known without a product:
 
 **Thick restart** (Wu & Simon 2000). When the basis holds ``basis_size`` vectors, it is
 replaced by the ℓ Ritz vectors of largest |θ| (the wanted ones and the nearest others,
-ℓ = count + ⌊(basis_size − count)/2⌋) and the residual direction v_{j+1}:
+ℓ = deflate + ⌊(basis_size − deflate)/2⌋) and the residual direction v_{j+1}:
 
     V ← [V S_ℓ, v_{j+1}],   H ← [[diag θ_ℓ, β_j S_ℓ[j, :]ᵀ], [β_j S_ℓ[j, :], ·]],
 
@@ -103,16 +103,16 @@ class NotConvergedWarning(RuntimeWarning):
     """top_eigenpairs spent ``max_products`` before every wanted pair converged."""
 
 
-def default_basis_size(count: int, dim: int) -> int:
-    """2·count + 40 vectors (60 for C = 10), at most dim: the basis holds the wanted Ritz
+def default_basis_size(deflate: int, dim: int) -> int:
+    """2·deflate + 40 vectors (60 for C = 10), at most dim: the basis holds the wanted Ritz
     vectors, the nearest unwanted ones and room for the Krylov expansion."""
-    return min(dim, 2 * count + 40)
+    return min(dim, 2 * deflate + 40)
 
 
-def _wanted(theta: np.ndarray, count: int) -> np.ndarray:
-    """Indices of the ``count`` Ritz values of largest magnitude (ties: larger first)."""
+def _wanted(theta: np.ndarray, deflate: int) -> np.ndarray:
+    """Indices of the ``deflate`` Ritz values of largest magnitude (ties: larger first)."""
     order = np.lexsort((-theta, -np.abs(theta)))
-    return order[:count]
+    return order[:deflate]
 
 
 def _error_bounds(
@@ -140,7 +140,7 @@ def _orthogonalize(w: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
 
 def top_eigenpairs(
     op,
-    count: int,
+    deflate: int,
     *,
     tol: float = 1e-4,
     max_products: int | None = None,
@@ -153,21 +153,21 @@ def top_eigenpairs(
     device: torch.device | str | None = None,
     progress: bool = False,
 ) -> tuple[np.ndarray, Tensor, int]:
-    """The ``count`` eigenvalues of largest magnitude of a symmetric operator, by
+    """The ``deflate`` eigenvalues of largest magnitude of a symmetric operator, by
     thick-restart Lanczos (see the module docstring for the maths).
 
     Args:
         op: the symmetric operator: anything :meth:`LinearOperator.wrap` accepts, such
             as :func:`hspec.curvature_operator` or a :class:`LinearOperator` (whose
             ``hvp_count`` then counts these products too), or a callable with ``dim``.
-        count: number of eigenpairs C, 1 ≤ C < dim (the outliers; as Alg. 5, those of
+        deflate: number of eigenpairs C, 1 ≤ C < dim (the outliers; as Alg. 5, those of
             largest |λ|, negative ones included).
         tol: relative accuracy of the eigenvalues: each returned value is within
             tol·|λ| of an eigenvalue (under ``criterion``).
-        max_products: products allowed (default max(1000, 100·count)); when spent, the
+        max_products: products allowed (default max(1000, 100·deflate)); when spent, the
             current estimates are returned with a :class:`NotConvergedWarning`.
         basis_size: vectors kept (memory: basis_size × dim, plus about half as many
-            during a restart); default :func:`default_basis_size`, at least count + 2
+            during a restart); default :func:`default_basis_size`, at least deflate + 2
             and at most dim. Products are single ``matvec`` calls.
         criterion: ``"gap"`` (default: error ≤ r²/gap, an estimated gap) or
             ``"residual"`` (error ≤ r, rigorous, needs about twice the products).
@@ -180,30 +180,30 @@ def top_eigenpairs(
 
     Returns:
         ``(values, vectors, products)``: the eigenvalues (numpy float64, descending,
-        signed), orthonormal eigenvectors (dim, count) in the operator's dtype and
+        signed), orthonormal eigenvectors (dim, deflate) in the operator's dtype and
         device, and the number of products used.
     """
     A = LinearOperator.wrap(op, dim, dtype=dtype, device=device)
     n = A.dim
-    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count < n:
-        raise HspecError(f"count: must be an integer in [1, dim) = [1, {n}), got {count!r}")
+    if not isinstance(deflate, int) or isinstance(deflate, bool) or not 1 <= deflate < n:
+        raise HspecError(f"deflate: must be an integer in [1, dim) = [1, {n}), got {deflate!r}")
     if not (isinstance(tol, (int, float)) and 0 < tol < 1):
         raise HspecError(f"tol: must be a relative tolerance in (0, 1), got {tol!r}")
     if criterion not in CRITERIA:
         raise HspecError(f"criterion: must be one of {CRITERIA}, got {criterion!r}")
     if max_products is None:
-        max_products = max(1000, 100 * count)
-    if not isinstance(max_products, int) or max_products < count:
+        max_products = max(1000, 100 * deflate)
+    if not isinstance(max_products, int) or max_products < deflate:
         raise HspecError(
-            f"max_products: must be an integer ≥ count = {count}, got {max_products!r}"
+            f"max_products: must be an integer ≥ deflate = {deflate}, got {max_products!r}"
         )
-    m = default_basis_size(count, n) if basis_size is None else basis_size
-    if not isinstance(m, int) or not min(count + 2, n) <= m <= n:
+    m = default_basis_size(deflate, n) if basis_size is None else basis_size
+    if not isinstance(m, int) or not min(deflate + 2, n) <= m <= n:
         raise HspecError(
-            f"basis_size: must be an integer in [count + 2, dim] = "
-            f"[{min(count + 2, n)}, {n}], got {basis_size!r}"
+            f"basis_size: must be an integer in [deflate + 2, dim] = "
+            f"[{min(deflate + 2, n)}, {n}], got {basis_size!r}"
         )
-    keep = count + (m - count) // 2  # Ritz vectors kept at a restart
+    keep = deflate + (m - deflate) // 2  # Ritz vectors kept at a restart
 
     V = torch.zeros(n, m, dtype=A.dtype, device=A.device)
     H = np.zeros((m, m))
@@ -264,8 +264,8 @@ def top_eigenpairs(
         products = A.hvp_count - first_products
         broke_down = beta <= 100 * eps * max(scale, abs(H[j, j]) + beta)
 
-        if size >= count:
-            wanted = _wanted(theta, count)
+        if size >= deflate:
+            wanted = _wanted(theta, deflate)
             bounds = _error_bounds(theta, residual, wanted, criterion)
             if broke_down:
                 values = np.sort(theta[wanted])
@@ -308,7 +308,7 @@ def top_eigenpairs(
     if not converged:
         warnings.warn(
             f"top_eigenpairs: {products} products (max_products) spent "
-            f"before the {count} wanted pairs reached tol={tol:g}; returning "
+            f"before the {deflate} wanted pairs reached tol={tol:g}; returning "
             "the current estimates",
             NotConvergedWarning,
             stacklevel=2,
