@@ -39,7 +39,9 @@ def low_rank_deflation(
     ``snapshot`` receives the state after each iteration (t and the block Q); pass it
     back as ``resume`` to continue an interrupted run."""
     if not isinstance(deflate, int) or not 1 <= deflate < op.dim:
-        raise HspecError(f"deflate: must be an integer in [1, dim) = [1, {op.dim}), got {deflate!r}")
+        raise HspecError(
+            f"deflate: must be an integer in [1, dim) = [1, {op.dim}), got {deflate!r}"
+        )
     if not isinstance(iterations, int) or iterations < 1:
         raise HspecError(f"iterations: must be a positive integer, got {iterations!r}")
     if resume is not None:
