@@ -272,6 +272,24 @@ def _select(args: argparse.Namespace) -> None:
     )
 
 
+# the numeric options of `hspec spectrum`: flag, type, help (defaults: hspec.settings)
+SPECTRUM_NUMBERS = (
+    ("--steps", int, "Lanczos steps M"),
+    ("--bound-steps", int, "NORMALIZATION steps M0"),
+    ("--margin", float, "NORMALIZATION margin kappa"),
+    ("--points", int, "grid points K"),
+    ("--n-vec", int, "Lanczos start vectors"),
+    ("--iterations", int, "subspace iterations T"),
+    ("--k", float, "smoothing constant of Alg. 3"),
+    ("--batch-size", int, "examples per forward pass"),
+    (
+        "--checkpoint-interval",
+        float,
+        "seconds between saves of the resumable state, OUT.rankR.ckpt",
+    ),
+)
+
+
 def _add_spectrum(subparsers: argparse._SubParsersAction) -> None:
     S = settings.SPECTRUM
     parser = subparsers.add_parser(
@@ -324,48 +342,11 @@ def _add_spectrum(subparsers: argparse._SubParsersAction) -> None:
         default=0,
         help="outliers removed first by LOWRANKDEFLATION, e.g. the number of classes (default: %(default)s)",
     )
-    parser.add_argument(
-        "--steps",
-        type=int,
-        default=S["steps"],
-        **spec,
-        help="Lanczos steps M (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--bound-steps",
-        type=int,
-        default=S["bound_steps"],
-        **spec,
-        help="NORMALIZATION steps M0 (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--margin",
-        type=float,
-        default=S["margin"],
-        **spec,
-        help="NORMALIZATION margin kappa (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--points",
-        type=int,
-        default=S["points"],
-        **spec,
-        help="grid points K (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--n-vec",
-        type=int,
-        default=S["n_vec"],
-        **spec,
-        help="Lanczos start vectors (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--iterations",
-        type=int,
-        default=S["iterations"],
-        **spec,
-        help="subspace iterations T (default: %(default)s)",
-    )
+    for flag, kind, text in SPECTRUM_NUMBERS:
+        key = flag.removeprefix("--").replace("-", "_")
+        parser.add_argument(
+            flag, type=kind, default=kind(S[key]), **spec, help=f"{text} (default: %(default)s)"
+        )
     parser.add_argument(
         "--deflation",
         choices=DEFLATIONS,
@@ -373,20 +354,6 @@ def _add_spectrum(subparsers: argparse._SubParsersAction) -> None:
         **spec,
         help="outlier search: subspace = the paper's Alg. 5 (T x C products), krylov = thick-restart "
         "Lanczos (a few dozen products) (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--k",
-        type=float,
-        default=S["k"],
-        **spec,
-        help="smoothing constant of Alg. 3 (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=S["batch_size"],
-        **spec,
-        help="examples per forward pass (default: %(default)s)",
     )
     parser.add_argument(
         "--precision",
@@ -440,13 +407,6 @@ def _add_spectrum(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="examples per class the model was trained on, recorded in OUT "
         "(default: counted from --indices, else 'full')",
-    )
-    parser.add_argument(
-        "--checkpoint-interval",
-        type=float,
-        default=float(S["checkpoint_interval"]),
-        **spec,
-        help="seconds between saves of the resumable state, OUT.rankR.ckpt (default: %(default)s)",
     )
     parser.add_argument("--out", type=Path, required=True, help="Zarr group to write (required)")
     parser.add_argument(
