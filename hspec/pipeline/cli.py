@@ -56,18 +56,67 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_download(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "download",
+# help and description of each command
+COMMANDS = {
+    "download": dict(
         help="check a dataset is in place (downloading it with --download) and summarize it",
         description="Load both splits of a dataset, downloading missing files first if --download is given, "
         "and write a JSON summary: input shape, and examples and class counts per split.",
-    )
-    _add_data_options(parser)
+    ),
+    "subsample": dict(
+        help="draw a per-class subsample of a train split into an index file",
+        description="Draw PER_CLASS train examples of every class without replacement (paper, Section 3.1) "
+        "and write their sorted indices as a .npy file.",
+    ),
+    "train": dict(
+        help="train one network with the paper's recipe (resumes an interrupted run)",
+        description="Train with SGD (paper, Section 3.1 and Table 1), writing OUT/checkpoint.pt and "
+        "OUT/history.zarr after every epoch and OUT/model.pt at the end, then removing OUT/checkpoint.pt. "
+        "Rerunning with the same options resumes an interrupted run from OUT/checkpoint.pt (a checkpoint "
+        "of other options is discarded) and leaves a finished one as it is. A non-finite loss stops the run.",
+    ),
+    "select": dict(
+        help="pick the best initial learning rate among finished runs",
+        description="Pick, among finished runs that differ only in their initial learning rate, the one with "
+        "the highest final test accuracy (paper, Section 3.1); ties go to the lower learning rate, then to "
+        "the run listed first.",
+    ),
+    "spectrum": dict(
+        help="estimate the spectral density of one curvature operator of a trained model",
+        description="NORMALIZATION -> optional LOWRANKDEFLATION -> LANCZOSAPPROXSPEC (or KPM) of the "
+        "Hessian, the covariance of gradients or the averaged Hessian of predictions of a trained model on "
+        "one split (paper, Section 3.2), written as a Zarr v3 group. Resumable: the state is saved next to "
+        "OUT and a rerun with the same options continues. Under torchrun, every rank takes a shard of the "
+        "split and rank 0 writes OUT.",
+    ),
+}
+
+
+def _command(subparsers, name: str, handler, *, data_options: bool = True):
+    """A subcommand ``name`` run by ``handler(args)``, with the dataset options unless
+    ``data_options`` is false; its help texts are ``COMMANDS[name]``."""
+    parser = subparsers.add_parser(name, **COMMANDS[name])
+    if data_options:
+        _add_data_options(parser)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def _add_out(parser, text: str, *, metavar: str = "FILE", required: bool = True) -> None:
+    """The ``--out`` option: where the command writes (the path it locks, see :func:`main`)."""
     parser.add_argument(
-        "--out", type=Path, required=True, metavar="FILE", help="JSON summary to write (required)"
+        "--out",
+        type=Path,
+        required=required,
+        default=None,
+        metavar=metavar,
+        help=f"{text} ({'required' if required else 'default: none'})",
     )
-    parser.set_defaults(handler=_download)
+
+
+def _add_download(subparsers: argparse._SubParsersAction) -> None:
+    parser = _command(subparsers, "download", _download)
+    _add_out(parser, "JSON summary to write")
 
 
 def _download(args: argparse.Namespace) -> None:
@@ -82,27 +131,14 @@ def _download(args: argparse.Namespace) -> None:
 
 
 def _add_subsample(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "subsample",
-        help="draw a per-class subsample of a train split into an index file",
-        description="Draw PER_CLASS train examples of every class without replacement (paper, Section 3.1) "
-        "and write their sorted indices as a .npy file.",
-    )
-    _add_data_options(parser)
+    parser = _command(subparsers, "subsample", _subsample)
     parser.add_argument(
         "--per-class", type=int, required=True, metavar="N", help="examples per class (required)"
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the draw (default: %(default)s)"
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        required=True,
-        metavar="FILE",
-        help="index file to write, .npy (required)",
-    )
-    parser.set_defaults(handler=_subsample)
+    _add_out(parser, "index file to write, .npy")
 
 
 def _subsample(args: argparse.Namespace) -> None:
@@ -115,15 +151,7 @@ def _subsample(args: argparse.Namespace) -> None:
 
 
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "train",
-        help="train one network with the paper's recipe (resumes an interrupted run)",
-        description="Train with SGD (paper, Section 3.1 and Table 1), writing OUT/checkpoint.pt and "
-        "OUT/history.zarr after every epoch and OUT/model.pt at the end, then removing OUT/checkpoint.pt. "
-        "Rerunning with the same options resumes an interrupted run from OUT/checkpoint.pt (a checkpoint "
-        "of other options is discarded) and leaves a finished one as it is. A non-finite loss stops the run.",
-    )
-    _add_data_options(parser)
+    parser = _command(subparsers, "train", _train)
     parser.add_argument(
         "--arch",
         required=True,
@@ -184,17 +212,10 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         help="torch device, e.g. cpu or cuda:0; auto: cuda if available, else cpu "
         "(default: %(default)s)",
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        required=True,
-        metavar="DIR",
-        help="run directory to write, or to resume (required)",
-    )
+    _add_out(parser, "run directory to write, or to resume", metavar="DIR")
     parser.add_argument(
         "--quiet", action="store_true", help="no progress bar (default: a bar on a terminal)"
     )
-    parser.set_defaults(handler=_train)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -231,23 +252,11 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _add_select(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "select",
-        help="pick the best initial learning rate among finished runs",
-        description="Pick, among finished runs that differ only in their initial learning rate, the one with "
-        "the highest final test accuracy (paper, Section 3.1); ties go to the lower learning rate, then to "
-        "the run listed first.",
-    )
+    parser = _command(subparsers, "select", _select, data_options=False)
     parser.add_argument(
         "runs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories of `hspec train`"
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="JSON file to write the choice to (default: none)",
-    )
+    _add_out(parser, "JSON file to write the choice to", required=False)
     parser.add_argument(
         "--model-out",
         type=Path,
@@ -255,7 +264,6 @@ def _add_select(subparsers: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="where to copy the best run's model.pt (default: none)",
     )
-    parser.set_defaults(handler=_select)
 
 
 def _select(args: argparse.Namespace) -> None:
@@ -292,16 +300,7 @@ SPECTRUM_NUMBERS = (
 
 def _add_spectrum(subparsers: argparse._SubParsersAction) -> None:
     S = settings.SPECTRUM
-    parser = subparsers.add_parser(
-        "spectrum",
-        help="estimate the spectral density of one curvature operator of a trained model",
-        description="NORMALIZATION -> optional LOWRANKDEFLATION -> LANCZOSAPPROXSPEC (or KPM) of the "
-        "Hessian, the covariance of gradients or the averaged Hessian of predictions of a trained model on "
-        "one split (paper, Section 3.2), written as a Zarr v3 group. Resumable: the state is saved next to "
-        "OUT and a rerun with the same options continues. Under torchrun, every rank takes a shard of the "
-        "split and rank 0 writes OUT.",
-    )
-    _add_data_options(parser)
+    parser = _command(subparsers, "spectrum", spectrum_job.run)
     parser.add_argument(
         "--model",
         type=Path,
@@ -408,11 +407,10 @@ def _add_spectrum(subparsers: argparse._SubParsersAction) -> None:
         help="examples per class the model was trained on, recorded in OUT "
         "(default: counted from --indices, else 'full')",
     )
-    parser.add_argument("--out", type=Path, required=True, help="Zarr group to write (required)")
+    _add_out(parser, "Zarr group to write", metavar="OUT")
     parser.add_argument(
         "--quiet", action="store_true", help="no progress bars (default: bars on a terminal)"
     )
-    parser.set_defaults(handler=spectrum_job.run)
 
 
 def build_parser() -> argparse.ArgumentParser:
