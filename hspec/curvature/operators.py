@@ -178,6 +178,7 @@ class CurvatureOperator(SymmetricOperator):
         self.device = device
         self._batches = batches
         self._classes: int | None = None
+        self._data_checked = False  # set by the first complete pass over the data
         trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
         if not trainable:
             raise HspecError("model: it has no parameter with requires_grad=True")
@@ -228,12 +229,19 @@ class CurvatureOperator(SymmetricOperator):
         return self._block_product(self._batch_function(x, y), V)
 
     def _iter_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """The batches on the device, each checked to be an (inputs, targets) pair; the
+        first complete pass also checks the targets against C (the data are the same at
+        every pass, as a deterministic operator needs, so later passes skip that check
+        and its device sync)."""
+        check = not self._data_checked
         for batch in self._batches():
             x, y = _check_pair(batch)
             x = x.to(self.device)
             x, y = (x.to(self.dtype) if x.is_floating_point() else x), y.to(self.device)
-            self._check_targets(x, y)
+            if check:
+                self._check_targets(x, y)
             yield x, y
+        self._data_checked = True
 
     def _num_classes(self, x: Tensor) -> int:
         """C of the model's logits, from one forward pass of the first batch (once)."""
