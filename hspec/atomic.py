@@ -20,22 +20,40 @@ from typing import IO, Any
 
 import numpy as np
 
+from hspec.errors import HspecError
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Write `path` by calling `write` on a temporary file in the same directory, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], Any], what: str = "file") -> None:
+    """Write ``path`` by calling ``write`` on a temporary file in the same directory, then
+    ``os.replace``. A failure to write (a missing or unwritable directory, a full disk;
+    torch's writer reports these as RuntimeError) is one HspecError naming ``path`` and
+    the ``what``, and leaves neither ``path`` changed nor a temporary file behind."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = tempfile.NamedTemporaryFile(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+        )
+    except OSError as error:
+        raise _write_error(path, what, error) from error
     try:
         with handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(handle.name, path)
+    except (OSError, RuntimeError) as error:
+        Path(handle.name).unlink(missing_ok=True)
+        raise _write_error(path, what, error) from error
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)
         raise
+
+
+def _write_error(path: Path, what: str, error: BaseException) -> HspecError:
+    text = str(error).strip()
+    reason = text.splitlines()[0] if text else type(error).__name__
+    return HspecError(f"{path}: cannot write the {what} ({reason})")
 
 
 @contextlib.contextmanager

@@ -163,15 +163,7 @@ class SpectrumCheckpoint:
 
     def _write(self) -> None:
         """Write the state atomically; a failure is one HspecError naming the file."""
-        try:
-            atomic_write(self.path, lambda file: torch.save(self.state, file))
-        except (OSError, RuntimeError) as error:  # torch's writer reports I/O as RuntimeError
-            reason = (
-                str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            )
-            raise HspecError(
-                f"{self.path}: cannot write the spectrum checkpoint ({reason})"
-            ) from error
+        atomic_write(self.path, lambda file: torch.save(self.state, file), "spectrum checkpoint")
 
     def stage_runner(self, generator: torch.Generator, op) -> Callable:
         """``run(stage, compute)``: the stored result, or ``compute(partial, snapshot)``

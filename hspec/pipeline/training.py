@@ -187,12 +187,16 @@ def _run(
             "generator": generator.get_state(),
             "history": history,
         }
-        atomic_write(out_dir / CHECKPOINT_FILE, lambda file: torch.save(checkpoint, file))
+        atomic_write(
+            out_dir / CHECKPOINT_FILE,
+            lambda file: torch.save(checkpoint, file),
+            "training checkpoint",
+        )
         _write_history(out_dir, history, metadata)
     if start == config.epochs:  # resumed at the final epoch: the loop wrote nothing
         _write_history(out_dir, history, metadata)
     model_file = {"metadata": metadata, "state_dict": model.state_dict()}
-    atomic_write(out_dir / MODEL_FILE, lambda file: torch.save(model_file, file))
+    atomic_write(out_dir / MODEL_FILE, lambda file: torch.save(model_file, file), "model")
     (out_dir / CHECKPOINT_FILE).unlink()
     return history
 
