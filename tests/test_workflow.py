@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
+from hspec.figures import captions
 from hspec.pipeline.store import read_history, read_spectrum
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,6 +132,19 @@ def test_demo_spectra_are_complete_zarr_groups(demo):
         assert attrs["hvp_count"] > 0 and attrs["lambda_min"] <= attrs["lambda_max"]
     history, attrs = read_history(results / "runs/mlp/digits/n20/lr0.05/history.zarr")
     assert list(history["epoch"]) == [1, 2, 3] and attrs["lr"] == 0.05
+
+
+@pytest.mark.slow
+def test_the_report_holds_every_figure_with_its_caption_and_numbers(demo):
+    """snakemake --report over the demo's outputs: each figure's PNG, its caption (the one
+    text of hspec.figures.captions) and its numbers.json."""
+    work, _ = demo
+    snakemake("--report", "report.html", "--configfile", "reduced.yaml", cwd=work)
+    report = (work / "report.html").read_text()
+    for fig in ("fig1", "fig2", "fig3", "fig4", "fig5"):
+        assert captions.title(fig) in report, fig
+        assert f"{fig}.png" in report, fig
+    assert report.count("numbers.json") >= 5
 
 
 @pytest.mark.slow
