@@ -247,6 +247,32 @@ def test_a_config_with_only_fig1_plans_only_fig1(cwd, tmp_path):
     }
 
 
+def test_every_figures_entry_plans_its_panel(tmp_path):
+    """Fig. 3 on two datasets and Fig. 4 at three sizes: a panel each, so the dry run
+    plans Fig. 3's two train-Hessian spectra (plain, deflated) per dataset and Fig. 4's six
+    test spectra (H, G deflated, R plain, and the three log variants) per size."""
+    lrs = {"lrs": [0.05], "epochs": 2}
+    figures = {
+        "fig3": {"arch": "mlp", "datasets": ["digits", "mnist"], "per_class": [20]},
+        "fig4": {"arch": "mlp", "datasets": ["digits"], "per_class": [10, 20, 60]},
+    }
+    config = write_config(
+        tmp_path,
+        results=str(tmp_path / "out"),
+        download=False,
+        device="cpu",
+        datasets={"digits": lrs, "mnist": lrs},
+        figures=figures,
+    )
+    result = snakemake("-n", "-p", "--configfile", config, cwd=ROOT)
+    counts = job_counts(result.stdout)
+    assert counts["spectrum"] == 2 * 2 + 3 * 6 and counts["figure"] == 2
+    for dataset in ("digits", "mnist"):
+        assert f"spectra/mlp/{dataset}/n20/train-hessian-deflated.zarr" in result.stdout
+    for n in (10, 20, 60):
+        assert f"spectra/mlp/digits/n{n}/test-prediction_hessian-log.zarr" in result.stdout
+
+
 def test_a_config_without_device_gets_the_documented_default(tmp_path):
     config = write_config(tmp_path, results=str(tmp_path / "out"), figures=FIG1)
     result = snakemake("-n", "-p", "--configfile", config, cwd=ROOT)
