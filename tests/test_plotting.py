@@ -3,6 +3,7 @@ helpers, outlier counting, tail fits, the figure → spectra map and the files w
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -334,7 +335,7 @@ def test_spectrum_paths_and_papermill_yaml():
     assert list(json.loads(fs.papermill_yaml("fig1", paper, "r"))["spectra"]) == paper["datasets"]
 
 
-def test_notebook_defaults_are_relative_to_where_the_notebook_runs(tmp_path):
+def test_notebook_defaults_are_relative_to_where_the_notebook_runs(tmp_path, monkeypatch):
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "demo.yaml").write_text(
         "results: results/demo\nfigures:\n  fig1: {arch: mlp, datasets: [digits], "
@@ -350,6 +351,11 @@ def test_notebook_defaults_are_relative_to_where_the_notebook_runs(tmp_path):
         fs.notebook_defaults("fig1", tmp_path)["numbers"]
         == "results/demo/figures/fig1/numbers.json"
     )
+    # outside any copy of the repository: the checkout hspec is installed from, else an error
+    assert fs.notebook_defaults("fig1", "/")["figure"] == os.path.relpath(
+        fs.CHECKOUT / "results/demo/figures/fig1/fig1", "/"
+    )
+    monkeypatch.setattr(fs, "CHECKOUT", tmp_path / "not-a-checkout")
     with pytest.raises(HspecError, match="no config/demo.yaml"):
         fs.notebook_defaults("fig1", "/")
 

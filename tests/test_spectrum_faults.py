@@ -289,7 +289,7 @@ def test_out_under_a_regular_file_is_one_line(runs, tmp_path, capsys):
     (tmp_path / "file").write_text("precious")
     out = tmp_path / "file" / "s.zarr"
     assert spectrum_cli(runs["a"], out) == 2
-    assert f"--out {out}: cannot create its directory" in one_error_line(capsys)
+    assert f"{out}: cannot create its directory" in one_error_line(capsys)
     assert (tmp_path / "file").read_text() == "precious" and no_temp_files(tmp_path)
 
 

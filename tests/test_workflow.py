@@ -88,6 +88,7 @@ def prepare(work):
     """A working directory with the project's inputs and the reduced demo config."""
     shutil.copy(ROOT / "config.yaml", work)
     shutil.copytree(ROOT / "notebooks", work / "notebooks")
+    shutil.copytree(ROOT / "config", work / "config")
     config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     for key, value in REDUCED.items():
         config[key] = (

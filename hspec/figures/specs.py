@@ -125,11 +125,16 @@ def papermill_yaml(fig: str, spec: Mapping, results) -> str:
     return json.dumps({**figure_parameters(fig, spec, results), **figure_files(fig, results)})
 
 
+#: the folder above the package: the checkout, for an editable install
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
 def find_root(start) -> Path:
-    """The repository above ``start``: the first of it and its parents holding
-    ``config/demo.yaml`` (a copy of the repository works the same)."""
+    """The repository holding ``config/demo.yaml``: the first of ``start`` and its parents
+    (a copy of the repository works the same), else the checkout hspec is installed from
+    (an editable install: a workflow run in another working directory still finds it)."""
     start = Path(start).resolve()
-    for folder in (start, *start.parents):
+    for folder in (start, *start.parents, CHECKOUT):
         if (folder / "config" / "demo.yaml").is_file():
             return folder
     raise HspecError(

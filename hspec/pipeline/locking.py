@@ -60,9 +60,14 @@ def hold(path: str | os.PathLike[str], tag: str = "") -> Iterator[None]:
 
 def _acquire(lock: Path, path: str | os.PathLike[str]) -> int:
     """A descriptor of `lock`, exclusively flocked, holding this process's pid."""
-    lock.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise HspecError(
+                f"{path}: cannot create its directory or its lock file {lock.name} ({error})"
+            ) from error
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
