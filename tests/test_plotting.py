@@ -474,7 +474,7 @@ def test_save_figure_leaves_nothing_when_drawing_fails(tmp_path):
         def savefig(self, *args, **kwargs):
             raise RuntimeError("disk full")
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(HspecError, match=r"fig1\.png: cannot write the file \(disk full\)"):
         hd.save_figure(Broken(), tmp_path / "fig1")
     assert list(tmp_path.iterdir()) == []
 

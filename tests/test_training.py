@@ -206,10 +206,10 @@ class Killed(Exception):
 def kill_before_model_file(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make `training.train` die after its final checkpoint and history, before model.pt."""
 
-    def write(path: Path, write_file) -> None:
+    def write(path: Path, write_file, what: str = "file") -> None:
         if path.name == run_files.MODEL_FILE:
             raise Killed
-        atomic_write(path, write_file)
+        atomic_write(path, write_file, what)
 
     monkeypatch.setattr(training, "atomic_write", write)
 

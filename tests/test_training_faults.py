@@ -28,7 +28,7 @@ TRAIN = [
     "--quiet",
 ]
 HOLD = (
-    "import sys, time\nfrom hspec import locking\nwith locking.hold(sys.argv[1]):\n"
+    "import sys, time\nfrom hspec.pipeline import locking\nwith locking.hold(sys.argv[1]):\n"
     "    print('held', flush=True)\n    time.sleep(600)"
 )
 
