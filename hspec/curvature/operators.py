@@ -410,8 +410,9 @@ class ClassStructure(CurvatureOperator):
 
             for columns in blocks:
                 sums[columns] += self._columns(batch_sums, V[:, columns])
-        if sums is None:
-            raise HspecError("data: the split has no examples")
+        if sums is None:  # C is unknown without a batch (also on a rank with an empty shard)
+            where = "this rank's shard of the split" if self.distributed else "the split"
+            raise HspecError(f"data: {where} has no examples")
         if self.distributed:
             dist.all_reduce(sums)
             dist.all_reduce(counts)
