@@ -19,7 +19,7 @@ import bench
 import torch
 
 from hspec import curvature_operator
-from hspec.curvature.operators import COMPONENTS
+from hspec.curvature.operators import EQ4_COMPONENTS
 
 
 def textbook_cross_entropy(logits, targets):
@@ -77,7 +77,7 @@ def main() -> None:
     hv, again, hu = op.matvec(v), op.matvec(v), op.matvec(u)
     info["repeat"] = float((hv - again).norm() / hv.norm())
     info["symmetry"] = float(abs(u @ hv - hu @ v) / (u.norm() * hv.norm()))
-    for component in COMPONENTS:
+    for component in EQ4_COMPONENTS:
         exact = curvature_operator(model, (x, y), component, dtype=torch.float64, **kwargs).matvec(
             v.double()
         )

@@ -27,7 +27,8 @@ def problem():
 
 def results(model, data, distributed):
     out = {}
-    for component in ("hessian", "gradient_covariance", "prediction_hessian"):
+    components = ("hessian", "gradient_covariance", "prediction_hessian")
+    for component in components + ("class_g1", "class_within"):  # the classes split by ranks
         op = curvature_operator(model, data, component, batch_size=8, distributed=distributed)
         out[component] = op.matvec(problem()[3])
     spectrum = spectral_density(

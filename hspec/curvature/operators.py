@@ -17,6 +17,8 @@ flat vector v ∈ R^p (p = number of trainable parameters, concatenated in
 * R v   — the Hessian-vector product of φ = Σ_i ⟨g_i, f_i⟩ with g_i = p_i − e_{y_i} held
   fixed, i.e. the Hessian of the predictions weighted by ∂ℓ/∂f, computed directly (not as
   H v − G v).
+* the parts of G = G0 + G1 + G2 + G_within by the class means of the gradients (Papyan
+  2019, 2020): :class:`ClassStructure`, the maths in :mod:`hspec.curvature.class_structure`.
 
 ℓ, g_i and (diag p − p pᵀ) u come from :mod:`hspec.curvature.loss`, in forms that keep float32
 accuracy when the softmax saturates (1 − max_c p_c → 0 on a fitted train split), where
@@ -49,6 +51,7 @@ torch.distributed job holds a shard of the split and the sums are all-reduced.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
@@ -58,11 +61,21 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 from torch.utils.data import DataLoader, Dataset
 
 from hspec import settings
+from hspec.curvature.class_structure import (
+    CLASS_COMPONENTS,
+    class_coefficients,
+    class_means,
+    coefficients,
+    factor_product,
+    factor_transpose_product,
+)
 from hspec.curvature.loss import cross_entropy, logit_gradient, logit_hessian_product
 from hspec.errors import HspecError
 from hspec.numerics.linear_operator import SymmetricOperator, check_dtype
 
-COMPONENTS = ("hessian", "gradient_covariance", "prediction_hessian")
+#: the components of paper eq. 4, then the parts of G of :mod:`hspec.curvature.class_structure`
+EQ4_COMPONENTS = ("hessian", "gradient_covariance", "prediction_hessian")
+COMPONENTS = EQ4_COMPONENTS + CLASS_COMPONENTS
 HVP_MODES = ("reverse-over-forward", "forward-over-reverse", "reverse-over-reverse")
 #: ``hvp="auto"``: the mode measured fastest on each kind of device (benchmarks/README.md):
 #: on one CPU core reverse-over-forward, the one with the fewest matrix products (fastest
@@ -346,6 +359,107 @@ class PredictionHessian(CurvatureOperator):
         return second_order_product(weighted_logits, self.params, self.hvp)
 
 
+class ClassStructure(CurvatureOperator):
+    """One part of G = G0 + G1 + G2 + G_within, the class/cross-class structure of
+    :mod:`hspec.curvature.class_structure` (Papyan 2019, 2020), ``part`` one of
+    :data:`~hspec.curvature.class_structure.CLASS_COMPONENTS`.
+
+    A product takes two passes over the data, O(p + one batch) memory whatever C is:
+    first a forward with a jvp per batch gives t_i = A_i J_i v, summed per class into the
+    C×C matrix S (and the class counts n_c), so batches may split classes; then M = S/n_c
+    and a second pass pulls the per-example cotangents A_iᵀ z_i back by one vjp per batch.
+    The second pass is a forward and a vjp for the between-class parts and a whole G v (the
+    jvp again, for t_i) for ``class_within``: a product costs about two G v passes at most
+    (a G v is one forward with a jvp and one vjp). Under ``distributed`` S, the counts and
+    the result are all-reduced. ``compile`` and ``hvp`` do not apply.
+    """
+
+    def __init__(self, model: nn.Module, batches: Callable[[], Iterable], *, part: str, **kw):
+        if kw.get("compile"):
+            raise HspecError(f"compile: not supported for the component {part!r}")
+        super().__init__(model, batches, **kw)
+        self.part = part
+
+    def _columns(self, fn: Callable, V: Tensor, *args: Tensor):
+        """fn(tangent, *column args) for each column of V (args: one row per column),
+        stacked on a leading axis of columns; one vectorized (vmap) pass."""
+        rows = torch.split(V, self._numels)
+        tangents = {n: r.T.reshape(-1, *s) for n, r, s in zip(self.params, rows, self._shapes)}
+        if V.shape[1] == 1:
+            out = fn({n: t[0] for n, t in tangents.items()}, *(a[0] for a in args))
+            return out[None] if isinstance(out, Tensor) else {n: t[None] for n, t in out.items()}
+        return vmap(fn)(tangents, *args)
+
+    def _flat_columns(self, products: Params) -> Tensor:
+        k = next(iter(products.values())).shape[0]
+        return torch.cat([p.reshape(k, -1) for p in products.values()], dim=1).T
+
+    def _sums(self, V: Tensor, blocks) -> tuple[Tensor, Tensor]:
+        """First pass: S (k, C, C) of the columns of V and the class counts (C,)."""
+        sums, counts = None, None
+        for x, y in self._iter_batches():
+            classes = self._num_classes(x)
+            if sums is None:
+                sums = V.new_zeros(V.shape[1], classes, classes)
+                counts = torch.zeros(classes, dtype=torch.int64, device=self.device)
+            counts += torch.bincount(y, minlength=classes)
+
+            def batch_sums(tangent: Params, x=x, y=y, classes=classes) -> Tensor:
+                out, jv = jvp(lambda p: self.logits(p, x), (self.params,), (tangent,))
+                return coefficients(factor_product(out, jv), y, classes)
+
+            for columns in blocks:
+                sums[columns] += self._columns(batch_sums, V[:, columns])
+        if sums is None:  # C is unknown without a batch (also on a rank with an empty shard)
+            where = "this rank's shard of the split" if self.distributed else "the split"
+            raise HspecError(f"data: {where} has no examples")
+        if self.distributed:
+            dist.all_reduce(sums)
+            dist.all_reduce(counts)
+        return sums, counts
+
+    def _pullbacks(self, V: Tensor, means: Tensor, blocks) -> Tensor:
+        """Second pass: Σ_i J_iᵀ A_iᵀ z_i for each column (z_i from ``means``, (k, C, C))."""
+        out = torch.zeros_like(V)
+        within = self.part == "class_within"
+        weights = means if within else class_coefficients(self.part, means)
+        for x, y in self._iter_batches():
+            if within:
+
+                def product(tangent: Params, m: Tensor, x=x, y=y) -> Params:
+                    def logits_and_jv(params: Params) -> tuple[Tensor, Tensor]:
+                        return jvp(lambda p: self.logits(p, x), (params,), (tangent,))
+
+                    f, pullback, jv = vjp(logits_and_jv, self.params, has_aux=True)
+                    z = factor_product(f, jv) - m[y]
+                    return pullback(factor_transpose_product(f, z))[0]
+
+            else:
+                f, pullback = vjp(lambda p, x=x: self.logits(p, x), self.params)
+
+                def product(tangent: Params, m: Tensor, f=f, y=y, pullback=pullback) -> Params:
+                    return pullback(factor_transpose_product(f, m[y]))[0]
+
+            for columns in blocks:
+                out[:, columns] += self._flat_columns(
+                    self._columns(product, V[:, columns], weights[columns])
+                )
+        if self.distributed:
+            dist.all_reduce(out)
+        return out
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        """The part times V (dim, k): two passes over the data, the columns in vectorized
+        blocks of ``block_size`` (memory grows with the block)."""
+        blocks = torch.split(torch.arange(V.shape[1], device=V.device), self.block_size)
+        with eval_mode(self.model), float32_matmul(self.device, self.tf32):
+            sums, counts = self._sums(V, blocks)
+            total = int(counts.sum())
+            if total == 0:
+                raise HspecError("data: the split has no examples")
+            return self._pullbacks(V, class_means(sums, counts), blocks) / total
+
+
 def _check_pair(batch) -> tuple[Tensor, Tensor]:
     """A batch as (inputs, targets): two tensors, targets 1-D int64, one per input."""
     if not (
@@ -371,6 +485,7 @@ _OPERATORS = {
     "hessian": Hessian,
     "gradient_covariance": GradientCovariance,
     "prediction_hessian": PredictionHessian,
+    **{part: functools.partial(ClassStructure, part=part) for part in CLASS_COMPONENTS},
 }
 
 
@@ -443,7 +558,11 @@ def curvature_operator(
             Each batch is checked when used: another kind of batch, a target outside
             [0, C) or logits not of shape (batch, C) raise one error.
         component: ``"hessian"`` (H), ``"gradient_covariance"`` (G) or
-            ``"prediction_hessian"`` (R); H = G + R (paper eq. 4).
+            ``"prediction_hessian"`` (R); H = G + R (paper eq. 4). Or a part of
+            G = G0 + G1 + G2 + G_within (Papyan 2019, 2020; :mod:`hspec.curvature.class_structure`):
+            ``"class_g0"``, ``"class_g1"``, ``"class_g2"``, ``"class_g1_g2"`` (the between-class
+            part), ``"class_g0_g1_g2"`` (all class means) or ``"class_within"``; each product
+            of these takes two passes over the data.
         batch_size: examples per forward pass (default: hspec.settings, 1000); any value gives the
             same average.
         dtype: dtype of the whole computation: float32 (default) or float64 (Lanczos
