@@ -6,7 +6,10 @@ subspace iteration stores its partial state (α, β, the two current vectors, or
 current block Q) at most every ``interval`` seconds. With each save go the random
 generator's state and the product count, so a killed run restarted with the same
 settings resumes where it stopped and ends with exactly the numbers of an uninterrupted
-run (the operator being deterministic).
+run (the operator being deterministic). Each save also records the wall-clock seconds
+spent so far (by every earlier part too) and the UTC time the first part started, so a
+resumed run reports its total time (:attr:`SpectrumCheckpoint.earlier`,
+:attr:`SpectrumCheckpoint.started`).
 
 A checkpoint resumes only the identical computation: its fingerprint holds the settings,
 ``dim``, the caller's ``key`` (e.g. the model file's hash, the data, the component) and
@@ -35,6 +38,7 @@ import torch
 
 from hspec.atomic import atomic_write
 from hspec.errors import HspecError
+from hspec.numerics.provenance import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +107,15 @@ class SpectrumCheckpoint:
             "probe": probe(op),
         }
         self.state = self._load(fingerprint) or {"fingerprint": fingerprint, "stages": {}}
+        self._opened = time.monotonic()
+        #: wall-clock seconds spent by the earlier parts of this computation (0 if fresh)
+        self.earlier = float(self.state.get("seconds", 0.0))
+        #: UTC ISO time the first part started
+        self.started = str(self.state.get("started") or utc_now())
+
+    def elapsed(self) -> float:
+        """Seconds spent on this computation so far, earlier parts included."""
+        return self.earlier + time.monotonic() - self._opened
 
     def _load(self, fingerprint: dict) -> dict | None:
         """The saved state if it is of this very computation; otherwise None (and a
@@ -158,6 +171,8 @@ class SpectrumCheckpoint:
         stages[stage + "/partial" if partial else stage] = value
         self.state["generator"] = generator.get_state()
         self.state["hvp_count"] = hvp_count
+        self.state["seconds"] = self.elapsed()
+        self.state["started"] = self.started
         self._write()
         self._last_save = now
 
