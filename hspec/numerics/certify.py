@@ -13,8 +13,10 @@ If moreover no other eigenvalue lies within δ of θ, then |λ − θ| ≤ r² /
 Parlett Thm. 11.7.1). :func:`error_bounds` takes δ from what the spectrum estimate knows:
 the other outliers (each θ_k within r_k of an eigenvalue) and the bulk interval
 [c − d, c + d] that NORMALIZATION found for the rest of the spectrum. That gap is an
-estimate (it assumes no eigenvalue was missed, as every Krylov stopping rule does), so
-the sharper bound is reported beside the rigorous r, never instead of it.
+estimate (it assumes no eigenvalue was missed, as every Krylov stopping rule does), and
+θ is the Rayleigh quotient of x only up to rounding, so the sharper bound is floored at
+64·ε·max|θ| (ε of the operator's dtype, as :mod:`hspec.numerics.outliers` does) and
+reported beside the rigorous r, never instead of it.
 
 An outlier is *converged* when its error bound min(r, r²/δ) is at most
 ``tol``·max_k |θ_k| — the requested relative tolerance (``deflation_tol``) on the scale of
@@ -39,11 +41,16 @@ def ritz_residuals(values: np.ndarray, vectors: Tensor, product: Tensor) -> np.n
     return (residual / torch.linalg.vector_norm(x, dim=0)).cpu().numpy()
 
 
-def error_bounds(values: np.ndarray, residuals: np.ndarray, bulk: Normalization) -> np.ndarray:
-    """min(r_i, r_i² / δ_i) for each outlier, δ_i the estimated gap from θ_i to the rest
-    of the spectrum (the other outliers, less their residuals, and the bulk interval);
-    r_i where that gap is not positive."""
+def error_bounds(
+    values: np.ndarray, residuals: np.ndarray, bulk: Normalization, eps: float
+) -> np.ndarray:
+    """min(r_i, max(r_i² / δ_i, 64·eps·max|θ|)) for each outlier, δ_i the estimated gap
+    from θ_i to the rest of the spectrum (the other outliers, less their residuals, and
+    the bulk interval); r_i where that gap is not positive."""
     values, residuals = np.asarray(values, float), np.asarray(residuals, float)
+    if not len(values):
+        return residuals.copy()
+    floor = 64 * eps * np.max(np.abs(values))
     low, high = bulk.c - bulk.d, bulk.c + bulk.d
     bounds = residuals.copy()
     for i, theta in enumerate(values):
@@ -51,7 +58,7 @@ def error_bounds(values: np.ndarray, residuals: np.ndarray, bulk: Normalization)
         to_bulk = max(low - theta, theta - high, 0.0)
         gap = min([to_bulk, *others])
         if gap > 0:
-            bounds[i] = min(residuals[i], residuals[i] ** 2 / gap)
+            bounds[i] = min(residuals[i], max(residuals[i] ** 2 / gap, floor))
     return bounds
 
 

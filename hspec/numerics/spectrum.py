@@ -72,7 +72,8 @@ class SpectralDensity:
         runs: the Lanczos run (0 … n_vec − 1) of each node (empty for KPM).
         residuals: the true residual ‖A x − θ x‖ of each outlier (unit Ritz vector x), in
             the order of ``outliers``: [θ − r, θ + r] holds an eigenvalue of A.
-        error_bounds: min(r, r²/δ) with the estimated gap δ (Kato–Temple), ≤ residuals.
+        error_bounds: min(r, r²/δ) with the estimated gap δ (Kato–Temple), floored at
+            rounding (:func:`hspec.numerics.certify.error_bounds`); ≤ residuals.
         converged: False for an outlier whose error bound exceeds
             ``deflation_tol``·max|θ| (:mod:`hspec.numerics.certify`).
         vectors: the outliers' orthonormal eigenvectors (dim, C), with
@@ -454,7 +455,7 @@ def spectral_density(
         t = np.linspace(-1.0, 1.0, points)
         grid, density = bulk.to_original(t), kpm_density(moments, t) * share / bulk.d
 
-    bounds = error_bounds(outliers, residuals, bulk)
+    bounds = error_bounds(outliers, residuals, bulk, torch.finfo(op.dtype).eps)
     seconds = earlier + time.perf_counter() - start_time
     return SpectralDensity(
         grid=grid,
