@@ -150,7 +150,9 @@ def test_an_existing_foreign_directory_is_refused_before_any_computation(
     (out / "demo").mkdir(parents=True)
     (out / "demo" / "keep.txt").write_text("precious")
     monkeypatch.setattr(
-        cli.training, "load_model", lambda *a, **k: pytest.fail("computed before refusing")
+        cli.spectrum_job.run_files,
+        "load_model",
+        lambda *a, **k: pytest.fail("computed before refusing"),
     )
     assert spectrum_cli(runs["a"], out) == 2
     assert (
