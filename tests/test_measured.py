@@ -310,3 +310,29 @@ def test_describe_of_a_non_spectrum_path_is_one_error(models, tmp_path, capsys, 
     err = capsys.readouterr().err
     assert err.startswith(f"hspec: error: {path}: not a readable spectrum result")
     assert err.count("\n") == 1
+
+
+def test_a_checkpoint_of_the_older_format_is_discarded(spiked, tmp_path, caplog):
+    """A checkpoint written before residuals were kept (no format, a deflation stage
+    without them) is not resumed: it is discarded with a warning and the run starts over."""
+    matrix, _ = spiked
+    path, calls = tmp_path / "s.ckpt", []
+
+    def dies_in_lanczos(v):
+        calls.append(1)
+        if len(calls) > 1 + 3 + 16 + 2 * 10:  # the checkpoint's probe, then the run's
+            raise Killed
+        return matrix @ v
+
+    settings = dict(deflate=2, iterations=10, steps=20, bound_steps=16, dtype=torch.float64)
+    with pytest.raises(Killed):
+        spectral_density(dies_in_lanczos, 300, **settings, checkpoint=path, checkpoint_interval=0)
+    state = torch.load(path, weights_only=True)
+    del state["fingerprint"]["format"], state["stages"]["deflation"]["residuals"]
+    torch.save(state, path)
+    with caplog.at_level("WARNING", logger="hspec.numerics.checkpoint"):
+        resumed = spectral_density(lambda v: matrix @ v, 300, **settings, checkpoint=path)
+    assert "format 1 -> 2" in caplog.text
+    fresh = spectral_density(lambda v: matrix @ v, 300, **settings)
+    assert np.array_equal(resumed.residuals, fresh.residuals)
+    assert resumed.hvp_count == fresh.hvp_count

@@ -11,13 +11,15 @@ spent so far (by every earlier part too) and the UTC time the first part started
 resumed run reports its total time (:attr:`SpectrumCheckpoint.earlier`,
 :attr:`SpectrumCheckpoint.started`).
 
-A checkpoint resumes only the identical computation: its fingerprint holds the settings,
-``dim``, the caller's ``key`` (e.g. the model file's hash, the data, the component) and
-one *probe*: ‖A v‖ and a few entries of A v for a fixed vector drawn from its own seeded
-generator. On resume the probe is recomputed; if anything differs (probe beyond a relative
-1e-6), the file is discarded with a logged warning naming it and what differed, and the
-computation starts over. The probe product is not counted in ``hvp_count`` and draws
-nothing from the main generator, so results and counts are those of a run without it.
+A checkpoint resumes only the identical computation: its fingerprint holds the file's
+``format`` (a checkpoint of an older format, e.g. one whose deflation stage lacks the
+outliers' residuals, is discarded), the settings, ``dim``, the caller's ``key`` (e.g.
+the model file's hash, the data, the component) and one *probe*: ‖A v‖ and a few entries
+of A v for a fixed vector drawn from its own seeded generator. On resume the probe is
+recomputed; if anything differs (probe beyond a relative 1e-6), the file is discarded
+with a logged warning naming it and what differed, and the computation starts over. The
+probe product is not counted in ``hvp_count`` and draws nothing from the main generator,
+so results and counts are those of a run without it.
 
 The file is written with :func:`hspec.atomic.atomic_write` (a temporary sibling renamed
 into place, never half-written, removed on failure; a failed write is one ``HspecError``
@@ -45,6 +47,8 @@ log = logging.getLogger(__name__)
 PROBE_SEED = 0x5EC7
 PROBE_ENTRIES = 8
 PROBE_TOLERANCE = 1e-6
+#: 2: the deflation stage holds the outliers' residuals; times are saved
+FORMAT = 2
 
 
 def probe(op) -> list[float]:
@@ -76,6 +80,8 @@ def _differences(found, fingerprint: dict) -> list[str]:
             for name in sorted(set(old) | set(new))
             if old.get(name) != new.get(name)
         ]
+    if found.get("format", 1) != fingerprint["format"]:
+        out.append(f"format {found.get('format', 1)!r} -> {fingerprint['format']!r}")
     if found.get("dim") != fingerprint["dim"]:
         out.append(f"dim {found.get('dim')!r} -> {fingerprint['dim']!r}")
     if _probe_differs(found.get("probe"), fingerprint["probe"]):
@@ -101,6 +107,7 @@ class SpectrumCheckpoint:
         self.interval = interval
         self._last_save = time.monotonic()
         fingerprint = {
+            "format": FORMAT,
             "settings": dict(settings),
             "dim": op.dim,
             "key": dict(key or {}),
