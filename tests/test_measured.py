@@ -196,10 +196,22 @@ def test_residuals_and_runs_are_stored_and_old_groups_still_read(spiked, tmp_pat
     for name in ("runs", "residuals", "error_bounds", "converged"):
         assert np.array_equal(arrays[name], getattr(result, name)), name
     assert stored["provenance"]["seconds"] == result.seconds
+    back = store.read_result(tmp_path / "new.zarr")
+    for got, want in zip(
+        back.band(0.9) + back.outlier_intervals(), result.band(0.9) + result.outlier_intervals()
+    ):
+        assert np.array_equal(got, want)
+    assert back.bulk == result.bulk and back.provenance == stored["provenance"]
+
     old = {name: getattr(result, name) for name in store.SPECTRUM_ARRAYS + ("moments",)}
-    store.write_group(tmp_path / "old.zarr", "spectrum", old, attrs)
+    before = {key: stored[key] for key in (*store.SPECTRUM_ATTRS, "bulk_c", "bulk_d")}
+    store.write_group(tmp_path / "old.zarr", "spectrum", old, before)
     arrays, _ = store.read_spectrum(tmp_path / "old.zarr")
     assert "runs" not in arrays and np.array_equal(arrays["nodes"], result.nodes)
+    back = store.read_result(tmp_path / "old.zarr")
+    assert np.array_equal(back.density, result.density) and back.provenance == {}
+    with pytest.raises(HspecError, match="band: this result has no run index"):
+        back.band()
 
 
 # --- 3. provenance ----------------------------------------------------------------------

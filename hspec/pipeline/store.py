@@ -35,6 +35,8 @@ import zarr
 
 from hspec.atomic import atomic_directory, jsonable
 from hspec.errors import HspecError
+from hspec.numerics.normalization import Normalization
+from hspec.numerics.spectrum import SpectralDensity
 from hspec.version import __version__
 
 SPECTRUM_ARRAYS = ("grid", "density", "outliers", "nodes", "weights")
@@ -164,6 +166,8 @@ def write_spectrum(path: Path, result, attrs: Mapping) -> None:
         "settings": result.settings,
         "bulk_c": result.bulk.c,
         "bulk_d": result.bulk.d,
+        "bulk_lambda_min": result.bulk.lambda_min,
+        "bulk_lambda_max": result.bulk.lambda_max,
         "hspec_version": __version__,
         "provenance": {**result.provenance, **attrs.get("provenance", {})},
     }
@@ -176,6 +180,34 @@ def write_spectrum(path: Path, result, attrs: Mapping) -> None:
 def read_spectrum(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     """The arrays and attributes of a spectrum group (clear error if incomplete)."""
     return read_group(path, "spectrum", SPECTRUM_ARRAYS + ("moments",), SPECTRUM_OPTIONAL)
+
+
+def read_result(path: Path) -> SpectralDensity:
+    """A stored spectrum as the :class:`~hspec.numerics.spectrum.SpectralDensity` that was
+    written (its ``band``, ``resmooth`` and outlier intervals work as on the original),
+    without the outliers' vectors. A group of an older hspec lacks what it did not store:
+    its ``runs`` (so no band), residuals and provenance are empty and the bulk's
+    extreme eigenvalues NaN."""
+    arrays, attrs = read_spectrum(path)
+    bulk = Normalization(
+        attrs.get("bulk_lambda_min", float("nan")),
+        attrs.get("bulk_lambda_max", float("nan")),
+        attrs["bulk_c"],
+        attrs["bulk_d"],
+    )
+    optional = {name: arrays[name] for name in SPECTRUM_OPTIONAL if name in arrays}
+    return SpectralDensity(
+        **{name: arrays[name] for name in SPECTRUM_ARRAYS + ("moments",)},
+        lambda_min=attrs["lambda_min"],
+        lambda_max=attrs["lambda_max"],
+        bulk=bulk,
+        hvp_count=attrs["hvp_count"],
+        dim=attrs["n_params"],
+        seconds=attrs["seconds"],
+        settings=attrs["settings"],
+        provenance=attrs.get("provenance", {}),
+        **optional,
+    )
 
 
 def write_history(path: Path, history: Mapping[str, list], attrs: Mapping) -> None:
