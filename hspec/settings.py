@@ -6,8 +6,9 @@ filling the defaults; the library and the ``hspec`` command line take their defa
 :func:`defaults` (``TRAINING``, ``SPECTRUM``, ``LR_GRID``, ``EPOCHS``), so no default is
 written twice.
 
-``hspec spectrum --settings FILE`` reads the ``spectrum`` settings (and ``device``,
-``seed``) as one JSON object, the way the workflow passes them: :class:`SettingsFile`.
+``hspec spectrum --settings FILE`` reads the ``spectrum`` settings (their ``seed`` is
+the start vectors', not the top-level training seed) and ``device`` as one JSON object,
+the way the workflow passes them: :class:`SettingsFile`.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ LR_GRID: dict[str, tuple[float, ...]] = {
 }
 EPOCHS: dict[str, int] = {name: entry["epochs"] for name, entry in defaults()["datasets"].items()}
 # what `hspec spectrum --settings FILE` reads: its options among the settings
-SPECTRUM_OPTIONS = tuple(key for key in SPECTRUM if key not in WORKFLOW_ONLY) + ("device", "seed")
+SPECTRUM_OPTIONS = tuple(key for key in SPECTRUM if key not in WORKFLOW_ONLY) + ("device",)
 
 
 def type_errors(config, node: dict | None = None, path: str = "config") -> list[str]:
@@ -114,11 +115,11 @@ def type_errors(config, node: dict | None = None, path: str = "config") -> list[
 
 
 def _options_schema() -> dict:
-    """The schema of a --settings file: the spectrum options, device and seed."""
+    """The schema of a --settings file: the spectrum options and device."""
     spectrum = _schema()["properties"]["spectrum"]["properties"]
     properties = {key: spectrum[key] for key in SPECTRUM_OPTIONS if key in spectrum}
     device = dict(_schema()["properties"]["device"], pattern="^(auto|cpu|cuda(:[0-9]+)?)$")
-    properties.update(device=device, seed=_schema()["properties"]["seed"])
+    properties.update(device=device)
     return {
         "type": "object",
         "additionalProperties": False,

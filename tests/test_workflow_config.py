@@ -149,16 +149,15 @@ def test_the_library_and_cli_defaults_are_the_settings():
     recipe and `hspec spectrum`/`hspec train` defaults all equal hspec.settings."""
     signature = inspect.signature(spectral_density).parameters
     shared = [key for key in settings.SPECTRUM if key in signature]
-    assert len(shared) == 10
+    assert len(shared) == 11 and "seed" in shared  # spectrum.seed: the start vectors'
     for key in shared:
         assert signature[key].default == settings.SPECTRUM[key], key
-    assert signature["seed"].default == settings.defaults()["seed"]
     assert operators.DEFAULT_BATCH_SIZE == settings.SPECTRUM["batch_size"]
     assert (training.BATCH_SIZE, training.MOMENTUM, training.WEIGHT_DECAY) == tuple(
         settings.TRAINING[k] for k in ("batch_size", "momentum", "weight_decay")
     )
     args = build_parser().parse_args(SPECTRUM_ARGS)
-    expected = {**settings.SPECTRUM, "device": "auto", "seed": settings.defaults()["seed"]}
+    expected = {**settings.SPECTRUM, "device": "auto"}
     for key in settings.SPECTRUM_OPTIONS:
         assert getattr(args, key) == expected[key], key
     train = build_parser().parse_args(
@@ -301,6 +300,19 @@ def test_settings_files_change_only_with_their_content(tmp_path):
     assert json.loads(files["plain"].read_text())["steps"] == 99
     assert files["plain"].stat().st_mtime_ns > before["plain"]
     assert files["log"].stat().st_mtime_ns == before["log"]
+
+
+def test_the_start_vector_seed_is_spectrum_seed_not_the_training_seed(tmp_path):
+    """spectrum.seed reaches the spectra's settings files; the top-level seed reaches
+    training and subsampling only, so changing spectrum.seed retrains nothing."""
+    out = tmp_path / "out"
+    config = dict(results=str(out), device="cpu", download=False, figures=FIG1, seed=3)
+    result = snakemake(
+        "-n", "-p", "--configfile", write_config(tmp_path, **config, spectrum={"seed": 5})
+    )
+    for variant in ("plain", "deflated", "log"):
+        assert json.loads((out / f"settings/spectrum-{variant}.json").read_text())["seed"] == 5
+    assert "--seed 3 " in result.stdout and "--seed 5" not in result.stdout
 
 
 # --- quoting (item 3) ------------------------------------------------------------------

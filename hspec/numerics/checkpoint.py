@@ -6,15 +6,20 @@ subspace iteration stores its partial state (α, β, the two current vectors, or
 current block Q) at most every ``interval`` seconds. With each save go the random
 generator's state and the product count, so a killed run restarted with the same
 settings resumes where it stopped and ends with exactly the numbers of an uninterrupted
-run (the operator being deterministic).
+run (the operator being deterministic). Each save also records the wall-clock seconds
+spent so far (by every earlier part too) and the UTC time the first part started, so a
+resumed run reports its total time (:attr:`SpectrumCheckpoint.earlier`,
+:attr:`SpectrumCheckpoint.started`).
 
-A checkpoint resumes only the identical computation: its fingerprint holds the settings,
-``dim``, the caller's ``key`` (e.g. the model file's hash, the data, the component) and
-one *probe*: ‖A v‖ and a few entries of A v for a fixed vector drawn from its own seeded
-generator. On resume the probe is recomputed; if anything differs (probe beyond a relative
-1e-6), the file is discarded with a logged warning naming it and what differed, and the
-computation starts over. The probe product is not counted in ``hvp_count`` and draws
-nothing from the main generator, so results and counts are those of a run without it.
+A checkpoint resumes only the identical computation: its fingerprint holds the file's
+``format`` (a checkpoint of an older format, e.g. one whose deflation stage lacks the
+outliers' residuals, is discarded), the settings, ``dim``, the caller's ``key`` (e.g.
+the model file's hash, the data, the component) and one *probe*: ‖A v‖ and a few entries
+of A v for a fixed vector drawn from its own seeded generator. On resume the probe is
+recomputed; if anything differs (probe beyond a relative 1e-6), the file is discarded
+with a logged warning naming it and what differed, and the computation starts over. The
+probe product is not counted in ``hvp_count`` and draws nothing from the main generator,
+so results and counts are those of a run without it.
 
 The file is written with :func:`hspec.atomic.atomic_write` (a temporary sibling renamed
 into place, never half-written, removed on failure; a failed write is one ``HspecError``
@@ -35,12 +40,15 @@ import torch
 
 from hspec.atomic import atomic_write
 from hspec.errors import HspecError
+from hspec.numerics.provenance import utc_now
 
 log = logging.getLogger(__name__)
 
 PROBE_SEED = 0x5EC7
 PROBE_ENTRIES = 8
 PROBE_TOLERANCE = 1e-6
+#: 2: the deflation stage holds the outliers' residuals; times are saved
+FORMAT = 2
 
 
 def probe(op) -> list[float]:
@@ -72,6 +80,8 @@ def _differences(found, fingerprint: dict) -> list[str]:
             for name in sorted(set(old) | set(new))
             if old.get(name) != new.get(name)
         ]
+    if found.get("format", 1) != fingerprint["format"]:
+        out.append(f"format {found.get('format', 1)!r} -> {fingerprint['format']!r}")
     if found.get("dim") != fingerprint["dim"]:
         out.append(f"dim {found.get('dim')!r} -> {fingerprint['dim']!r}")
     if _probe_differs(found.get("probe"), fingerprint["probe"]):
@@ -97,12 +107,22 @@ class SpectrumCheckpoint:
         self.interval = interval
         self._last_save = time.monotonic()
         fingerprint = {
+            "format": FORMAT,
             "settings": dict(settings),
             "dim": op.dim,
             "key": dict(key or {}),
             "probe": probe(op),
         }
         self.state = self._load(fingerprint) or {"fingerprint": fingerprint, "stages": {}}
+        self._opened = time.monotonic()
+        #: wall-clock seconds spent by the earlier parts of this computation (0 if fresh)
+        self.earlier = float(self.state.get("seconds", 0.0))
+        #: UTC ISO time the first part started
+        self.started = str(self.state.get("started") or utc_now())
+
+    def elapsed(self) -> float:
+        """Seconds spent on this computation so far, earlier parts included."""
+        return self.earlier + time.monotonic() - self._opened
 
     def _load(self, fingerprint: dict) -> dict | None:
         """The saved state if it is of this very computation; otherwise None (and a
@@ -158,6 +178,8 @@ class SpectrumCheckpoint:
         stages[stage + "/partial" if partial else stage] = value
         self.state["generator"] = generator.get_state()
         self.state["hvp_count"] = hvp_count
+        self.state["seconds"] = self.elapsed()
+        self.state["started"] = self.started
         self._write()
         self._last_save = now
 

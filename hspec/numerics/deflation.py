@@ -7,6 +7,8 @@ Subspace iteration converges to the C eigenvalues of largest magnitude at the ra
 here the last iteration ends with a Rayleigh–Ritz step instead — the eigenpairs
 (λ_c, s_c) of the C×C matrix Qᵀ A Q give signed eigenvalues whose error is the *square*
 of the subspace error, and eigenvectors Q s_c. T iterations cost T·C products.
+The last product V = A Q also gives A X = V S for the eigenvectors X = Q S exactly, so
+their true residuals ‖A x_c − λ_c x_c‖ cost no further product (``return_product``).
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ def low_rank_deflation(
     progress: bool = False,
     resume: dict | None = None,
     snapshot: Callable[[dict], None] | None = None,
-) -> tuple[np.ndarray, Tensor]:
+    return_product: bool = False,
+) -> tuple[np.ndarray, Tensor] | tuple[np.ndarray, Tensor, Tensor]:
     """The ``deflate`` eigenvalues of largest magnitude (descending, signed) and their
-    orthonormal eigenvectors (dim, deflate), by Alg. 5 with a final Rayleigh–Ritz step.
+    orthonormal eigenvectors X (dim, deflate), by Alg. 5 with a final Rayleigh–Ritz step;
+    with ``return_product``, also A X (from the last iteration's product, no new one).
 
     ``snapshot`` receives the state after each iteration (t and the block Q); pass it
     back as ``resume`` to continue an interrupted run."""
@@ -59,4 +63,7 @@ def low_rank_deflation(
     projected = gram(q, v).cpu()
     values, rotation = torch.linalg.eigh((projected + projected.T) / 2)
     order = torch.argsort(values, descending=True)
-    return values[order].numpy(), q @ rotation[:, order].to(q)
+    rotation = rotation[:, order].to(q)
+    if return_product:
+        return values[order].numpy(), q @ rotation, v @ rotation
+    return values[order].numpy(), q @ rotation

@@ -53,6 +53,13 @@ def quadrature(runs: list[LanczosRun]) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
+def run_index(runs: list[LanczosRun]) -> np.ndarray:
+    """The run (0 … n_vec − 1) of each node of :func:`quadrature`, in its order."""
+    return np.concatenate(
+        [np.full(run.steps, index, dtype=np.int64) for index, run in enumerate(runs)]
+    )
+
+
 def lanczos_approx_spec(
     nodes: np.ndarray,
     weights: np.ndarray,

@@ -13,6 +13,12 @@ bulk's own Lanczos runs (no extra products), so the bulk is resolved on its own 
 KPM needs the interval before its moments, so it runs NORMALIZATION on P A P.
 
 The bulk density integrates to (dim − C)/dim, so ∫ density dt + len(outliers)/dim = 1.
+
+Every number comes with its error and its origin: the n_vec Lanczos runs are kept apart
+(``runs``), so :meth:`SpectralDensity.band` gives a pointwise confidence band of the
+density; each outlier comes with its true residual, the interval it proves and a
+convergence flag (:mod:`hspec.numerics.certify`); ``provenance`` records the code, the
+software, the machine and the time (:mod:`hspec.numerics.provenance`).
 """
 
 from __future__ import annotations
@@ -24,20 +30,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.stats
 import torch
+from torch import Tensor
 
 from hspec.errors import HspecError
+from hspec.numerics.certify import converged, error_bounds, ritz_residuals
 from hspec.numerics.checkpoint import SpectrumCheckpoint
 from hspec.numerics.deflation import low_rank_deflation
-from hspec.numerics.density import lanczos_approx_spec, log_density, quadrature
+from hspec.numerics.density import lanczos_approx_spec, log_density, quadrature, run_index
 from hspec.numerics.kpm import kpm_density, kpm_moments
 from hspec.numerics.lanczos import LanczosRun, fast_lanczos
 from hspec.numerics.linear_operator import Deflated, LinearOperator, Normalized
 from hspec.numerics.normalization import Normalization, bounds_from_runs, normalization
 from hspec.numerics.outliers import top_eigenpairs
+from hspec.numerics.provenance import environment, utc_now
 
 METHODS = ("lanczos", "kpm")
 DEFLATIONS = ("subspace", "krylov")
+BAND_METHODS = ("t", "bootstrap")
 
 
 @dataclass
@@ -53,8 +64,22 @@ class SpectralDensity:
         lambda_min, lambda_max: NORMALIZATION's estimate of the full spectrum's range.
         bulk: the interval [c − d, c + d] the density was smoothed on.
         hvp_count: operator products used, the symmetry probe included (the
-            checkpoint's identity probe is not counted).
-        dim, seconds, settings: size, wall time and every setting used.
+            checkpoint's identity probe is not counted); with ``deflation="krylov"`` it
+            includes the C products of the outliers' residuals (subspace deflation gets
+            them from its last iteration's product, for free).
+        dim, seconds, settings: size, wall time (every part of a resumed run included)
+            and every setting used.
+        runs: the Lanczos run (0 … n_vec − 1) of each node (empty for KPM).
+        residuals: the true residual ‖A x − θ x‖ of each outlier (unit Ritz vector x), in
+            the order of ``outliers``: [θ − r, θ + r] holds an eigenvalue of A.
+        error_bounds: min(r, r²/δ) with the estimated gap δ (Kato–Temple), floored at
+            rounding (:func:`hspec.numerics.certify.error_bounds`); ≤ residuals.
+        converged: False for an outlier whose error bound exceeds
+            ``deflation_tol``·max|θ| (:mod:`hspec.numerics.certify`).
+        vectors: the outliers' orthonormal eigenvectors (dim, C), with
+            ``keep_vectors=True`` only; never stored in a Zarr group.
+        provenance: code, software, device, host, start and end time (UTC ISO) and total
+            seconds (:func:`hspec.numerics.provenance.environment`).
     """
 
     grid: np.ndarray
@@ -70,6 +95,73 @@ class SpectralDensity:
     dim: int
     seconds: float
     settings: dict = field(default_factory=dict)
+    runs: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    residuals: np.ndarray = field(default_factory=lambda: np.empty(0))
+    error_bounds: np.ndarray = field(default_factory=lambda: np.empty(0))
+    converged: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=bool))
+    vectors: Tensor | None = None
+    provenance: dict = field(default_factory=dict)
+
+    def outlier_intervals(self) -> tuple[np.ndarray, np.ndarray]:
+        """(θ − r, θ + r) per outlier: each interval holds an eigenvalue of A."""
+        return self.outliers - self.residuals, self.outliers + self.residuals
+
+    def run_densities(self) -> np.ndarray:
+        """(n_vec, K): each Lanczos run's density alone, smoothed by Alg. 3's kernel on
+        ``grid`` (same width); their mean is ``density``."""
+        if not len(self.nodes):
+            raise HspecError("band: needs the Lanczos runs; a KPM result keeps none")
+        if len(self.runs) != len(self.nodes):
+            raise HspecError("band: this result has no run index (stored before runs were kept)")
+        n_vec = int(self.runs.max()) + 1
+        return np.stack(
+            [
+                lanczos_approx_spec(
+                    self.nodes[self.runs == run],
+                    self.weights[self.runs == run] * n_vec,
+                    self.bulk,
+                    steps=self.settings["steps"],
+                    k=self.settings["k"],
+                    points=len(self.grid),
+                )[1]
+                for run in range(n_vec)
+            ]
+        )
+
+    def band(
+        self, level: float = 0.9, method: str = "t", resamples: int = 2000, seed: int = 0
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A pointwise ``level`` confidence band of the smoothed density: (grid, lower, upper).
+
+        The n_vec runs are independent estimates of the smoothed density (each smoothed
+        alone, :meth:`run_densities`); ``density`` is their mean. ``method="t"``: mean ±
+        t_{(1+level)/2, n_vec−1} · s/√n_vec, s the standard deviation across runs at each
+        grid point (Student's t, n_vec − 1 degrees of freedom); ``"bootstrap"``: the
+        percentile interval of the mean over ``resamples`` resamplings of the runs with
+        replacement (seeded by ``seed``). The band is not clipped at 0 and its width
+        shrinks like 1/√n_vec. Needs n_vec ≥ 2.
+        """
+        if not _is_real(level) or not 0 < level < 1:
+            raise HspecError(f"level: must be a number in (0, 1), got {level!r}")
+        if method not in BAND_METHODS:
+            raise HspecError(f"method: must be one of {BAND_METHODS}, got {method!r}")
+        densities = self.run_densities()
+        n_vec = len(densities)
+        if n_vec < 2:
+            raise HspecError(
+                f"band: needs n_vec ≥ 2 Lanczos runs to measure their spread, this result has {n_vec}"
+            )
+        if method == "t":
+            half = scipy.stats.t.ppf((1 + level) / 2, n_vec - 1) * (
+                densities.std(axis=0, ddof=1) / math.sqrt(n_vec)
+            )
+            mean = densities.mean(axis=0)
+            return self.grid, mean - half, mean + half
+        _check_int("resamples", resamples, 1)
+        rng = np.random.default_rng(seed)
+        shares = rng.multinomial(n_vec, np.full(n_vec, 1 / n_vec), size=resamples) / n_vec
+        lower, upper = np.quantile(shares @ densities, [(1 - level) / 2, (1 + level) / 2], axis=0)
+        return self.grid, lower, upper
 
     def atoms(self) -> tuple[np.ndarray, np.ndarray]:
         """The estimated spectral distribution as point masses: outliers (1/dim each)
@@ -163,6 +255,7 @@ def spectral_density(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_interval: float = 60.0,
     checkpoint_key: Mapping | None = None,
+    keep_vectors: bool = False,
 ) -> SpectralDensity:
     """Estimate the spectral density of a symmetric operator (paper Section 3.2).
 
@@ -177,9 +270,12 @@ def spectral_density(
         deflation: how the outliers are found: ``"subspace"`` (the paper's Alg. 5,
             ``iterations`` × ``deflate`` products) or ``"krylov"`` (thick-restart
             Lanczos, :func:`hspec.numerics.outliers.top_eigenpairs`, to relative accuracy
-            ``deflation_tol``: a few dozen products for C = 10).
+            ``deflation_tol``: a few dozen products for C = 10, plus C for the outliers'
+            true residuals). ``deflation_tol`` is also the tolerance under which an
+            outlier counts as converged (both methods, :mod:`hspec.numerics.certify`).
         iterations: subspace iterations T of Alg. 5. k: smoothing constant (Alg. 3).
-        seed: seeds every random vector (drawn on the CPU, so devices agree).
+        seed: seeds every random vector (drawn on the CPU, so devices agree): the
+            Lanczos start vectors' seed, ``spectrum.seed`` in the settings.
         dtype, device: of the vectors (default: the operator's, else float32 on CPU).
         check_symmetric: probe symmetry and determinism first (three products).
         checkpoint: a file where the computation saves its state (every
@@ -192,6 +288,7 @@ def spectral_density(
         checkpoint_key: the caller's identity of the computation, stored in the
             checkpoint and compared on resume (e.g. the model file's hash, dataset,
             split, component); JSON-like values.
+        keep_vectors: keep the outliers' eigenvectors in ``result.vectors``.
     """
     start_time = time.perf_counter()
     op = LinearOperator.wrap(matvec, dim, dtype=dtype, device=device)
@@ -215,6 +312,8 @@ def spectral_density(
         raise HspecError(f"margin: must be a number ≥ 0, got {margin!r}")
     if not _is_real(k) or not k > 1:
         raise HspecError(f"k: the smoothing constant must be a number > 1, got {k!r}")
+    if not _is_real(deflation_tol) or not 0 < deflation_tol < 1:
+        raise HspecError(f"deflation_tol: must be a number in (0, 1), got {deflation_tol!r}")
 
     settings = dict(
         method=method,
@@ -232,13 +331,13 @@ def spectral_density(
         dtype=str(op.dtype).removeprefix("torch."),
     )
     generator = torch.Generator().manual_seed(seed)
-    stage = _no_checkpoint
+    stage, earlier, started = _no_checkpoint, 0.0, utc_now()
     if checkpoint is not None:
         saved = SpectrumCheckpoint(
             checkpoint, settings, op, key=checkpoint_key, interval=checkpoint_interval
         )
         op.hvp_count = saved.restore(generator)
-        stage = saved.stage_runner(generator, op)
+        stage, earlier, started = saved.stage_runner(generator, op), saved.earlier, saved.started
 
     if check_symmetric:
         stage("probe", lambda resume, snapshot: op.check_symmetric(generator) or True)
@@ -257,36 +356,51 @@ def spectral_density(
         decode=_decode_norm,
     )
 
-    outliers, target, project = np.empty(0), op, None
+    outliers, residuals, basis, target, project = np.empty(0), np.empty(0), None, op, None
     if deflate:
 
         def outlier_search(resume, snapshot):
             if deflation == "krylov":
-                return top_eigenpairs(
+                values, vectors, _ = top_eigenpairs(
                     op, deflate, tol=deflation_tol, generator=generator, progress=progress
-                )[:2]
-            return low_rank_deflation(
-                op,
-                deflate,
-                iterations,
-                generator=generator,
-                progress=progress,
-                resume=resume,
-                snapshot=snapshot,
-            )
+                )
+                op.context = "the outliers' residual product"
+                product = op.matmat(vectors)
+                op.context = ""
+            else:
+                values, vectors, product = low_rank_deflation(
+                    op,
+                    deflate,
+                    iterations,
+                    generator=generator,
+                    progress=progress,
+                    resume=resume,
+                    snapshot=snapshot,
+                    return_product=True,
+                )
+            return values, vectors, ritz_residuals(values, vectors, product)
 
         found = stage(
             "deflation",
             outlier_search,
-            encode=lambda r: {"values": torch.from_numpy(r[0]), "basis": r[1]},
-            decode=lambda d: (d["values"].cpu().numpy(), d["basis"]),
+            encode=lambda r: {
+                "values": torch.from_numpy(r[0]),
+                "basis": r[1],
+                "residuals": torch.from_numpy(r[2]),
+            },
+            decode=lambda d: (
+                d["values"].cpu().numpy(),
+                d["basis"],
+                d["residuals"].cpu().numpy(),
+            ),
         )
-        outliers, basis = found
+        outliers, basis, residuals = found
         target = Deflated(op, basis)
         project = target.project
     share = (op.dim - deflate) / op.dim
 
     nodes = weights = moments = np.empty(0)
+    node_run = np.empty(0, dtype=np.int64)
     if method == "lanczos":
 
         def lanczos(resume, snapshot):
@@ -307,6 +421,7 @@ def spectral_density(
         ]
         bulk = bounds_from_runs(runs, margin) if deflate else full
         nodes, weights = quadrature(runs)
+        node_run = run_index(runs)
         weights = weights * share
         grid, density = lanczos_approx_spec(nodes, weights, bulk, steps=steps, points=points, k=k)
     else:
@@ -340,6 +455,8 @@ def spectral_density(
         t = np.linspace(-1.0, 1.0, points)
         grid, density = bulk.to_original(t), kpm_density(moments, t) * share / bulk.d
 
+    bounds = error_bounds(outliers, residuals, bulk, torch.finfo(op.dtype).eps)
+    seconds = earlier + time.perf_counter() - start_time
     return SpectralDensity(
         grid=grid,
         density=density,
@@ -352,6 +469,17 @@ def spectral_density(
         bulk=bulk,
         hvp_count=op.hvp_count,
         dim=op.dim,
-        seconds=time.perf_counter() - start_time,
+        seconds=seconds,
         settings=settings,
+        runs=node_run,
+        residuals=residuals,
+        error_bounds=bounds,
+        converged=converged(outliers, bounds, deflation_tol),
+        vectors=basis if keep_vectors else None,
+        provenance={
+            **environment(op.device),
+            "started": started,
+            "finished": utc_now(),
+            "seconds": seconds,
+        },
     )

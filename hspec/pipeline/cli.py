@@ -28,6 +28,7 @@ from hspec.pipeline import (
     run_files,
     selection,
     spectrum_job,
+    store,
     training,
 )
 
@@ -88,6 +89,12 @@ COMMANDS = {
         "one split (paper, Section 3.2), written as a Zarr v3 group. Resumable: the state is saved next to "
         "OUT and a rerun with the same options continues. Under torchrun, every rank takes a shard of the "
         "split and rank 0 writes OUT.",
+    ),
+    "describe": dict(
+        help="print what a stored spectrum measured and where it came from",
+        description="Read a spectrum group of `hspec spectrum` (checking it as every reader does) and "
+        "print its main attributes, its outliers with their certified intervals, and its provenance: "
+        "code version and commit, software versions, device, host, times, model file hash and training.",
     ),
 }
 
@@ -397,9 +404,10 @@ def _add_spectrum(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--seed",
         type=int,
-        default=settings.defaults()["seed"],
+        default=S["seed"],
         **spec,
-        help="seed of the random vectors (default: %(default)s)",
+        help="seed of the random vectors: Lanczos start vectors, probes, deflation block "
+        "(spectrum.seed; not the training seed) (default: %(default)s)",
     )
     parser.add_argument(
         "--n-per-class",
@@ -413,6 +421,50 @@ def _add_spectrum(subparsers: argparse._SubParsersAction) -> None:
     )
 
 
+def _add_describe(subparsers: argparse._SubParsersAction) -> None:
+    parser = _command(subparsers, "describe", _describe, data_options=False)
+    parser.add_argument("path", type=Path, metavar="PATH", help="spectrum Zarr group (required)")
+    parser.set_defaults(out=None)
+
+
+DESCRIBED = (
+    "component",
+    "split",
+    "dataset",
+    "arch",
+    "n_per_class",
+    "n_samples",
+    "n_params",
+    "lambda_min",
+    "lambda_max",
+    "hvp_count",
+    "seconds",
+    "model",
+)
+
+
+def _describe(args: argparse.Namespace) -> None:
+    arrays, attrs = store.read_spectrum(args.path)
+    lines = [f"{args.path}: spectrum"]
+    lines += [f"  {key}: {attrs[key]}" for key in DESCRIBED if key in attrs]
+    lines.append("  settings: " + ", ".join(f"{k}={v}" for k, v in attrs["settings"].items()))
+    residuals = arrays.get("residuals")
+    for index, value in enumerate(arrays["outliers"]):
+        if residuals is None:
+            lines.append(f"  outlier {index}: {value:.8g} (no residual stored)")
+            continue
+        flag = "converged" if arrays["converged"][index] else "NOT CONVERGED"
+        lines.append(f"  outlier {index}: {value:.8g} ± {residuals[index]:.3g} ({flag})")
+    provenance = attrs.get("provenance")
+    if provenance is None:
+        lines.append("  provenance: none recorded (written by an older hspec)")
+    for key, value in (provenance or {}).items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        lines.append(f"  provenance.{key}: {value}")
+    print("\n".join(lines))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `hspec` parser with one subparser per command."""
     parser = argparse.ArgumentParser(
@@ -424,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(subparsers)
     _add_select(subparsers)
     _add_spectrum(subparsers)
+    _add_describe(subparsers)
     return parser
 
 

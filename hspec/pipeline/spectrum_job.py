@@ -26,7 +26,8 @@ def run(args) -> None:
     must fit the dataset) and the split (restricted to ``--indices``); build the
     curvature operator on this rank's shard; run :func:`spectral_density` with a
     checkpoint next to OUT keyed by :func:`identity`; rank 0 writes the Zarr group; the
-    checkpoint is removed once the result is stored."""
+    checkpoint is removed once the result is stored. The group's ``provenance`` adds to
+    the result's (:func:`provenance`) the model file's sha256 and its training settings."""
     check_out(args.out)
     rank, world = distributed.init_from_env(args.device if args.device != "auto" else None)
     device = distributed.local_device(str(devices.resolve(args.device)))
@@ -64,6 +65,7 @@ def run(args) -> None:
         **PRECISIONS[args.precision],
     )
     checkpoint = args.out.with_name(args.out.name + f".rank{rank}.ckpt")
+    key = identity(args, indices, targets, rank, world)
     result = spectral_density(
         op,
         method=args.method,
@@ -80,7 +82,7 @@ def run(args) -> None:
         progress=not args.quiet and sys.stderr.isatty(),
         checkpoint=checkpoint,
         checkpoint_interval=args.checkpoint_interval,
-        checkpoint_key=identity(args, indices, targets, rank, world),
+        checkpoint_key=key,
     )
     if rank == 0:
         store.write_spectrum(
@@ -99,6 +101,7 @@ def run(args) -> None:
                 "hvp": op.hvp,
                 "compile": args.compile,
                 "resident": args.resident,
+                "provenance": provenance(key["model"], metadata),
             },
         )
         print(
@@ -138,6 +141,19 @@ def identity(args, indices, targets: torch.Tensor, rank: int, world: int) -> dic
         "precision": args.precision,
         "rank": rank,
         "world_size": world,
+    }
+
+
+TRAINING_KEYS = ("lr", "epochs", "seed", "subset", "batch_size", "momentum", "weight_decay")
+
+
+def provenance(model_hash: str, metadata: dict) -> dict:
+    """What a spectrum group records of its model: the file's sha256 and the training
+    settings stored in its metadata (lr, epochs, seed, subset fingerprint, the recipe's
+    batch size, momentum and weight decay; a key the file lacks is None)."""
+    return {
+        "model_sha256": model_hash,
+        "training": {key: metadata.get(key) for key in TRAINING_KEYS},
     }
 
 

@@ -1,10 +1,12 @@
 """Results as Zarr (format 3) groups, written atomically.
 
 A *spectrum* group holds the arrays ``grid``, ``density``, ``outliers``, ``nodes``,
-``weights`` (and ``moments`` for KPM) with attributes describing what was measured
-(component, split, dataset, arch, n_per_class, n_params, n_samples, lambda_min,
-lambda_max, hvp_count, seconds, the settings, the hspec version). A *history* group holds
-per-epoch training curves.
+``weights`` (and ``moments`` for KPM), the run index of each node ``runs`` and, per
+outlier, its true residual ``residuals``, ``error_bounds`` and ``converged`` (groups
+written before these existed lack them and still read), with attributes describing what
+was measured (component, split, dataset, arch, n_per_class, n_params, n_samples,
+lambda_min, lambda_max, hvp_count, seconds, the settings, the hspec version, and the
+result's ``provenance``). A *history* group holds per-epoch training curves.
 
 Every group is written into a temporary sibling directory and renamed into place, and its
 attributes carry ``complete: true`` last, so a killed job never leaves a group that looks
@@ -33,9 +35,13 @@ import zarr
 
 from hspec.atomic import atomic_directory, jsonable
 from hspec.errors import HspecError
+from hspec.numerics.normalization import Normalization
+from hspec.numerics.spectrum import SpectralDensity
 from hspec.version import __version__
 
 SPECTRUM_ARRAYS = ("grid", "density", "outliers", "nodes", "weights")
+# arrays of a spectrum group that older groups lack
+SPECTRUM_OPTIONAL = ("runs", "residuals", "error_bounds", "converged")
 SPECTRUM_ATTRS = (
     "component",
     "split",
@@ -106,17 +112,20 @@ def write_group(path: Path, kind: str, arrays: Mapping[str, np.ndarray], attrs: 
 
 
 def read_group(
-    path: Path, kind: str, arrays: tuple[str, ...]
+    path: Path, kind: str, arrays: tuple[str, ...], optional: tuple[str, ...] = ()
 ) -> tuple[dict[str, np.ndarray], dict]:
-    """The named arrays and the attributes (without the checksums) of a group written by
-    :func:`write_group`, after the checks of the module docstring."""
+    """The named arrays (and those of ``optional`` that the group has) and the attributes
+    (without the checksums) of a group written by :func:`write_group`, after the checks of
+    the module docstring."""
     path = Path(path)
     try:
         group = zarr.open_group(path, mode="r", zarr_format=3)
         attrs = dict(group.attrs)
         if attrs.get("kind") != kind or attrs.get("complete") is not True:
             raise ValueError(f"not a complete {kind} group")
-        data = {name: np.asarray(group[name][:]) for name in arrays}
+        present = set(group.array_keys())
+        names = list(arrays) + [name for name in optional if name in present]
+        data = {name: np.asarray(group[name][:]) for name in names}
     except Exception as error:  # any failure here means a truncated or foreign group
         raise HspecError(
             f"{path}: not a readable {kind} result ({error}); delete it and "
@@ -142,8 +151,10 @@ def _check_array(
 
 
 def write_spectrum(path: Path, result, attrs: Mapping) -> None:
-    """Store a :class:`hspec.SpectralDensity` with the attributes describing it."""
-    arrays = {name: getattr(result, name) for name in SPECTRUM_ARRAYS}
+    """Store a :class:`hspec.SpectralDensity` with the attributes describing it (an
+    ``attrs["provenance"]`` dict is merged into the result's provenance; the outliers'
+    vectors are not stored)."""
+    arrays = {name: getattr(result, name) for name in SPECTRUM_ARRAYS + SPECTRUM_OPTIONAL}
     arrays["moments"] = result.moments
     attrs = {
         **attrs,
@@ -155,7 +166,10 @@ def write_spectrum(path: Path, result, attrs: Mapping) -> None:
         "settings": result.settings,
         "bulk_c": result.bulk.c,
         "bulk_d": result.bulk.d,
+        "bulk_lambda_min": result.bulk.lambda_min,
+        "bulk_lambda_max": result.bulk.lambda_max,
         "hspec_version": __version__,
+        "provenance": {**result.provenance, **attrs.get("provenance", {})},
     }
     missing = [name for name in SPECTRUM_ATTRS if name not in attrs]
     if missing:
@@ -165,7 +179,35 @@ def write_spectrum(path: Path, result, attrs: Mapping) -> None:
 
 def read_spectrum(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     """The arrays and attributes of a spectrum group (clear error if incomplete)."""
-    return read_group(path, "spectrum", SPECTRUM_ARRAYS + ("moments",))
+    return read_group(path, "spectrum", SPECTRUM_ARRAYS + ("moments",), SPECTRUM_OPTIONAL)
+
+
+def read_result(path: Path) -> SpectralDensity:
+    """A stored spectrum as the :class:`~hspec.numerics.spectrum.SpectralDensity` that was
+    written (its ``band``, ``resmooth`` and outlier intervals work as on the original),
+    without the outliers' vectors. A group of an older hspec lacks what it did not store:
+    its ``runs`` (so no band), residuals and provenance are empty and the bulk's
+    extreme eigenvalues NaN."""
+    arrays, attrs = read_spectrum(path)
+    bulk = Normalization(
+        attrs.get("bulk_lambda_min", float("nan")),
+        attrs.get("bulk_lambda_max", float("nan")),
+        attrs["bulk_c"],
+        attrs["bulk_d"],
+    )
+    optional = {name: arrays[name] for name in SPECTRUM_OPTIONAL if name in arrays}
+    return SpectralDensity(
+        **{name: arrays[name] for name in SPECTRUM_ARRAYS + ("moments",)},
+        lambda_min=attrs["lambda_min"],
+        lambda_max=attrs["lambda_max"],
+        bulk=bulk,
+        hvp_count=attrs["hvp_count"],
+        dim=attrs["n_params"],
+        seconds=attrs["seconds"],
+        settings=attrs["settings"],
+        provenance=attrs.get("provenance", {}),
+        **optional,
+    )
 
 
 def write_history(path: Path, history: Mapping[str, list], attrs: Mapping) -> None:

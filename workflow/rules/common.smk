@@ -123,11 +123,10 @@ def spectrum_settings_path(variant):
 
 
 def spectrum_settings(variant):
-    """What `hspec spectrum --settings` reads for a variant: the spectrum options, device
-    and seed; the log variant takes log_steps Lanczos steps."""
-    settings = {
-        key: config[key] if key in ("device", "seed") else SPECTRUM[key] for key in SPECTRUM_OPTIONS
-    }
+    """What `hspec spectrum --settings` reads for a variant: the spectrum options (seed:
+    spectrum.seed, not the training seed) and device; the log variant takes log_steps
+    Lanczos steps."""
+    settings = {key: config[key] if key == "device" else SPECTRUM[key] for key in SPECTRUM_OPTIONS}
     if variant == "log":
         settings["steps"] = SPECTRUM["log_steps"]
     return settings
