@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-cluster lint format clean-venv
+.PHONY: install test test-slow test-cluster lint format clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,10 +15,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# one thread per process: the suite runs many small ops and subprocesses, where
+# OpenMP spin-waiting on a shared 2-core machine costs 10-50x.
+# `make test`: everything but the end-to-end runs (under 10 minutes on 2 cores);
+# `make test-slow`: the end-to-end runs (the demo DAG killed and resumed, the report,
+# every notebook executed as it is, a Snakemake rerun of a finished job); CI runs both.
 test: $(STAMP)
-	# one thread per process: the suite runs many small ops and subprocesses, where
-	# OpenMP spin-waiting on a shared 2-core machine costs 10-50x
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not cluster"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not cluster and not slow"
+
+test-slow: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "slow and not cluster"
 
 # ruff (check and format) over the Python and the notebooks, snakefmt over the workflow;
 # `make format` applies what `make lint` asks for.
