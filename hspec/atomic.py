@@ -41,6 +41,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any], what: str = "fil
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(handle.name, 0o666 & ~_umask())  # a temporary file is 0600; a result is not
         os.replace(handle.name, path)
     except (OSError, RuntimeError) as error:
         Path(handle.name).unlink(missing_ok=True)
@@ -48,6 +49,13 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any], what: str = "fil
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, then restoring it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _write_error(path: Path, what: str, error: BaseException) -> HspecError:

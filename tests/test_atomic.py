@@ -51,3 +51,15 @@ def test_write_json_writes_plain_json(tmp_path):
     path = write_json(tmp_path / "n.json", {"a": np.float32(0.5), 1: np.arange(2), "b": np.nan})
     assert json.loads(path.read_text()) == {"1": [0, 1], "a": 0.5, "b": None}
     assert jsonable((np.bool_(True), np.int64(3))) == [True, 3]
+
+
+def test_a_written_file_has_the_permissions_of_an_ordinary_file(tmp_path):
+    """Not the 0600 of a temporary file: a results folder is shared."""
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "a.json", lambda f: f.write(b"{}"))
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
