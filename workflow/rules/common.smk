@@ -38,7 +38,7 @@ def model_path(arch, dataset, n):
 
 
 def spectrum_path(arch, dataset, n, split, component, variant):
-    return f"{RESULTS}/spectra/{arch}/{dataset}/n{n}/{split}-{component}-{variant}.zarr"
+    return specs.spectrum_path(RESULTS, arch, dataset, n, split, component, variant)
 
 
 def indices_path(dataset, n):
