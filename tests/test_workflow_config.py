@@ -3,16 +3,14 @@ configs, quoting of config strings in shell commands, and the `spectra` target."
 
 import inspect
 import json
-import os
 import shlex
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from snakemake.utils import validate
+from test_workflow import snakemake
 
 from hspec import settings, spectral_density
 from hspec.curvature import operators
@@ -20,24 +18,7 @@ from hspec.pipeline import training
 from hspec.pipeline.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-SNAKEFILE = ROOT / "workflow" / "Snakefile"
 FIG1 = {"fig1": {"arch": "mlp", "datasets": ["digits"], "per_class": ["full"]}}
-
-
-def snakemake(*args, cwd=ROOT, check=True):
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", OMP_NUM_THREADS="1")
-    result = subprocess.run(
-        [str(BIN / "snakemake"), "--snakefile", str(SNAKEFILE), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(result.stdout[-3000:] + result.stderr[-3000:])
-    return result
 
 
 def job_counts(output):
