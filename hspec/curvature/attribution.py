@@ -136,9 +136,13 @@ def lanczos_parts(
         eps = torch.finfo(op.dtype).eps
         # rank ≤ C: the breakdown after C steps makes them exact; the top C of G0 + G1 + G2
         # (rank ≤ C²) to the gap criterion's relative accuracy
-        tol, criterion = (100 * eps, "residual") if part != "class_g0_g1_g2" else (
-            max(1e-10, 100 * eps),
-            "gap",
+        tol, criterion = (
+            (100 * eps, "residual")
+            if part != "class_g0_g1_g2"
+            else (
+                max(1e-10, 100 * eps),
+                "gap",
+            )
         )
         values[part] = top_eigenpairs(
             op, classes, tol=tol, criterion=criterion, generator=generator

@@ -193,6 +193,49 @@ def attribution_line(attribution: dict) -> str:
     )
 
 
+PART_NAMES = {
+    "class_g0": "G0",
+    "class_g1": "G1",
+    "class_g2": "G2",
+    "class_g1_g2": "G1+G2",
+    "class_g0_g1_g2": "G0+G1+G2",
+}
+
+
+TRACE_NAMES = {**PART_NAMES, "class_within": "G_within", "gradient_covariance": "G"}
+
+
+def attribution_lines(attribution: dict) -> list[str]:
+    """:func:`attribution_line`, then the matched outliers, the top C eigenvalues of each
+    part of G, the relative errors of the matches and the traces (± standard error)."""
+    C = attribution["num_classes"]
+
+    def values(array) -> str:
+        return ", ".join(f"{v:.5g}" for v in list(array)[:C])
+
+    lines = [
+        "attribution: " + attribution_line(attribution),
+        f"attribution outliers (top C, {attribution['outlier_source']}): "
+        + values(attribution["outliers"]),
+    ]
+    lines += [
+        f"attribution {name} eigenvalues (top C): {values(attribution['values'][part])}"
+        for part, name in PART_NAMES.items()
+    ]
+    lines += [
+        f"attribution relative errors of {PART_NAMES[part]}: {values(errors)}"
+        for part, errors in attribution["relative_errors"].items()
+    ]
+    lines.append(
+        "attribution traces: "
+        + ", ".join(
+            f"{TRACE_NAMES[part]} {value:.5g} ± {attribution['trace_stderr'][part]:.2g}"
+            for part, value in attribution["traces"].items()
+        )
+    )
+    return lines
+
+
 TRAINING_KEYS = ("lr", "epochs", "seed", "subset", "batch_size", "momentum", "weight_decay")
 
 
