@@ -556,6 +556,34 @@ def class_structure_numbers(loaded: Mapping, paths: Mapping, classes=None) -> di
     return {"figure": "fig6", "component": "gradient_covariance", "panels": panels}
 
 
+def class_structure_verdict(numbers: Mapping) -> list[str]:
+    """Fig. 6 in plain words, per dataset and split: whether the top C eigenvalues of G are
+    G1's at the largest size (how many within the tolerance, the median relative error),
+    and whether the number explained grows with the sample size."""
+    lines = []
+    for label, panel in numbers["panels"].items():
+        for split, rows in panel["explained_by_size"].items():
+            key = panel["largest"][split]
+            values = panel["spectra"][split][key]
+            if values["outliers_explained"] is None:
+                lines.append(f"{label}, {split}: no attribution stored; nothing to say")
+                continue
+            C = len(values["attribution_outliers"])
+            median = _median(values["explained_relative_errors"]["class_g1"])
+            verdict = "are" if values["outliers_explained"] == C else "are not"
+            counts = [row[2] for row in rows]
+            grows = (
+                "grows" if counts[-1] > counts[0] and _non_decreasing(counts) else "does not grow"
+            )
+            lines.append(
+                f"{label}, {split}, {key}/class: the top {C} eigenvalues of G {verdict} G1's: "
+                f"{values['outliers_explained']} of {C} within "
+                f"{values['explained_rtol']:.0%}, median relative error {median:.2g}; the "
+                f"number explained {grows} with the sample size ({counts})"
+            )
+    return lines
+
+
 def trace_share_line(values: Mapping) -> str:
     """The shares of tr G in G0, G1, G2 and G_within, in words."""
     shares = values.get("trace_shares")

@@ -648,13 +648,15 @@ def class_structure_figure(loaded: Mapping, numbers: Mapping):
                     sizes, medians, styles[split], marker="o", color=color, label=f"{split}, {name}"
                 )
         C = max(v["num_classes"] or 0 for s in panel["spectra"].values() for v in s.values())
-        count.set_xscale("log")
+        for ax in (count, error):
+            ax.set_xscale("log")
+            ax.set_xticks(sizes, [str(row[0]) for row in rows])
+            ax.minorticks_off()
         count.set_ylim(-0.5, (C or 10) + 0.5)
         count.set_xlabel("examples per class")
         count.set_ylabel("outliers explained (of C)")
         count.set_title(f"{DATASET_NAMES.get(label, label)}: outliers explained by the class means")
         legend(count, fontsize="small")
-        error.set_xscale("log")
         error.set_yscale("log")
         error.set_xlabel("examples per class")
         error.set_ylabel("median relative error")
