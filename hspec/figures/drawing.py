@@ -657,7 +657,12 @@ def class_structure_figure(loaded: Mapping, numbers: Mapping):
         count.set_ylabel("outliers explained (of C)")
         count.set_title(f"{DATASET_NAMES.get(label, label)}: outliers explained by the class means")
         legend(count, fontsize="small")
-        error.set_yscale("log")
+        drawn = [v for line in error.get_lines() for v in line.get_ydata()]
+        if any(np.isfinite(v) and v > 0 for v in drawn):
+            error.set_yscale("log")
+        else:  # a spectrum stored without an attribution (or every match exact)
+            error.text(0.5, 0.5, "no relative error > 0 stored", ha="center",
+                       transform=error.transAxes)  # fmt: skip
         error.set_xlabel("examples per class")
         error.set_ylabel("median relative error")
         error.set_title("relative error of the matches")
