@@ -2,6 +2,8 @@
 matrices on tiny float64 nets, its two routes against each other, and the spectrum job
 storing it."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -129,6 +131,26 @@ def test_ritz_outliers_drop_ghosts_and_light_nodes():
     nodes = np.array([5.0, 5.0 + 1e-9, 4.0, 4.5, 3.0, 0.1, 0.0])
     weights = np.array([1e-3, 1e-3, 1e-3, 1e-20, 1e-3, 0.5, 0.5])
     assert np.array_equal(at.ritz_outliers(nodes, weights, 1000, 3), [5.0 + 1e-9, 4.0, 3.0])
+
+
+def test_spectrum_outliers_come_from_deflation_ritz_values_or_krylov(problem):
+    model, x, y, dense = problem
+    C = model[-1].out_features
+    op = curvature_operator(model, (x, y), "gradient_covariance", dtype=torch.float64)
+    exact = top(dense["gradient_covariance"], C)
+    nodes = np.concatenate([exact, [1e-3, 0.0]])
+
+    def result(outliers):
+        weights = np.full(len(nodes), 1e-3)
+        return SimpleNamespace(outliers=outliers, nodes=nodes, weights=weights, dim=op.dim)
+
+    values, source = at.spectrum_outliers(result(exact[::-1]), op, C, 1e-10)
+    assert source == "deflated" and np.array_equal(values, exact)
+    values, source = at.spectrum_outliers(result(np.empty(0)), op, C, 1e-10)
+    assert source == "ritz" and np.array_equal(values, exact)
+    # deflated with fewer than C: its nodes are of P G P, so the top C are computed
+    values, source = at.spectrum_outliers(result(exact[:1]), op, C, 1e-10)
+    assert source == "krylov" and np.allclose(values, exact, rtol=1e-8)
 
 
 def test_the_spectrum_job_stores_the_attribution(tmp_path, one_thread):

@@ -304,15 +304,17 @@ def ritz_outliers(nodes, weights, dim: int, classes: int) -> np.ndarray:
 
 def spectrum_outliers(result, op, classes: int, tol: float, seed: int = 0) -> tuple:
     """(the top ``classes`` eigenvalues of the spectrum ``result`` of ``op``, where they come
-    from): a deflated spectrum's own outliers when it has at least C (``"deflated"``), else
-    the C largest distinct Ritz values of its Lanczos runs (``"ritz"``, :func:`ritz_outliers`,
-    free), else (KPM, no runs) the C of largest magnitude by thick-restart Lanczos to
-    relative accuracy ``tol`` (``"krylov"``)."""
+    from): a deflated spectrum's own outliers when it has at least C (``"deflated"``), else,
+    for a spectrum without deflation, the C largest distinct Ritz values of its Lanczos runs
+    (``"ritz"``, :func:`ritz_outliers`, free), else (KPM, or deflated with fewer than C) the
+    C of largest magnitude by thick-restart Lanczos to relative accuracy ``tol``
+    (``"krylov"``)."""
     if len(result.outliers) >= classes:
         return np.sort(np.asarray(result.outliers))[::-1][:classes], "deflated"
-    ritz = ritz_outliers(result.nodes, result.weights, result.dim, classes)
-    if len(ritz) == classes:
-        return ritz, "ritz"
+    if len(result.outliers) == 0:  # the nodes are of A itself, not of a deflated P A P
+        ritz = ritz_outliers(result.nodes, result.weights, result.dim, classes)
+        if len(ritz) == classes:
+            return ritz, "ritz"
     generator = torch.Generator().manual_seed(seed)
     return top_eigenpairs(op, classes, tol=tol, generator=generator)[0], "krylov"
 
