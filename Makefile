@@ -61,4 +61,4 @@ DEMO_CONFIG := config/demo.yaml
 .PHONY: demo
 demo: $(STAMP)
 	OMP_NUM_THREADS=1 PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores all --configfile $(DEMO_CONFIG)
-	@echo "Figures: $(CURDIR)/results/demo/figures/fig{1..5}/ (PNG, PDF, executed notebook, HTML, numbers.json)"
+	@echo "Figures: $(CURDIR)/results/demo/figures/fig{1..6}/ (PNG, PDF, executed notebook, HTML, numbers.json)"

@@ -67,7 +67,15 @@ def power_law(p, seed, b=TAIL_EXPONENT, x0=0.1, x1=3.0, zeros=0.3):
 
 
 def store(
-    path, matrix, *, split="train", component="hessian", per_class=20, n_samples=None, **settings
+    path,
+    matrix,
+    *,
+    split="train",
+    component="hessian",
+    per_class=20,
+    n_samples=None,
+    attribution=None,
+    **settings,
 ):
     op = torch.tensor(matrix)
     result = hspec.spectral_density(
@@ -87,8 +95,43 @@ def store(
             "n_per_class": per_class,
             "n_samples": n_samples if n_samples is not None else 10 * per_class,
         },
+        attribution,
     )
     return str(path)
+
+
+def planted_attribution(outliers, scale):
+    """An attribution whose G1 eigenvalues are ``scale`` × the outliers (relative error
+    |1 − scale|) and G0 + G1 + G2's the outliers themselves, for C = 10."""
+    from hspec.curvature.attribution import match
+
+    C = len(outliers)
+    outliers = np.sort(np.asarray(outliers, dtype=float))[::-1]
+    values = {
+        "class_g0": 0.1 * outliers,
+        "class_g1": scale * outliers,
+        "class_g2": np.linspace(0.5, 0.01, C * (C - 2)),
+        "class_g1_g2": np.concatenate([scale * outliers, np.linspace(0.5, 0.01, C * (C - 2))]),
+        "class_g0_g1_g2": outliers,
+    }
+    parts = ("class_g1", "class_g0_g1_g2")
+    matched = {part: match(outliers, values[part][:C], 0.1) for part in parts}
+    shares = {"class_g0": 0.1, "class_g1": 0.3, "class_g2": 0.2, "class_within": 0.4}
+    return {
+        "values": values,
+        "outliers": outliers,
+        "relative_errors": {part: matched[part][0] for part in parts},
+        "explained": {part: matched[part][1] for part in parts},
+        "traces": shares,
+        "trace_stderr": shares,
+        "trace_shares": shares,
+        "num_classes": C,
+        "route": "gram",
+        "rtol": 0.1,
+        "probes": 8,
+        "seconds": 0.5,
+        "outlier_source": "ritz",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -244,8 +287,11 @@ def test_hessian_figures_count_the_planted_outliers(spectra, tmp_path, number, n
     )
     numbers = check_outputs(tmp_path, number, executed)
     ten, three = numbers["spectra"]["ten"], numbers["spectra"]["three"]
-    assert (ten["outliers_found"], three["outliers_found"]) == (10, 3)
-    assert (ten["outliers_equal_classes"], three["outliers_equal_classes"]) == (True, False)
+    assert (ten["gap_heuristic_outliers"], three["gap_heuristic_outliers"]) == (10, 3)
+    assert (ten["gap_heuristic_equals_classes"], three["gap_heuristic_equals_classes"]) == (
+        True,
+        False,
+    )
     assert ten["num_classes"] == 10
     assert np.allclose(sorted(ten["separated_outliers"]), SPIKES, atol=2.0)  # spikes shift
     assert ten["bulk_edges"][0] == pytest.approx(0.0, abs=0.1)
@@ -254,7 +300,7 @@ def test_hessian_figures_count_the_planted_outliers(spectra, tmp_path, number, n
     if split == "deflated":
         assert len(three["deflated_outliers"]) == 10
     printed = "".join(o.get("text", "") for cell in executed.cells for o in cell.get("outputs", []))
-    assert "outliers found: 3 (classes: 10" in printed
+    assert "gap-heuristic outliers: 3 (classes: 10" in printed
 
 
 @pytest.mark.slow  # executes a notebook: a kernel, torch and matplotlib start (~10 s)
@@ -272,10 +318,10 @@ def test_deflation_figure_aligns_deflated_and_plain_outliers_per_panel(spectra, 
     )
     panels = check_outputs(tmp_path, 3, executed)["panels"]
     ten, three = panels["ten"], panels["three"]
-    assert ten["deflated"]["outliers_found"] == ten["plain"]["outliers_found"] == 10
+    assert ten["deflated"]["gap_heuristic_outliers"] == ten["plain"]["gap_heuristic_outliers"] == 10
     assert len(ten["alignment"]) == 10
     assert ten["max_relative_difference"] < 1e-4
-    assert three["plain"]["outliers_found"] == 3 and len(three["alignment"]) == 3
+    assert three["plain"]["gap_heuristic_outliers"] == 3 and len(three["alignment"]) == 3
 
 
 @pytest.mark.slow  # executes a notebook: a kernel, torch and matplotlib start (~10 s)
@@ -296,8 +342,8 @@ def test_components_figure_fits_the_planted_power_law(spectra, tmp_path):
         },
     )
     numbers = check_outputs(tmp_path, 4, executed)["panels"]["digits"]
-    assert numbers["spectra"]["hessian"]["outliers_found"] == 10
-    assert numbers["spectra"]["gradient_covariance"]["outliers_found"] == 10
+    assert numbers["spectra"]["hessian"]["gap_heuristic_outliers"] == 10
+    assert numbers["spectra"]["gradient_covariance"]["gap_heuristic_outliers"] == 10
     fit = numbers["fit"]
     assert fit["b"] == pytest.approx(TAIL_EXPONENT, abs=0.25)
     assert fit["r2"] > 0.9
@@ -329,17 +375,55 @@ def test_sample_size_figure_orders_the_curves_and_counts_outliers(spectra, tmp_p
         },
     )
     numbers = check_outputs(tmp_path, 5, executed)["panels"]["digits"]
-    assert numbers["outliers_by_size"]["train"] == [
+    assert numbers["gap_heuristic_by_size"]["train"] == [
         ["10", 10.0, 2],
         ["20", 20.0, 5],
         ["full", 60.0, 9],
     ]
-    assert numbers["outliers_by_size"]["test"] == [
+    assert numbers["gap_heuristic_by_size"]["test"] == [
         ["10", 10.0, 1],
         ["20", 20.0, 3],
         ["full", 60.0, 6],
     ]
     assert numbers["spectra"]["test"]["full"]["per_class_value"] == 60.0
+
+
+@pytest.mark.slow  # executes a notebook: a kernel, torch and matplotlib start (~10 s)
+def test_class_structure_figure_counts_the_stored_attribution(tmp_path):
+    scales = {"10": 0.5, "20": 0.95, "full": 1.0}  # G1 off by 50 %, 5 %, 0
+    panels = {"digits": {}}
+    for split in ("train", "test"):
+        panels["digits"][split] = {
+            key: store(
+                tmp_path / f"{split}-{key}.zarr",
+                spiked(300, SPIKES, seed),
+                split=split,
+                component="gradient_covariance",
+                per_class=key,
+                n_samples=600 if key == "full" else None,
+                attribution=planted_attribution(SPIKES, scale),
+            )
+            for seed, (key, scale) in enumerate(scales.items())
+        }
+    executed = execute("fig6_class_structure", tmp_path, {"panels": panels, **outputs(tmp_path, 6)})
+    numbers = check_outputs(tmp_path, 6, executed)
+    assert numbers["figure"] == "fig6"
+    panel = numbers["panels"]["digits"]
+    for split in ("train", "test"):
+        assert panel["explained_by_size"][split] == [
+            ["10", 10.0, 0, 10],
+            ["20", 20.0, 10, 10],
+            ["full", 60.0, 10, 10],
+        ]
+        medians = [row[2] for row in panel["relative_error_by_size"][split]]
+        assert medians == pytest.approx([0.5, 0.05, 0.0], abs=1e-12)
+        assert panel["largest"][split] == "full"
+        drawn = panel["spectra"][split]["full"]
+        assert drawn["class_eigenvalues"]["class_g1"] == pytest.approx(sorted(SPIKES)[::-1])
+        assert drawn["outlier_source"] == "ritz"
+    printed = "".join(o.get("text", "") for cell in executed.cells for o in cell.get("outputs", []))
+    assert "outliers explained by G1, in order of sample size: [0, 10, 10]" in printed
+    assert "shares of tr G: G0 0.100, G1 0.300, G2 0.200, G_within 0.400" in printed
 
 
 @pytest.mark.slow  # executes a notebook

@@ -222,13 +222,15 @@ def test_asymmetry_of_a_one_signed_spectrum_is_one(stored):
 
 def test_spectrum_numbers_and_summary(stored):
     numbers = fn.spectrum_numbers(*stored["deflated"], path="x.zarr")
-    assert numbers["outliers_found"] == 3 and numbers["num_classes"] == 10
-    assert numbers["outliers_equal_classes"] is False
+    assert numbers["gap_heuristic_outliers"] == 3 and numbers["num_classes"] == 10
+    assert numbers["gap_heuristic_equals_classes"] is False
+    assert numbers["outliers_explained"] is None  # stored without an attribution
     assert len(numbers["deflated_outliers"]) == 5 and numbers["deflate"] == 5
     assert numbers["component"] == "hessian" and numbers["path"] == "x.zarr"
-    assert fn.spectrum_numbers(*stored["deflated"], classes=3)["outliers_equal_classes"]
+    assert fn.spectrum_numbers(*stored["deflated"], classes=3)["gap_heuristic_equals_classes"]
     line = fn.summary("digits", numbers)
-    assert "outliers found: 3 (classes: 10; differs from C)" in line
+    assert "gap-heuristic outliers: 3 (classes: 10; differs from C)" in line
+    assert "explained by the class means: n/a" in line
 
 
 def test_write_numbers_sorted_plain_json(tmp_path):
@@ -459,8 +461,8 @@ def test_figures_share_one_look_and_one_panel_per_entry(stored):
     assert rcParams["axes.titlesize"] == 9
     assert main[0].lines[0].get_color() == hd.BULK_COLOR
     numbers = fn.hessian_numbers("fig1", {"x": stored["deflated"]}, {"x": "x.zarr"})
-    assert numbers["spectra"]["x"]["outliers_found"] == 3
-    assert "x: outliers found: 3" in fn.summary_lines(numbers)[0]
+    assert numbers["spectra"]["x"]["gap_heuristic_outliers"] == 3
+    assert "gap-heuristic outliers: 3" in fn.summary_lines(numbers)[0]
 
 
 def mpl_hex(color):

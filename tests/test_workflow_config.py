@@ -109,7 +109,7 @@ def test_the_defaults_are_the_papers():
         spectrum["n_vec"],
         spectrum["log_steps"],
     ) == (64, 0.05, 256, 1024, 1, 2048)
-    assert list(settings.defaults()["figures"]) == ["fig1", "fig2", "fig3", "fig4", "fig5"]
+    assert list(settings.defaults()["figures"]) == ["fig1", "fig2", "fig3", "fig4", "fig5", "fig6"]
 
 
 SPECTRUM_ARGS = [

@@ -1,8 +1,16 @@
 """The numbers the figures' captions quote, from stored spectra.
 
-Conventions (as in the paper): eigenvalues are denormalized (λ itself); an outlier is
-*separated* when it lies above the bulk's smoothed density (:func:`separated`); the
-bulk's edges are quantiles of its quadrature without those outliers.
+Conventions (as in the paper): eigenvalues are denormalized (λ itself); the bulk's edges
+are quantiles of its quadrature without the separated outliers.
+
+How many outliers there are is counted two ways. The primary count is
+``outliers_explained``: of the top C eigenvalues of the deflated operator (the outliers
+the spectrum job found or computed), how many are matched by the eigenvalues of G1, the
+class means of the gradients (Papyan 2019, 2020), the k-th largest against the k-th, to a
+relative error of at most ``explained_rtol`` (10%, :data:`hspec.curvature.attribution.EXPLAINED_RTOL`),
+with every relative error given (:func:`attribution_numbers`; G0 + G1 + G2, all the class
+means, second). The secondary count ``gap_heuristic_outliers`` is a density-gap
+heuristic: the Ritz values that lie above the bulk's smoothed density (:func:`separated`).
 
 Besides the measures of one spectrum (:func:`spectrum_numbers`), one function per
 figure gathers what its caption quotes (:func:`hessian_numbers`,
@@ -22,6 +30,7 @@ from hspec.atomic import write_json
 from hspec.errors import HspecError
 from hspec.numerics import analysis
 from hspec.numerics.density import log_density, smoothing_width
+from hspec.pipeline.store import attribution_of
 
 GHOST_TOLERANCE = 1e-4  # Ritz values closer than this × spectrum width count once
 # Ritz values with a weight below this × 1/n_params (one eigenvalue's share) are taken
@@ -233,6 +242,38 @@ def per_class_value(key, attrs: Mapping, classes=None) -> float | None:
     return None
 
 
+#: the parts of G whose eigenvalues a figure's numbers list (the first C of each)
+CLASS_PARTS = {"class_g0": "G0", "class_g1": "G1", "class_g2": "G2", "class_g1_g2": "G1+G2"}
+
+
+def attribution_numbers(arrays: Mapping, attrs: Mapping) -> dict:
+    """The class-structure attribution stored with a spectrum, as a caption quotes it: the
+    primary count ``outliers_explained`` (by G1, see the module docstring) and
+    ``outliers_explained_g0_g1_g2``, their relative errors, the outliers they are matched
+    against and where those come from, the top C eigenvalues of G0, G1, G2 and G1 + G2,
+    the shares of tr G; every value None for a spectrum stored without it."""
+    found = attribution_of(arrays, attrs)
+    if found is None:
+        keys = ("outliers_explained", "outliers_explained_g0_g1_g2", "explained_rtol")
+        keys += ("explained_relative_errors", "attribution_outliers", "outlier_source")
+        return {key: None for key in keys + ("class_eigenvalues", "trace_shares")}
+    C = found["num_classes"]
+    return {
+        "outliers_explained": int(found["explained"]["class_g1"]),
+        "outliers_explained_g0_g1_g2": int(found["explained"]["class_g0_g1_g2"]),
+        "explained_rtol": float(found["rtol"]),
+        "explained_relative_errors": {
+            part: [float(v) for v in errors] for part, errors in found["relative_errors"].items()
+        },
+        "attribution_outliers": [float(v) for v in found["outliers"]],
+        "outlier_source": found["outlier_source"],
+        "class_eigenvalues": {
+            part: [float(v) for v in found["values"][part][:C]] for part in CLASS_PARTS
+        },
+        "trace_shares": {key: float(v) for key, v in found["trace_shares"].items()},
+    }
+
+
 def spectrum_numbers(arrays: Mapping, attrs: Mapping, path=None, classes=None) -> dict:
     """The numbers a caption quotes for one spectrum."""
     found = separated(arrays, attrs)
@@ -255,8 +296,9 @@ def spectrum_numbers(arrays: Mapping, attrs: Mapping, path=None, classes=None) -
         "steps": settings.get("steps"),
         "deflate": settings.get("deflate"),
         "num_classes": C,
-        "outliers_found": int(found.size),
-        "outliers_equal_classes": None if C is None else bool(found.size == C),
+        **attribution_numbers(arrays, attrs),
+        "gap_heuristic_outliers": int(found.size),
+        "gap_heuristic_equals_classes": None if C is None else bool(found.size == C),
         "separated_outliers": [float(v) for v in found],
         "deflated_outliers": [float(v) for v in np.asarray(arrays["outliers"])],
         "bulk_edges": edges,
@@ -271,13 +313,29 @@ def summary(label, numbers: Mapping) -> str:
     """One line with the measured numbers of a spectrum."""
     edges = numbers["bulk_edges"]
     edges = "n/a" if edges is None else f"[{edges[0]:.4g}, {edges[1]:.4g}]"
-    equal = numbers["outliers_equal_classes"]
+    equal = numbers["gap_heuristic_equals_classes"]
     verdict = "" if equal is None else ("; equals C" if equal else "; differs from C")
     return (
-        f"{label}: outliers found: {numbers['outliers_found']} "
+        f"{label}: {explained_phrase(numbers)}; gap-heuristic outliers: "
+        f"{numbers['gap_heuristic_outliers']} "
         f"(classes: {numbers['num_classes']}{verdict}); bulk edges {edges}; "
         f"range [{numbers['lambda_min']:.4g}, {numbers['lambda_max']:.4g}]; "
         f"{numbers['hvp_count']} products"
+    )
+
+
+def explained_phrase(numbers: Mapping) -> str:
+    """The primary outlier count in words, with the largest relative error."""
+    if numbers.get("outliers_explained") is None:
+        return "outliers explained by the class means: n/a (no attribution stored)"
+    errors = numbers["explained_relative_errors"]
+    worst = {part: max(values, default=float("nan")) for part, values in errors.items()}
+    return (
+        f"outliers explained by the class means (G1, within "
+        f"{numbers['explained_rtol']:.0%}): {numbers['outliers_explained']} of "
+        f"{len(numbers['attribution_outliers'])} (max rel. err {worst['class_g1']:.2g}; "
+        f"G0+G1+G2: {numbers['outliers_explained_g0_g1_g2']}, "
+        f"max rel. err {worst['class_g0_g1_g2']:.2g})"
     )
 
 
@@ -441,9 +499,11 @@ def curve_sizes(splits: Mapping, classes=None) -> dict:
 
 def sample_size_panel(splits: Mapping, paths: Mapping, classes=None) -> dict:
     """Fig. 5, one dataset: every curve's numbers (with ``per_class_value``) and, per
-    split, ``[key, examples per class, outliers found]`` in order of the size."""
+    split, in order of the size, ``explained_by_size``: ``[key, examples per class,
+    outliers explained by G1, by G0 + G1 + G2]`` (None without an attribution) and
+    ``gap_heuristic_by_size``: ``[key, examples per class, gap-heuristic outliers]``."""
     sizes = curve_sizes(splits, classes)
-    results, trend = {}, {}
+    results, trend, explained = {}, {}, {}
     for split, curves in splits.items():
         results[split] = {
             str(key): {
@@ -454,10 +514,83 @@ def sample_size_panel(splits: Mapping, paths: Mapping, classes=None) -> dict:
         }
         order = sorted(curves, key=lambda key: sizes[split][key])
         trend[split] = [
-            [str(key), sizes[split][key], results[split][str(key)]["outliers_found"]]
+            [str(key), sizes[split][key], results[split][str(key)]["gap_heuristic_outliers"]]
             for key in order
         ]
-    return {"spectra": results, "outliers_by_size": trend}
+        explained[split] = [
+            [str(key), sizes[split][key]]
+            + [results[split][str(key)][name] for name in EXPLAINED_KEYS]
+            for key in order
+        ]
+    return {"spectra": results, "explained_by_size": explained, "gap_heuristic_by_size": trend}
+
+
+EXPLAINED_KEYS = ("outliers_explained", "outliers_explained_g0_g1_g2")
+
+
+def _median(values) -> float | None:
+    return None if not values else float(np.median(values))
+
+
+def class_structure_numbers(loaded: Mapping, paths: Mapping, classes=None) -> dict:
+    """Fig. 6: per dataset :func:`sample_size_panel` (the spectra of Fig. 5 with their
+    attribution), ``largest`` (per split, the key of the largest size: the spectrum
+    drawn), ``relative_error_by_size`` (per split, ``[key, examples per class, median
+    relative error of G1's matches, of G0 + G1 + G2's]``, None without an attribution)."""
+    panels = {}
+    for label in loaded:
+        panel = sample_size_panel(loaded[label], paths[label], classes)
+        errors, largest = {}, {}
+        for split, rows in panel["explained_by_size"].items():
+            spectra = panel["spectra"][split]
+            largest[split] = rows[-1][0]
+            errors[split] = [
+                [key, size]
+                + [
+                    _median((spectra[key]["explained_relative_errors"] or {}).get(part))
+                    for part in ("class_g1", "class_g0_g1_g2")
+                ]
+                for key, size, *_ in rows
+            ]
+        panels[label] = {**panel, "largest": largest, "relative_error_by_size": errors}
+    return {"figure": "fig6", "component": "gradient_covariance", "panels": panels}
+
+
+def class_structure_verdict(numbers: Mapping) -> list[str]:
+    """Fig. 6 in plain words, per dataset and split: whether the top C eigenvalues of G are
+    G1's at the largest size (how many within the tolerance, the median relative error),
+    and whether the number explained grows with the sample size."""
+    lines = []
+    for label, panel in numbers["panels"].items():
+        for split, rows in panel["explained_by_size"].items():
+            key = panel["largest"][split]
+            values = panel["spectra"][split][key]
+            if values["outliers_explained"] is None:
+                lines.append(f"{label}, {split}: no attribution stored; nothing to say")
+                continue
+            C = len(values["attribution_outliers"])
+            median = _median(values["explained_relative_errors"]["class_g1"])
+            verdict = "are" if values["outliers_explained"] == C else "are not"
+            counts = [row[2] for row in rows]
+            grows = (
+                "grows" if counts[-1] > counts[0] and _non_decreasing(counts) else "does not grow"
+            )
+            lines.append(
+                f"{label}, {split}, {key}/class: the top {C} eigenvalues of G {verdict} G1's: "
+                f"{values['outliers_explained']} of {C} within "
+                f"{values['explained_rtol']:.0%}, median relative error {median:.2g}; the "
+                f"number explained {grows} with the sample size ({counts})"
+            )
+    return lines
+
+
+def trace_share_line(values: Mapping) -> str:
+    """The shares of tr G in G0, G1, G2 and G_within, in words."""
+    shares = values.get("trace_shares")
+    if shares is None:
+        return "shares of tr G: n/a (no attribution stored)"
+    names = {"class_g0": "G0", "class_g1": "G1", "class_g2": "G2", "class_within": "G_within"}
+    return "shares of tr G: " + ", ".join(f"{n} {shares[k]:.3f}" for k, n in names.items())
 
 
 def sample_size_numbers(loaded: Mapping, paths: Mapping, classes=None) -> dict:
@@ -489,6 +622,32 @@ def _fit_line(sign, fit) -> str:
     )
 
 
+def _non_decreasing(counts) -> bool | None:
+    if any(count is None for count in counts):
+        return None
+    return all(a <= b for a, b in zip(counts, counts[1:]))
+
+
+def size_lines(panel: Mapping) -> list[str]:
+    """Figs. 5–6, one dataset: each curve's summary, then both outlier counts in order of
+    the sample size (primary: explained by G1; secondary: the gap heuristic)."""
+    lines = []
+    for split, trend in panel["gap_heuristic_by_size"].items():
+        lines.append(f"{split}:")
+        lines += [
+            "  " + summary(f"{key}/class", panel["spectra"][split][key]) for key, _, _ in trend
+        ]
+        explained = [row[2] for row in panel["explained_by_size"][split]]
+        counts = [count for _, _, count in trend]
+        lines += [
+            f"  outliers explained by G1, in order of sample size: {explained}; "
+            f"non-decreasing: {_non_decreasing(explained)}",
+            f"  gap-heuristic outliers, in order of sample size: {counts}; "
+            f"non-decreasing: {_non_decreasing(counts)}",
+        ]
+    return lines
+
+
 def summary_lines(numbers: Mapping) -> list[str]:
     """What a figure's numbers say, in words (what its notebook prints)."""
     fig, lines = numbers["figure"], []
@@ -496,7 +655,7 @@ def summary_lines(numbers: Mapping) -> list[str]:
         for label, values in numbers["spectra"].items():
             lines += [
                 summary(label, values),
-                "   separated outliers: "
+                "   gap-heuristic (separated) outliers: "
                 + str([round(v, 4) for v in values["separated_outliers"]]),
             ]
     for label, panel in numbers.get("panels", {}).items():
@@ -526,16 +685,16 @@ def summary_lines(numbers: Mapping) -> list[str]:
                 f"{panel['zoom_range'][1]:.4g}] from the bulk edges of "
                 f"{panel['zoom_reference']}",
             ]
-        elif fig == "fig5":
-            for split, trend in panel["outliers_by_size"].items():
-                lines.append(f"{split}:")
-                lines += [
-                    "  " + summary(f"{key}/class", panel["spectra"][split][key])
-                    for key, _, _ in trend
-                ]
-                counts = [count for _, _, count in trend]
+        elif fig in ("fig5", "fig6"):
+            lines += size_lines(panel)
+        if fig == "fig6":
+            for split, key in panel["largest"].items():
                 lines.append(
-                    f"  outliers in order of sample size: {counts}; "
-                    f"non-decreasing: {all(a <= b for a, b in zip(counts, counts[1:]))}"
+                    f"{split}, {key}/class: " + trace_share_line(panel["spectra"][split][key])
+                )
+            for split, rows in panel["relative_error_by_size"].items():
+                lines.append(
+                    f"{split}: median relative error of G1's matches by size: "
+                    + str([[key, None if e is None else round(e, 3)] for key, _, e, _ in rows])
                 )
     return lines

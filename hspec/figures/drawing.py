@@ -32,12 +32,22 @@ import seaborn as sns
 from hspec.atomic import atomic_write
 from hspec.errors import HspecError
 from hspec.figures import caption_numbers as fn
+from hspec.pipeline.store import attribution_of
 
 PALETTE = sns.color_palette("colorblind").as_hex()
 BULK_COLOR = PALETTE[0]
 OUTLIER_COLOR = PALETTE[3]
 SIGN_COLORS = {1: PALETTE[3], -1: PALETTE[0]}  # Fig. 4d: positive red, negative blue
 SIZE_CMAP = "viridis"  # Fig. 5: examples per class, on a log scale
+#: Fig. 6: the parts of G marked above the density, each in a band of its own (axes units)
+PART_MARKS = {
+    "class_g0": ("$G_0$", PALETTE[2], (0.66, 0.72)),
+    "class_g1": ("$G_1$", PALETTE[3], (0.74, 0.80)),
+    "class_g2": ("$G_2$", PALETTE[4], (0.82, 0.88)),
+    "class_g1_g2": ("$G_1+G_2$", PALETTE[1], (0.90, 0.96)),
+}
+#: Fig. 6: the parts matched against the outliers, as drawn below the spectra
+MATCH_STYLES = (("$G_1$", PALETTE[3]), ("$G_0+G_1+G_2$", PALETTE[0]))
 DEFAULT_FLOOR = 1e-8
 COMPONENT_NAMES = {
     "hessian": "Hessian $H$",
@@ -571,4 +581,91 @@ def sample_size_figure(loaded: Mapping, numbers: Mapping):
     colorbar.set_ticklabels(list(ticks.values()))
     colorbar.minorticks_off()
     fig.suptitle("Covariance of gradients across sample sizes: train (top), test (bottom)")
+    return fig
+
+
+def mark_parts(ax, attribution: Mapping) -> None:
+    """Fig. 6: the eigenvalues of G0, G1, G2 and G1 + G2 (an attribution of
+    :func:`hspec.pipeline.store.attribution_of`) as ticks, each part in its colour and band
+    above the density (:data:`PART_MARKS`), and the outliers they are matched against as ▼."""
+    for part, (name, color, (low, high)) in PART_MARKS.items():
+        values = np.asarray(attribution["values"][part], dtype=float)
+        ax.vlines(
+            values,
+            low,
+            high,
+            colors=color,
+            linewidth=0.8,
+            transform=ax.get_xaxis_transform(),
+            label=f"{name} ({values.size})",
+            zorder=4,
+        )
+    outliers = attribution["outliers"]
+    mark_outliers(ax, outliers, color="black", size=4, label=f"top C of G ({len(outliers)})")
+
+
+def class_structure_figure(loaded: Mapping, numbers: Mapping):
+    """Fig. 6: per dataset (two columns) the spectrum of G at the largest size, train and
+    test, with the eigenvalues of G0, G1, G2, G1 + G2 marked (:func:`mark_parts`); below,
+    against examples per class, the outliers explained by G1 and G0 + G1 + G2 and the
+    median relative error (train solid, test dashed); ``numbers`` is
+    :func:`hspec.figures.caption_numbers.class_structure_numbers`."""
+    fig = _new_figure(figsize=(11 * len(loaded), 8))
+    axes = fig.subplots(2, 2 * len(loaded), squeeze=False)
+    styles = {"train": "-", "test": "--"}
+    for n, (label, splits) in enumerate(loaded.items()):
+        panel = numbers["panels"][label]
+        for ax, split in zip(axes[0, 2 * n : 2 * n + 2], ("train", "test")):
+            if split not in splits:
+                ax.set_axis_off()
+                continue
+            arrays, attrs = splits[split][panel["largest"][split]]
+            drawn = plot_density(ax, arrays, attrs, title=False, mark_separated=False)
+            ax.set_ylim(drawn["floor"], drawn["top"] * 1e4)  # room for the bands
+            attribution = attribution_of(arrays, attrs)
+            if attribution is not None:
+                mark_parts(ax, attribution)
+            ax.set_title(f"{describe(attrs)} [{variant(attrs)}]")
+            legend(ax, loc="center right", fontsize="small")
+        count, error = axes[1, 2 * n], axes[1, 2 * n + 1]
+        for split, rows in panel["explained_by_size"].items():
+            sizes = [row[1] for row in rows]
+            for k, (name, color) in enumerate(MATCH_STYLES):
+                counts = [np.nan if row[2 + k] is None else row[2 + k] for row in rows]
+                count.plot(
+                    sizes,
+                    counts,
+                    styles[split],
+                    marker="o",
+                    color=color,
+                    label=f"{split}, by {name}",
+                )
+                medians = [
+                    np.nan if row[2 + k] is None else row[2 + k]
+                    for row in panel["relative_error_by_size"][split]
+                ]
+                error.plot(
+                    sizes, medians, styles[split], marker="o", color=color, label=f"{split}, {name}"
+                )
+        C = max(v["num_classes"] or 0 for s in panel["spectra"].values() for v in s.values())
+        for ax in (count, error):
+            ax.set_xscale("log")
+            ax.set_xticks(sizes, [str(row[0]) for row in rows])
+            ax.minorticks_off()
+        count.set_ylim(-0.5, (C or 10) + 0.5)
+        count.set_xlabel("examples per class")
+        count.set_ylabel("outliers explained (of C)")
+        count.set_title(f"{DATASET_NAMES.get(label, label)}: outliers explained by the class means")
+        legend(count, fontsize="small")
+        drawn = [v for line in error.get_lines() for v in line.get_ydata()]
+        if any(np.isfinite(v) and v > 0 for v in drawn):
+            error.set_yscale("log")
+        else:  # a spectrum stored without an attribution (or every match exact)
+            error.text(0.5, 0.5, "no relative error > 0 stored", ha="center",
+                       transform=error.transAxes)  # fmt: skip
+        error.set_xlabel("examples per class")
+        error.set_ylabel("median relative error")
+        error.set_title("relative error of the matches")
+        legend(error, fontsize="small")
+    fig.suptitle("Where the outliers come from: the class/cross-class structure of $G$")
     return fig

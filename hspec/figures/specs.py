@@ -28,6 +28,7 @@ NOTEBOOKS = {
     "fig3": "fig3_deflation",
     "fig4": "fig4_components",
     "fig5": "fig5_sample_size",
+    "fig6": "fig6_class_structure",
 }
 COMPONENTS = ("hessian", "gradient_covariance", "prediction_hessian")
 # Fig. 4 (a), (c): H and G deflated, R plain (R has no outliers to deflate)
@@ -65,7 +66,8 @@ def figure_parameters(fig: str, spec: Mapping, results) -> dict:
     * fig4: ``{"panels": {label: {"spectra": {component: path}, "log_spectra":
       {component: path}}}}``, test H, G, R;
     * fig5: ``{"panels": {dataset: {"train": {size: path}, "test": {size: path}}}}``,
-      the covariance of gradients, plain, one curve per size.
+      the covariance of gradients, plain, one curve per size;
+    * fig6: as fig5 (the same spectra: their stored class-structure attribution).
 
     Labels are the dataset, with `` n=size`` appended when there are several sizes;
     sizes are strings (papermill passes parameters as JSON, whose keys are strings).

@@ -93,7 +93,8 @@ COMMANDS = {
     "describe": dict(
         help="print what a stored spectrum measured and where it came from",
         description="Read a spectrum group of `hspec spectrum` (checking it as every reader does) and "
-        "print its main attributes, its outliers with their certified intervals, and its provenance: "
+        "print its main attributes, its outliers with their certified intervals, its class-structure "
+        "attribution (the outliers against the eigenvalues of G1 and G0+G1+G2), and its provenance: "
         "code version and commit, software versions, device, host, times, model file hash and training.",
     ),
 }
@@ -455,6 +456,9 @@ def _describe(args: argparse.Namespace) -> None:
             continue
         flag = "converged" if arrays["converged"][index] else "NOT CONVERGED"
         lines.append(f"  outlier {index}: {value:.8g} ± {residuals[index]:.3g} ({flag})")
+    attribution = store.attribution_of(arrays, attrs)
+    if attribution is not None:
+        lines += ["  " + line for line in spectrum_job.attribution_lines(attribution)]
     provenance = attrs.get("provenance")
     if provenance is None:
         lines.append("  provenance: none recorded (written by an older hspec)")

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from hspec.curvature import distributed
+from hspec.curvature.attribution import spectrum_attribution
 from hspec.curvature.operators import PRECISIONS, curvature_operator
 from hspec.errors import HspecError
 from hspec.numerics.spectrum import spectral_density
@@ -27,7 +28,10 @@ def run(args) -> None:
     curvature operator on this rank's shard; run :func:`spectral_density` with a
     checkpoint next to OUT keyed by :func:`identity`; rank 0 writes the Zarr group; the
     checkpoint is removed once the result is stored. The group's ``provenance`` adds to
-    the result's (:func:`provenance`) the model file's sha256 and its training settings."""
+    the result's (:func:`provenance`) the model file's sha256 and its training settings.
+    A spectrum of H or G on one process also stores its class-structure attribution
+    (:func:`hspec.curvature.attribution.spectrum_attribution`: the outliers against the
+    eigenvalues of G1 and G0 + G1 + G2, the trace shares), printed with the result."""
     check_out(args.out)
     rank, world = distributed.init_from_env(args.device if args.device != "auto" else None)
     device = distributed.local_device(str(devices.resolve(args.device)))
@@ -84,6 +88,18 @@ def run(args) -> None:
         checkpoint_interval=args.checkpoint_interval,
         checkpoint_key=key,
     )
+    attribution = None
+    if args.component in ATTRIBUTED and world == 1:
+        attribution = spectrum_attribution(
+            result,
+            op,
+            model,
+            (inputs, targets),
+            batch_size=args.batch_size,
+            device=device,
+            dtype=PRECISIONS[args.precision]["dtype"],
+            seed=args.seed,
+        )
     if rank == 0:
         store.write_spectrum(
             args.out,
@@ -103,11 +119,14 @@ def run(args) -> None:
                 "resident": args.resident,
                 "provenance": provenance(key["model"], metadata),
             },
+            attribution,
         )
         print(
             f"wrote {args.out}: range [{result.lambda_min:.4g}, {result.lambda_max:.4g}], "
             f"{len(result.outliers)} outliers, {result.hvp_count} products in {result.seconds:.1f} s"
         )
+        if attribution is not None:
+            print(attribution_line(attribution))
     checkpoint.unlink(missing_ok=True)
 
 
@@ -142,6 +161,79 @@ def identity(args, indices, targets: torch.Tensor, rank: int, world: int) -> dic
         "rank": rank,
         "world_size": world,
     }
+
+
+#: the components whose spectra get a class-structure attribution
+ATTRIBUTED = ("hessian", "gradient_covariance")
+
+
+def attribution_line(attribution: dict) -> str:
+    """The attribution in one line: outliers explained by G1 and by G0 + G1 + G2 (of C,
+    within rtol) with the largest relative error, and the shares of tr G."""
+    C, rtol = attribution["num_classes"], attribution["rtol"]
+    parts = []
+    for part, name in (("class_g1", "G1"), ("class_g0_g1_g2", "G0+G1+G2")):
+        errors = attribution["relative_errors"][part]
+        worst = f"{max(errors):.2g}" if len(errors) else "n/a"
+        parts.append(f"{attribution['explained'][part]}/{C} by {name} (max rel. err {worst})")
+    shares = attribution["trace_shares"]
+    return (
+        f"outliers explained within {rtol:g}: {', '.join(parts)}; shares of tr G: "
+        + ", ".join(
+            f"{name} {shares[part]:.3f}"
+            for part, name in (
+                ("class_g0", "G0"),
+                ("class_g1", "G1"),
+                ("class_g2", "G2"),
+                ("class_within", "within"),
+            )
+        )
+        + f" ({attribution['route']} route, outliers: {attribution['outlier_source']}, "
+        f"{attribution['seconds']:.2f} s)"
+    )
+
+
+PART_NAMES = {
+    "class_g0": "G0",
+    "class_g1": "G1",
+    "class_g2": "G2",
+    "class_g1_g2": "G1+G2",
+    "class_g0_g1_g2": "G0+G1+G2",
+}
+
+
+TRACE_NAMES = {**PART_NAMES, "class_within": "G_within", "gradient_covariance": "G"}
+
+
+def attribution_lines(attribution: dict) -> list[str]:
+    """:func:`attribution_line`, then the matched outliers, the top C eigenvalues of each
+    part of G, the relative errors of the matches and the traces (± standard error)."""
+    C = attribution["num_classes"]
+
+    def values(array) -> str:
+        return ", ".join(f"{v:.5g}" for v in list(array)[:C])
+
+    lines = [
+        "attribution: " + attribution_line(attribution),
+        f"attribution outliers (top C, {attribution['outlier_source']}): "
+        + values(attribution["outliers"]),
+    ]
+    lines += [
+        f"attribution {name} eigenvalues (top C): {values(attribution['values'][part])}"
+        for part, name in PART_NAMES.items()
+    ]
+    lines += [
+        f"attribution relative errors of {PART_NAMES[part]}: {values(errors)}"
+        for part, errors in attribution["relative_errors"].items()
+    ]
+    lines.append(
+        "attribution traces: "
+        + ", ".join(
+            f"{TRACE_NAMES[part]} {value:.5g} ± {attribution['trace_stderr'][part]:.2g}"
+            for part, value in attribution["traces"].items()
+        )
+    )
+    return lines
 
 
 TRAINING_KEYS = ("lr", "epochs", "seed", "subset", "batch_size", "momentum", "weight_decay")

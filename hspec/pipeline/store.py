@@ -57,6 +57,16 @@ SPECTRUM_ATTRS = (
     "settings",
     "hspec_version",
 )
+#: the class-structure attribution (hspec.curvature.attribution) of a G or H spectrum:
+#: its arrays ``attribution_values_<part>``, ``attribution_errors_<part>`` and
+#: ``attribution_outliers``; its numbers in ``attrs["attribution"]`` (groups without it read)
+ATTRIBUTION_PARTS = ("class_g0", "class_g1", "class_g2", "class_g1_g2", "class_g0_g1_g2")
+ATTRIBUTION_MATCHED = ("class_g1", "class_g0_g1_g2")
+ATTRIBUTION_ARRAYS = (
+    tuple(f"attribution_values_{part}" for part in ATTRIBUTION_PARTS)
+    + tuple(f"attribution_errors_{part}" for part in ATTRIBUTION_MATCHED)
+    + ("attribution_outliers",)
+)
 HISTORY_ARRAYS = ("epoch", "lr", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
 
 
@@ -150,12 +160,30 @@ def _check_array(
         raise HspecError(f"{path}: array {name!r} of this {kind} holds NaN or Inf")
 
 
-def write_spectrum(path: Path, result, attrs: Mapping) -> None:
+def attribution_arrays(attribution: Mapping) -> tuple[dict, dict]:
+    """(arrays, numbers) of a :func:`hspec.curvature.attribution.class_attribution` dict, as
+    a spectrum group stores them (:data:`ATTRIBUTION_ARRAYS`, ``attrs["attribution"]``)."""
+    arrays = {
+        f"attribution_values_{part}": attribution["values"][part] for part in ATTRIBUTION_PARTS
+    }
+    for part in ATTRIBUTION_MATCHED:
+        arrays[f"attribution_errors_{part}"] = attribution["relative_errors"][part]
+    arrays["attribution_outliers"] = attribution["outliers"]
+    skip = ("values", "relative_errors", "outliers")
+    return arrays, {key: value for key, value in attribution.items() if key not in skip}
+
+
+def write_spectrum(path: Path, result, attrs: Mapping, attribution: Mapping | None = None) -> None:
     """Store a :class:`hspec.SpectralDensity` with the attributes describing it (an
     ``attrs["provenance"]`` dict is merged into the result's provenance; the outliers'
-    vectors are not stored)."""
+    vectors are not stored) and, if given, its class-structure ``attribution``
+    (:func:`attribution_arrays`)."""
     arrays = {name: getattr(result, name) for name in SPECTRUM_ARRAYS + SPECTRUM_OPTIONAL}
     arrays["moments"] = result.moments
+    if attribution is not None:
+        extra, numbers = attribution_arrays(attribution)
+        arrays.update(extra)
+        attrs = {**attrs, "attribution": numbers}
     attrs = {
         **attrs,
         "n_params": result.dim,
@@ -179,7 +207,30 @@ def write_spectrum(path: Path, result, attrs: Mapping) -> None:
 
 def read_spectrum(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     """The arrays and attributes of a spectrum group (clear error if incomplete)."""
-    return read_group(path, "spectrum", SPECTRUM_ARRAYS + ("moments",), SPECTRUM_OPTIONAL)
+    return read_group(
+        path, "spectrum", SPECTRUM_ARRAYS + ("moments",), SPECTRUM_OPTIONAL + ATTRIBUTION_ARRAYS
+    )
+
+
+def attribution_of(arrays: Mapping, attrs: Mapping) -> dict | None:
+    """The class-structure attribution of a spectrum read by :func:`read_spectrum`, in the
+    form :func:`hspec.curvature.attribution.class_attribution` returns it (plus
+    ``outlier_source``), or None if the group has none."""
+    if "attribution" not in attrs or "attribution_outliers" not in arrays:
+        return None
+    values = {part: arrays[f"attribution_values_{part}"] for part in ATTRIBUTION_PARTS}
+    errors = {part: arrays[f"attribution_errors_{part}"] for part in ATTRIBUTION_MATCHED}
+    return {
+        **attrs["attribution"],
+        "values": values,
+        "relative_errors": errors,
+        "outliers": arrays["attribution_outliers"],
+    }
+
+
+def read_attribution(path: Path) -> dict | None:
+    """The class-structure attribution stored with a spectrum (:func:`attribution_of`)."""
+    return attribution_of(*read_spectrum(path))
 
 
 def read_result(path: Path) -> SpectralDensity:

@@ -23,7 +23,7 @@ wildcard_constraints:
     split="train|test",
     component="hessian|gradient_covariance|prediction_hessian",
     variant="plain|deflated|log",
-    fig="fig[1-5]",
+    fig="fig[1-6]",
 
 
 check(config)
