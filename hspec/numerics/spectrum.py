@@ -134,34 +134,11 @@ class SpectralDensity:
         """A pointwise ``level`` confidence band of the smoothed density: (grid, lower, upper).
 
         The n_vec runs are independent estimates of the smoothed density (each smoothed
-        alone, :meth:`run_densities`); ``density`` is their mean. ``method="t"``: mean ±
-        t_{(1+level)/2, n_vec−1} · s/√n_vec, s the standard deviation across runs at each
-        grid point (Student's t, n_vec − 1 degrees of freedom); ``"bootstrap"``: the
-        percentile interval of the mean over ``resamples`` resamplings of the runs with
-        replacement (seeded by ``seed``). The band is not clipped at 0 and its width
-        shrinks like 1/√n_vec. Needs n_vec ≥ 2.
+        alone, :meth:`run_densities`); ``density`` is their mean; the band is
+        :func:`pointwise_band` of the runs' densities. Its width shrinks like 1/√n_vec.
+        Needs n_vec ≥ 2.
         """
-        if not _is_real(level) or not 0 < level < 1:
-            raise HspecError(f"level: must be a number in (0, 1), got {level!r}")
-        if method not in BAND_METHODS:
-            raise HspecError(f"method: must be one of {BAND_METHODS}, got {method!r}")
-        densities = self.run_densities()
-        n_vec = len(densities)
-        if n_vec < 2:
-            raise HspecError(
-                f"band: needs n_vec ≥ 2 Lanczos runs to measure their spread, this result has {n_vec}"
-            )
-        if method == "t":
-            half = scipy.stats.t.ppf((1 + level) / 2, n_vec - 1) * (
-                densities.std(axis=0, ddof=1) / math.sqrt(n_vec)
-            )
-            mean = densities.mean(axis=0)
-            return self.grid, mean - half, mean + half
-        _check_int("resamples", resamples, 1)
-        rng = np.random.default_rng(seed)
-        shares = rng.multinomial(n_vec, np.full(n_vec, 1 / n_vec), size=resamples) / n_vec
-        lower, upper = np.quantile(shares @ densities, [(1 - level) / 2, (1 + level) / 2], axis=0)
-        return self.grid, lower, upper
+        return self.grid, *pointwise_band(self.run_densities(), level, method, resamples, seed)
 
     def atoms(self) -> tuple[np.ndarray, np.ndarray]:
         """The estimated spectral distribution as point masses: outliers (1/dim each)
@@ -196,6 +173,40 @@ class SpectralDensity:
             steps=self.settings["steps"],
             k=self.settings["k"],
         )
+
+
+def pointwise_band(
+    curves, level: float = 0.9, method: str = "t", resamples: int = 2000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper): a pointwise ``level`` confidence interval of the mean of n
+    independent estimates ``curves`` (n, K) of one curve (or, K = 1, of one number).
+
+    ``method="t"``: mean ± t_{(1+level)/2, n−1} · s/√n, s the standard deviation across
+    the n estimates at each point (Student's t, n − 1 degrees of freedom);
+    ``"bootstrap"``: the percentile interval of the mean over ``resamples`` resamplings of
+    the estimates with replacement (seeded by ``seed``). Not clipped. Needs n ≥ 2.
+    """
+    if not _is_real(level) or not 0 < level < 1:
+        raise HspecError(f"level: must be a number in (0, 1), got {level!r}")
+    if method not in BAND_METHODS:
+        raise HspecError(f"method: must be one of {BAND_METHODS}, got {method!r}")
+    curves = np.asarray(curves, dtype=float)
+    n_vec = len(curves)
+    if n_vec < 2:
+        raise HspecError(
+            f"band: needs n_vec ≥ 2 Lanczos runs to measure their spread, this result has {n_vec}"
+        )
+    if method == "t":
+        half = scipy.stats.t.ppf((1 + level) / 2, n_vec - 1) * (
+            curves.std(axis=0, ddof=1) / math.sqrt(n_vec)
+        )
+        mean = curves.mean(axis=0)
+        return mean - half, mean + half
+    _check_int("resamples", resamples, 1)
+    rng = np.random.default_rng(seed)
+    shares = rng.multinomial(n_vec, np.full(n_vec, 1 / n_vec), size=resamples) / n_vec
+    lower, upper = np.quantile(shares @ curves, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    return lower, upper
 
 
 def _no_checkpoint(stage, compute, encode=None, decode=None):

@@ -188,7 +188,12 @@ def read_result(path: Path) -> SpectralDensity:
     without the outliers' vectors. A group of an older hspec lacks what it did not store:
     its ``runs`` (so no band), residuals and provenance are empty and the bulk's
     extreme eigenvalues NaN."""
-    arrays, attrs = read_spectrum(path)
+    return as_result(*read_spectrum(path))
+
+
+def as_result(arrays: Mapping, attrs: Mapping) -> SpectralDensity:
+    """The :class:`~hspec.numerics.spectrum.SpectralDensity` of a spectrum group's
+    arrays and attributes, as :func:`read_spectrum` returns them (see :func:`read_result`)."""
     bulk = Normalization(
         attrs.get("bulk_lambda_min", float("nan")),
         attrs.get("bulk_lambda_max", float("nan")),
