@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 
 import hspec
@@ -17,7 +18,7 @@ from hspec.figures import captions
 from hspec.figures import drawing as hd
 from hspec.figures import specs as fs
 from hspec.numerics.density import gaussian_density, smoothing_width
-from hspec.pipeline.store import write_spectrum
+from hspec.pipeline.store import read_result, write_spectrum
 
 SPIKES = [15.0, 20.0, 30.0]
 
@@ -32,15 +33,27 @@ def spiked(p=300, rank=100, spikes=SPIKES, seed=0):
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory):
     """{variant: (arrays, attrs)} of a spiked Wishart matrix, plain and deflated (C=5,
-    more than the 3 spikes)."""
+    more than the 3 spikes), with one Lanczos run and (``plain2``, ``deflated2``) with two;
+    ``paths`` maps each variant to its group."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small products: one thread is as fast, and spares a busy machine
     root = tmp_path_factory.mktemp("plotting")
     matrix = torch.tensor(spiked())
-    out = {}
-    for name, deflate in (("plain", 0), ("deflated", 5)):
+    out = {"paths": {}}
+    for name, deflate, n_vec in (
+        ("plain", 0, 1),
+        ("deflated", 5, 1),
+        ("plain2", 0, 2),
+        ("deflated2", 5, 2),
+    ):
         result = hspec.spectral_density(
-            lambda v: matrix @ v, 300, dtype=torch.float64, steps=48, iterations=48, deflate=deflate
+            lambda v: matrix @ v,
+            300,
+            dtype=torch.float64,
+            steps=48,
+            iterations=48,
+            deflate=deflate,
+            n_vec=n_vec,
         )
         write_spectrum(
             root / f"{name}.zarr",
@@ -55,6 +68,7 @@ def stored(tmp_path_factory):
             },
         )
         out[name] = fs.load(root / f"{name}.zarr")
+        out["paths"][name] = root / f"{name}.zarr"
     out["exact"] = np.linalg.eigvalsh(matrix.numpy())
     torch.set_num_threads(threads)
     return out
@@ -529,3 +543,157 @@ def test_components_figure_draws_a_one_signed_tail(stored):
     fig = hd.components_figure(loaded, numbers)
     tail = [ax for ax in fig.axes if ax.get_title().startswith("(d)")]
     assert len(tail) == 1 and len(tail[0].get_legend().get_texts()) >= 1
+
+
+# ------------------------------------------------------------ bands, errors, provenance
+
+
+def bands(ax) -> list:
+    return [c for c in ax.collections if isinstance(c, PolyCollection)]
+
+
+@pytest.mark.parametrize("variant", ["plain2", "deflated2"])
+def test_plot_density_shades_the_band_of_the_stored_runs(stored, variant):
+    arrays, attrs = stored[variant]
+    ax = Figure().subplots()
+    drawn = hd.plot_density(ax, arrays, attrs)
+    assert bands(ax) == [drawn["band"]]
+    grid, lower, upper = read_result(stored["paths"][variant]).band(0.9)
+    assert np.all(lower <= arrays["density"] + 1e-12) and np.all(arrays["density"] <= upper + 1e-12)
+    assert np.any(upper - lower > 1e-6 * arrays["density"].max())  # two runs differ
+    vertices = drawn["band"].get_paths()[0].vertices
+    np.testing.assert_allclose(
+        [vertices[:, 0].min(), vertices[:, 0].max()], [grid[0], grid[-1]], rtol=1e-12
+    )
+    np.testing.assert_allclose(vertices[:, 1].max(), upper.max(), rtol=1e-12)
+    np.testing.assert_allclose(vertices[:, 1].min(), max(lower.min(), drawn["floor"]), rtol=1e-12)
+    assert mpl_hex(drawn["band"].get_facecolor()[0][:3]) == hd.BULK_COLOR
+    assert drawn["band"].get_alpha() == hd.BAND_ALPHA
+
+
+def test_one_run_draws_no_band(stored):
+    ax = Figure().subplots()
+    assert hd.plot_density(ax, *stored["plain"])["band"] is None and bands(ax) == []
+    assert hd.plot_log_density(ax, *stored["plain"])["band"] is None and bands(ax) == []
+    fig = hd.hessian_figure({"a": stored["deflated"]}, "t")
+    assert all(bands(ax) == [] for ax in fig.axes)
+
+
+def test_hessian_figure_shades_panel_and_inset(stored):
+    fig = hd.hessian_figure({"a": stored["plain2"], "b": stored["deflated"]}, "t")
+    panel_a, panel_b = fig.axes[:2]
+    assert len(bands(panel_a)) == 1 and len(bands(panel_a.child_axes[0])) == 1
+    assert bands(panel_b) == [] and bands(panel_b.child_axes[0]) == []
+    assert "90% band (2 runs)" in [t.get_text() for t in panel_a.get_legend().get_texts()]
+
+
+def test_log_band_brackets_the_pooled_tail(stored):
+    arrays, attrs = stored["plain2"]
+    ax = Figure().subplots()
+    drawn = hd.plot_log_density(ax, arrays, attrs, sign=1)
+    x, lower, upper = fn.log_tail_band(arrays, attrs, 1)
+    np.testing.assert_array_equal(x, drawn["x"])
+    # the pooled curve is the mean of the runs' curves (up to their interpolation)
+    inside = drawn["phi"] > 1e-3 * drawn["phi"].max()
+    centre = (lower + upper) / 2
+    np.testing.assert_allclose(centre[inside], drawn["phi"][inside], rtol=0.05)
+    assert len(bands(ax)) == 1
+
+
+def duplicated_run(arrays):
+    """The arrays of a result whose two runs are both its run 0."""
+    run = fn.run_arrays(arrays, 0)
+    nodes, weights = run["nodes"], run["weights"] / 2
+    return {
+        **arrays,
+        "nodes": np.concatenate([nodes, nodes]),
+        "weights": np.concatenate([weights, weights]),
+        "runs": np.repeat([0, 1], nodes.size),
+    }
+
+
+def test_a_run_alone_is_a_whole_estimate(stored):
+    arrays, attrs = stored["deflated2"]
+    assert fn.n_runs(arrays) == 2 and fn.n_runs(stored["deflated"][0]) == 1
+    masses = [fn.run_arrays(arrays, run)["weights"].sum() for run in (0, 1)]
+    np.testing.assert_allclose(masses, arrays["weights"].sum(), rtol=1e-12)
+    # two identical runs: every spread is 0 and every per-run value the pooled one
+    twin = duplicated_run(arrays)
+    errors = fn.run_errors(twin, attrs)
+    pooled = fn.bulk_edges(twin, attrs)
+    for edge, value in zip(errors["bulk_edges"], pooled):
+        assert edge["standard_error"] == 0 and edge["mean"] == pytest.approx(value, rel=1e-12)
+    assert errors["asymmetry"]["standard_error"] == 0
+    np.testing.assert_allclose(
+        fn.log_tail(fn.run_arrays(twin, 1), attrs)[1], fn.log_tail(twin, attrs)[1], rtol=1e-9
+    )
+    fit = fn.fit_tail(twin, attrs, 1)
+    twin_fit = fn.fit_errors(twin, attrs, fit)
+    assert twin_fit["b"]["runs"] == pytest.approx([fit["b"]] * 2, rel=1e-9)
+
+
+def test_spread_is_the_standard_error_of_the_mean():
+    two = fn.spread([1.0, 2.0])
+    assert two["mean"] == 1.5 and two["standard_error"] == pytest.approx(0.5)
+    # t interval with 1 degree of freedom: 1.5 ± t_0.95,1 · 0.5 = 1.5 ± 6.314 · 0.5
+    assert two["interval_t"] == pytest.approx([1.5 - 3.1569, 1.5 + 3.1569], abs=1e-3)
+    assert 1.0 <= two["interval_bootstrap"][0] <= two["interval_bootstrap"][1] <= 2.0
+
+
+def test_numbers_carry_errors_certificates_and_provenance(stored, tmp_path):
+    arrays, attrs = stored["deflated2"]
+    result = read_result(stored["paths"]["deflated2"])
+    numbers = fn.hessian_numbers("fig1", {"x": stored["deflated2"]}, {"x": "x.zarr"})
+    path = fn.write_numbers(numbers, tmp_path / "numbers.json")
+    written = json.loads(path.read_text())
+    values = written["spectra"]["x"]
+    assert values["n_vec"] == 2 and values["band"]["level"] == 0.9
+    assert values["band"]["median_relative_width"] > 0
+    certificates = values["outlier_certificates"]
+    np.testing.assert_allclose([c["value"] for c in certificates], result.outliers)
+    np.testing.assert_allclose([c["residual"] for c in certificates], result.residuals)
+    np.testing.assert_allclose(
+        [c["interval"] for c in certificates], np.stack(result.outlier_intervals(), axis=1)
+    )
+    np.testing.assert_allclose([c["error_bound"] for c in certificates], result.error_bounds)
+    assert [c["converged"] for c in certificates] == result.converged.tolist()
+    assert values["unconverged_outliers"] == result.outliers[~result.converged].tolist()
+    assert values["provenance"] == json.loads(json.dumps(result.provenance))
+    assert {"git_commit", "torch", "numpy", "zarr", "device", "host", "started", "seconds"} <= set(
+        values["provenance"]
+    )
+    errors = values["errors"]
+    per_run = [fn.bulk_edges(fn.run_arrays(arrays, run), attrs) for run in (0, 1)]
+    np.testing.assert_allclose(errors["bulk_edges"][1]["runs"], [e[1] for e in per_run])
+    upper = errors["bulk_edges"][1]
+    assert upper["standard_error"] == pytest.approx(abs(per_run[0][1] - per_run[1][1]) / 2)
+    assert upper["interval_t"][0] <= upper["mean"] <= upper["interval_t"][1]
+    assert errors["outliers_found"]["runs"] == [3, 3]
+    assert written["band_level"] == 0.9 and written["figure_provenance"]["written"]
+    single = fn.spectrum_numbers(*stored["deflated"])
+    assert single["n_vec"] == 1 and single["errors"] is None and single["band"] is None
+    assert len(single["outlier_certificates"]) == 5
+
+
+def test_an_unconverged_outlier_is_marked(stored):
+    arrays, attrs = stored["deflated"]
+    flagged = {**arrays, "converged": np.array([False] + [True] * 4)}
+    numbers = fn.hessian_numbers("fig1", {"x": (flagged, attrs)}, {"x": "x.zarr"})
+    assert numbers["spectra"]["x"]["unconverged_outliers"] == [arrays["outliers"][0]]
+    assert any("1 unconverged" in line for line in fn.summary_lines(numbers))
+
+
+def test_fig4_numbers_give_the_exponent_across_runs(stored):
+    spectra = {"hessian": stored["deflated2"], "prediction_hessian": stored["plain2"]}
+    loaded = {"digits": {"spectra": spectra, "log_spectra": spectra}}
+    names = dict.fromkeys(spectra, "p")
+    numbers = fn.components_numbers(loaded, {"digits": {"spectra": names, "log_spectra": names}})
+    panel = numbers["panels"]["digits"]
+    b = panel["fit_errors"]["b"]
+    assert len(b["runs"]) == 2 and b["interval_t"][0] < b["mean"] < b["interval_t"][1]
+    assert panel["fit_errors"]["range"] == panel["fit_range"]
+    negative = panel["fit_negative"]
+    assert panel["fit_negative_errors"]["range"] == [negative["lo"], negative["hi"]]
+    assert any("band" in line for line in fn.summary_lines(numbers))
+    fig = hd.components_figure(loaded, numbers)
+    assert sum(len(bands(ax)) for ax in fig.axes) >= 6

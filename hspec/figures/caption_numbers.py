@@ -17,11 +17,15 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from hspec.atomic import write_json
 from hspec.errors import HspecError
 from hspec.numerics import analysis
 from hspec.numerics.density import log_density, smoothing_width
+from hspec.numerics.provenance import environment, utc_now
+from hspec.numerics.spectrum import pointwise_band
+from hspec.pipeline.store import as_result
 
 GHOST_TOLERANCE = 1e-4  # Ritz values closer than this × spectrum width count once
 # Ritz values with a weight below this × 1/n_params (one eigenvalue's share) are taken
@@ -195,6 +199,220 @@ def fit_tail(
     return {**fit, "sign": sign, "rule": rule}
 
 
+# ------------------------------------------------------------------- errors and origin
+
+BAND_LEVEL = 0.9  # the level of every band and interval the figures show
+# the band's relative width is summarised where the density is above this × its peak
+BAND_SUPPORT = 0.05
+ERROR_RULE = (
+    "errors across the n_vec Lanczos runs: each run (its own start vector) alone is a "
+    "complete estimate of the spectrum (its Ritz quadrature, weights × n_vec, with the "
+    "same deflated outliers); a derived number is computed on each run as on the pooled "
+    "result, and reported with the mean over runs, its standard error s/√n_vec, the "
+    "Student-t interval and the bootstrap percentile interval of that mean (resampling "
+    "the runs) at level {level:g}; the value quoted elsewhere is that of the pooled result"
+)
+
+
+def n_runs(arrays: Mapping) -> int:
+    """The Lanczos runs stored apart (the ``runs`` index of the nodes); 1 for a group
+    without a run index (KPM, or written before runs were kept)."""
+    runs, nodes = np.asarray(arrays.get("runs", [])), np.asarray(arrays["nodes"])
+    if runs.size == 0 or runs.size != nodes.size:
+        return 1
+    return int(runs.max()) + 1
+
+
+def density_band(arrays: Mapping, attrs: Mapping, level: float = BAND_LEVEL):
+    """(grid, lower, upper): :meth:`hspec.numerics.spectrum.SpectralDensity.band` of the
+    stored result (the t band across runs), or None with fewer than two runs."""
+    if n_runs(arrays) < 2:
+        return None
+    return as_result(arrays, attrs).band(level)
+
+
+def log_tail_band(
+    arrays: Mapping,
+    attrs: Mapping,
+    sign: int = 1,
+    *,
+    decades: float = 8.0,
+    level: float = BAND_LEVEL,
+):
+    """(|λ|, lower, upper): a pointwise ``level`` band of :func:`log_tail` across the
+    Lanczos runs, or None with fewer than two runs. Each run's curve (:func:`log_tail`
+    of :func:`run_arrays`; zero where the run has no eigenvalue of that sign) is
+    interpolated linearly in log10|λ| onto the pooled curve's grid, then
+    :func:`hspec.numerics.spectrum.pointwise_band` (t) of the curves."""
+    n = n_runs(arrays)
+    if n < 2:
+        return None
+    x, _ = log_tail(arrays, attrs, sign, decades=decades)
+    curves = []
+    for run in range(n):
+        try:
+            xr, phir = log_tail(run_arrays(arrays, run), attrs, sign, decades=decades)
+        except HspecError:  # no eigenvalue of that sign in this run
+            xr, phir = x, np.zeros_like(x)
+        curves.append(np.interp(np.log10(x), np.log10(xr), phir, left=0.0, right=0.0))
+    return (x, *pointwise_band(curves, level))
+
+
+def run_arrays(arrays: Mapping, run: int) -> dict:
+    """The arrays of Lanczos run ``run`` alone, as a spectrum of its own: its nodes, their
+    weights × n_vec (the run's quadrature of the bulk, of the pooled mass), the deflated
+    outliers shared; the smoothed ``density`` stays the pooled one."""
+    n = n_runs(arrays)
+    keep = np.asarray(arrays["runs"]) == run
+    return {
+        **arrays,
+        "nodes": np.asarray(arrays["nodes"])[keep],
+        "weights": np.asarray(arrays["weights"])[keep] * n,
+        "runs": np.zeros(int(keep.sum()), dtype=np.int64),
+    }
+
+
+def spread(values, level: float = BAND_LEVEL, resamples: int = 2000, seed: int = 0) -> dict:
+    """One number measured on each of n ≥ 2 runs: the values, their mean, its standard
+    error s/√n (s with n − 1 degrees of freedom) and its t and bootstrap intervals at
+    ``level`` (:func:`hspec.numerics.spectrum.pointwise_band` of the values)."""
+    values = np.asarray(values, dtype=float)
+    return {
+        "runs": values.tolist(),
+        "mean": float(values.mean()),
+        "standard_error": float(values.std(ddof=1) / math.sqrt(values.size)),
+        "interval_t": [float(v) for v in pointwise_band(values, level, "t")],
+        "interval_bootstrap": [
+            float(v) for v in pointwise_band(values, level, "bootstrap", resamples, seed)
+        ],
+        "level": level,
+    }
+
+
+def band_width(arrays: Mapping, attrs: Mapping, level: float = BAND_LEVEL) -> dict | None:
+    """The ``level`` band of the density in one number: the median and largest of
+    (upper − lower) / density over the grid points where the density is above
+    ``BAND_SUPPORT`` × its peak (the bulk); None with fewer than two runs."""
+    band = density_band(arrays, attrs, level)
+    if band is None:
+        return None
+    _, lower, upper = band
+    density = np.asarray(arrays["density"])
+    bulk = density > BAND_SUPPORT * density.max()
+    relative = (upper - lower)[bulk] / density[bulk]
+    return {
+        "level": level,
+        "method": "t",
+        "runs": n_runs(arrays),
+        "median_relative_width": float(np.median(relative)),
+        "max_relative_width": float(relative.max()),
+        "support": f"density > {BAND_SUPPORT:g} × its maximum",
+    }
+
+
+def run_errors(arrays: Mapping, attrs: Mapping, level: float = BAND_LEVEL) -> dict | None:
+    """:func:`spread` across runs of the derived numbers of one spectrum that each run
+    gives alone (:func:`run_arrays`): the bulk edges, the asymmetry and the number of
+    separated outliers; None with fewer than two runs. (The power-law exponent is in
+    :func:`fit_errors`, on the figure that fits it.)"""
+    n = n_runs(arrays)
+    if n < 2:
+        return None
+    runs = [run_arrays(arrays, run) for run in range(n)]
+    errors = {
+        "n_vec": n,
+        "rule": ERROR_RULE.format(level=level),
+        "asymmetry": spread([asymmetry(a, attrs) for a in runs], level),
+        "outliers_found": spread([separated(a, attrs).size for a in runs], level),
+    }
+    try:
+        edges = np.array([bulk_edges(a, attrs) for a in runs])
+    except HspecError as error:
+        errors["bulk_edges"] = {"error": str(error)}
+    else:
+        errors["bulk_edges"] = [spread(edges[:, 0], level), spread(edges[:, 1], level)]
+    return errors
+
+
+def outlier_certificates(arrays: Mapping, attrs: Mapping) -> list[dict]:
+    """Each deflated outlier θ with its true residual r = ‖A x − θ x‖, the interval
+    [θ − r, θ + r] that provably holds an eigenvalue, the sharper gap-based error bound
+    and its ``converged`` flag (:mod:`hspec.numerics.certify`); empty for a group
+    without residuals (no deflation, or written before they were stored)."""
+    if "residuals" not in arrays or len(arrays["residuals"]) != len(arrays["outliers"]):
+        return []
+    result = as_result(arrays, attrs)
+    lower, upper = result.outlier_intervals()
+    return [
+        {
+            "value": float(value),
+            "residual": float(residual),
+            "interval": [float(lo), float(hi)],
+            "error_bound": float(bound),
+            "converged": bool(done),
+        }
+        for value, residual, lo, hi, bound, done in zip(
+            result.outliers, result.residuals, lower, upper, result.error_bounds, result.converged
+        )
+    ]
+
+
+def measured(arrays: Mapping, attrs: Mapping) -> dict:
+    """The error and origin of one spectrum's numbers: n_vec, the density's band
+    (:func:`band_width`), the derived numbers' spread across runs (:func:`run_errors`),
+    the outliers' certificates and the unconverged ones among them, and the stored
+    provenance (code, software, device, host, times, model sha256, training settings)."""
+    certificates = outlier_certificates(arrays, attrs)
+    return {
+        "n_vec": n_runs(arrays),
+        "band": band_width(arrays, attrs),
+        "errors": run_errors(arrays, attrs),
+        "outlier_certificates": certificates,
+        "unconverged_outliers": [c["value"] for c in certificates if not c["converged"]],
+        "provenance": dict(attrs.get("provenance") or {}),
+    }
+
+
+def figure_provenance() -> dict:
+    """Where the figure's numbers were computed: this process's code, software and
+    machine (:func:`hspec.numerics.provenance.environment`; the figures compute on the
+    CPU) and the time, UTC."""
+    return {**environment(torch.device("cpu")), "written": utc_now()}
+
+
+def figure_origin() -> dict:
+    """What every figure's numbers carry besides its spectra's: the figure's
+    provenance (:func:`figure_provenance`), the level of its bands and intervals and how
+    errors across runs are computed (``ERROR_RULE``)."""
+    return {
+        "figure_provenance": figure_provenance(),
+        "band_level": BAND_LEVEL,
+        "error_rule": ERROR_RULE.format(level=BAND_LEVEL),
+    }
+
+
+def fit_errors(arrays: Mapping, attrs: Mapping, fit: Mapping, level: float = BAND_LEVEL):
+    """The power law's exponent b across runs: :func:`fit_tail` of each run alone
+    (:func:`run_arrays`) on the pooled fit's range, and its :func:`spread`; None with
+    fewer than two runs or when the pooled fit failed, ``{"error": …}`` when a run's fit
+    fails. The range is held fixed, so this is the error of the exponent for that range
+    (the range rule's own variation is not in it)."""
+    if n_runs(arrays) < 2 or "error" in fit:
+        return None
+    fits = [
+        fit_tail(run_arrays(arrays, run), attrs, fit["sign"], (fit["lo"], fit["hi"]))
+        for run in range(n_runs(arrays))
+    ]
+    failed = [f["error"] for f in fits if "error" in f]
+    if failed:
+        return {"error": f"the fit of a single run failed: {failed[0]}"}
+    return {
+        "b": spread([f["b"] for f in fits], level),
+        "r2": [f["r2"] for f in fits],
+        "range": [fit["lo"], fit["hi"]],
+    }
+
+
 # ------------------------------------------------------------------------------ numbers
 
 
@@ -264,6 +482,7 @@ def spectrum_numbers(arrays: Mapping, attrs: Mapping, path=None, classes=None) -
         "lambda_max": float(attrs["lambda_max"]),
         "hvp_count": int(attrs["hvp_count"]),
         "asymmetry": float(asymmetry(arrays, attrs)),
+        **measured(arrays, attrs),
     }
 
 
@@ -299,6 +518,7 @@ def hessian_numbers(fig: str, loaded: Mapping, paths: Mapping, classes=None) -> 
         "figure": fig,
         "split": "train" if fig == "fig1" else "test",
         "component": "hessian",
+        **figure_origin(),
         "spectra": {
             label: spectrum_numbers(*loaded[label], paths[label], classes) for label in loaded
         },
@@ -323,6 +543,7 @@ def deflation_numbers(loaded: Mapping, paths: Mapping, classes=None) -> dict:
     """Fig. 3: :func:`deflation_panel` per panel."""
     return {
         "figure": "fig3",
+        **figure_origin(),
         "panels": {
             label: deflation_panel(loaded[label], paths[label], classes) for label in loaded
         },
@@ -384,12 +605,15 @@ def components_panel(
         )
     tail = tail_component(components)
     fit = fit_tail(*log_loaded[tail], 1, fit_range)
+    negative = fit_tail(*log_loaded[tail], -1, fit_range)
     reference, zoom = zoom_range(loaded)
     return {
         "spectra": results,
         "log_spectra": log_results,
         "fit": fit,
-        "fit_negative": fit_tail(*log_loaded[tail], -1, fit_range),
+        "fit_negative": negative,
+        "fit_errors": fit_errors(*log_loaded[tail], fit),
+        "fit_negative_errors": fit_errors(*log_loaded[tail], negative),
         "fit_range": None if "error" in fit else [fit["lo"], fit["hi"]],
         "fit_range_given": fit_range is not None,
         "asymmetry": asymmetry(*log_loaded[tail]),
@@ -406,6 +630,7 @@ def components_numbers(loaded: Mapping, paths: Mapping, fit_range=None, classes=
     return {
         "figure": "fig4",
         "fit_rule": AUTO_FIT_RULE.format(span=1.0),
+        **figure_origin(),
         "panels": {
             label: components_panel(
                 loaded[label]["spectra"],
@@ -465,6 +690,7 @@ def sample_size_numbers(loaded: Mapping, paths: Mapping, classes=None) -> dict:
     return {
         "figure": "fig5",
         "component": "gradient_covariance",
+        **figure_origin(),
         "panels": {
             label: sample_size_panel(loaded[label], paths[label], classes) for label in loaded
         },
@@ -487,6 +713,87 @@ def _fit_line(sign, fit) -> str:
         f"R^2 = {fit['r2']:.3f}, on |lambda| in [{fit['lo']:.3g}, {fit['hi']:.3g}] "
         f"({fit['points']} grid points)"
     )
+
+
+def spectra_of(numbers: Mapping, label: str = "") -> list[tuple[str, Mapping]]:
+    """Every spectrum's numbers (:func:`spectrum_numbers`) inside a figure's numbers,
+    with the keys leading to it joined by '/' as its label, in order."""
+    if "outlier_certificates" in numbers:
+        return [(label, numbers)]
+    return [
+        found
+        for key, value in numbers.items()
+        if isinstance(value, Mapping)
+        for found in spectra_of(value, f"{label}/{key}" if label else str(key))
+    ]
+
+
+def _error(spread_: Mapping) -> str:
+    return f"{spread_['mean']:.4g} ± {spread_['standard_error']:.2g}"
+
+
+def error_lines(label: str, numbers: Mapping) -> list[str]:
+    """One spectrum's errors in words: its band and the spread of its derived numbers
+    across runs (or that one run gives none), its certified outliers and the unconverged
+    ones among them."""
+    band, errors = numbers["band"], numbers["errors"]
+    if band is None:
+        lines = [f"{label}: one Lanczos run (n_vec = 1): no band, no error across runs"]
+    else:
+        edges = errors["bulk_edges"]
+        edges = f"[{_error(edges[0])}, {_error(edges[1])}]" if isinstance(edges, list) else "n/a"
+        lines = [
+            f"{label}: {band['runs']} runs; {band['level']:.0%} band of the density: "
+            f"median relative width {band['median_relative_width']:.2g} over the bulk; "
+            f"bulk edges {edges}; asymmetry {_error(errors['asymmetry'])}; "
+            f"outliers found per run {[int(v) for v in errors['outliers_found']['runs']]} "
+            "(mean ± standard error across runs)"
+        ]
+    certificates = numbers["outlier_certificates"]
+    if certificates:
+        worst = max(c["residual"] / max(abs(c["value"]), 1e-300) for c in certificates)
+        unconverged = numbers["unconverged_outliers"]
+        lines.append(
+            f"{label}: {len(certificates)} deflated outliers, each within its residual of "
+            f"an eigenvalue (largest relative residual {worst:.2g}); "
+            + (
+                f"{len(unconverged)} unconverged: {[round(v, 4) for v in unconverged]}"
+                if unconverged
+                else "all converged"
+            )
+        )
+    return lines
+
+
+def origin_lines(numbers: Mapping) -> list[str]:
+    """Where a figure's numbers come from: the code and machine of its spectra (each
+    distinct one once) and of the figure."""
+    seen = []
+    for _, values in spectra_of(numbers):
+        origin = values["provenance"]
+        line = (
+            f"spectra: hspec {origin.get('hspec_version')} (commit "
+            f"{str(origin.get('git_commit'))[:12]}{', dirty' if origin.get('git_dirty') else ''}), "
+            f"torch {origin.get('torch')}, on {origin.get('device')} ({origin.get('host')})"
+        )
+        if line not in seen:
+            seen.append(line)
+    figure = numbers.get("figure_provenance", {})
+    return seen + [
+        f"figure: hspec {figure.get('hspec_version')} (commit "
+        f"{str(figure.get('git_commit'))[:12]}), written {figure.get('written')}"
+    ]
+
+
+def _fit_error_line(sign, errors) -> list[str]:
+    if errors is None or "error" in errors:
+        return []
+    b = errors["b"]
+    return [
+        f"exponent on {sign} across runs: b = {_error(b)}, "
+        f"{b['level']:.0%} t interval [{b['interval_t'][0]:.3g}, {b['interval_t'][1]:.3g}] "
+        "(range held at the pooled fit's)"
+    ]
 
 
 def summary_lines(numbers: Mapping) -> list[str]:
@@ -526,6 +833,8 @@ def summary_lines(numbers: Mapping) -> list[str]:
                 f"{panel['zoom_range'][1]:.4g}] from the bulk edges of "
                 f"{panel['zoom_reference']}",
             ]
+            lines += _fit_error_line("lambda > 0", panel["fit_errors"])
+            lines += _fit_error_line("lambda < 0", panel["fit_negative_errors"])
         elif fig == "fig5":
             for split, trend in panel["outliers_by_size"].items():
                 lines.append(f"{split}:")
@@ -538,4 +847,7 @@ def summary_lines(numbers: Mapping) -> list[str]:
                     f"  outliers in order of sample size: {counts}; "
                     f"non-decreasing: {all(a <= b for a, b in zip(counts, counts[1:]))}"
                 )
-    return lines
+    lines.append("errors and origin:")
+    for label, values in spectra_of(numbers):
+        lines += ["  " + line for line in error_lines(label, values)]
+    return lines + ["  " + line for line in origin_lines(numbers)]
