@@ -681,6 +681,37 @@ def test_an_unconverged_outlier_is_marked(stored):
     numbers = fn.hessian_numbers("fig1", {"x": (flagged, attrs)}, {"x": "x.zarr"})
     assert numbers["spectra"]["x"]["unconverged_outliers"] == [arrays["outliers"][0]]
     assert any("1 unconverged" in line for line in fn.summary_lines(numbers))
+    assert "**Unconverged outliers**" in captions.measured(numbers)
+    assert f"{arrays['outliers'][0]:.4g}" in captions.measured(numbers)
+    ax = Figure().subplots()
+    hd.plot_density(ax, flagged, attrs)
+    crosses = [line for line in ax.lines if line.get_marker() == "x"]
+    assert len(crosses) == 1 and list(crosses[0].get_xdata()) == [arrays["outliers"][0]]
+    converged = {**arrays, "converged": np.ones(5, dtype=bool)}
+    hd.plot_density(ax := Figure().subplots(), converged, attrs)
+    assert not [line for line in ax.lines if line.get_marker() == "x"]
+
+
+def test_the_notebook_text_says_what_the_band_shows(stored):
+    arrays, attrs = stored["deflated"]
+    # C = 5 > 3 spikes: the two deflated values at the bulk's edge have not converged
+    assert arrays["converged"].tolist() == [True] * 3 + [False] * 2
+    one = fn.hessian_numbers("fig1", {"x": stored["deflated"]}, {"x": "x.zarr"})
+    text = captions.measured(one)
+    assert "one Lanczos run (n_vec = 1): no band" in text
+    assert "**Unconverged outliers**" in text and f"{arrays['outliers'][4]:.4g}" in text
+    converged = ({**arrays, "converged": np.ones(5, dtype=bool)}, attrs)
+    text = captions.measured(fn.hessian_numbers("fig1", {"x": converged}, {"x": "x"}))
+    assert "All 5 deflated outliers converged" in text
+    two = fn.hessian_numbers(
+        "fig1", {"x": stored["plain2"], "y": stored["plain"]}, {"x": "x", "y": "y"}
+    )
+    text = captions.measured(two)
+    width = two["spectra"]["x"]["band"]["median_relative_width"]
+    assert f"x: 2 runs, {width:.1%} of the density" in text
+    assert "Spectra with one run carry no band: spectra/y." in text
+    assert "No spectrum here was deflated" in text
+    assert stored["deflated"][1]["provenance"]["git_commit"][:12] in captions.measured(one)
 
 
 def test_fig4_numbers_give_the_exponent_across_runs(stored):

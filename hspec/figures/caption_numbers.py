@@ -357,6 +357,14 @@ def outlier_certificates(arrays: Mapping, attrs: Mapping) -> list[dict]:
     ]
 
 
+def unconverged(arrays: Mapping) -> np.ndarray:
+    """The deflated outliers flagged unconverged (:mod:`hspec.numerics.certify`); none for
+    a group without flags."""
+    outliers = np.asarray(arrays["outliers"], dtype=float)
+    flags = np.asarray(arrays.get("converged", []), dtype=bool)
+    return outliers[~flags] if flags.size == outliers.size else np.empty(0)
+
+
 def measured(arrays: Mapping, attrs: Mapping) -> dict:
     """The error and origin of one spectrum's numbers: n_vec, the density's band
     (:func:`band_width`), the derived numbers' spread across runs (:func:`run_errors`),

@@ -7,8 +7,10 @@ The text is written in the common subset of the two: paragraphs, ``*emphasis*``,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from hspec.errors import HspecError
-from hspec.figures.caption_numbers import AUTO_FIT_RULE
+from hspec.figures.caption_numbers import AUTO_FIT_RULE, BAND_LEVEL, spectra_of
 
 DRAWN = (
     "Densities are drawn on a log y-scale (clipped at 1e-8 × their maximum) over the "
@@ -25,6 +27,24 @@ COUNTED = (
     "the bulk (``hspec.figures.caption_numbers.separated``). Lanczos ghosts (repeated or "
     "weightless Ritz values) count once or not at all. *Bulk edges* are the 0.1 % and "
     "99.9 % quantiles of the bulk's quadrature without those outliers."
+)
+ERRORS = (
+    "**Errors.** A spectrum computed with n_vec ≥ 2 Lanczos start vectors "
+    f"(``spectrum.n_vec``) is drawn with its pointwise {BAND_LEVEL:.0%} band across the runs, "
+    "shaded in its curve's colour: mean ± t·s/√n_vec of the runs' densities, each run "
+    "smoothed alone (``SpectralDensity.band``). The band measures how much the random "
+    "start vectors move the estimate; it does not measure the bias of the smoothing or "
+    "of too few Lanczos steps. Curves whose bands overlap are not shown to differ. "
+    "Each derived number (bulk edges, asymmetry, outliers found, the power-law "
+    "exponent) is measured on every run alone as well, and ``numbers.json`` gives its "
+    "standard error across runs and its t and bootstrap intervals. With one "
+    "run there is no band and no error: the numbers are single estimates. Each "
+    "deflated outlier θ comes with its true residual r = ‖Ax − θx‖, measured by one "
+    "product: the interval [θ − r, θ + r] holds an eigenvalue. An outlier whose error "
+    "bound exceeds the deflation tolerance is *unconverged*: it is crossed ✕ on its "
+    "stem and listed in the numbers. ``numbers.json`` also records where every number "
+    "comes from: hspec's commit, the software versions, device, host, times, the model "
+    "file's sha256 and its training settings."
 )
 SCALE = (
     "**Scale.** The panel titles name the network and data set drawn. The demo "
@@ -98,7 +118,9 @@ _TEXT = {
             "With ``fit_range = None``, the "
             + AUTO_FIT_RULE.format(span=1.0).replace("|λ|", "\\|λ\\|")
             + ". The negative side is fitted the same way and "
-            "reported in the numbers.",
+            "reported in the numbers. With n_vec ≥ 2 the exponent is also fitted to each "
+            "run alone on the same range; its spread across runs is the exponent's error "
+            "for that range (the range rule's own variation is not in it).",
             DRAWN,
         ],
     ),
@@ -127,10 +149,69 @@ def caption(fig: str) -> str:
     """The figure's caption: what the paper shows, what is drawn, how outliers are
     counted, and the scale note; paragraphs separated by blank lines."""
     _, paper, drawn = _entry(fig)
-    return "\n\n".join([paper, *drawn, COUNTED, SCALE])
+    return "\n\n".join([paper, *drawn, COUNTED, ERRORS, SCALE])
 
 
 def _entry(fig: str):
     if fig not in _TEXT:
         raise HspecError(f"captions: unknown figure {fig!r} (known: {', '.join(_TEXT)})")
     return _TEXT[fig]
+
+
+def measured(numbers: Mapping) -> str:
+    """What a figure's bands and errors show, in words (Markdown, for its notebook), from
+    its numbers (:mod:`hspec.figures.caption_numbers`): how wide each spectrum's band is
+    (or that one run gives none), which deflated outliers are unconverged, and where
+    the spectra were computed."""
+    spectra = spectra_of(numbers)
+    banded = [(label, values["band"]) for label, values in spectra if values["band"]]
+    if banded:
+        widths = "; ".join(
+            f"{label}: {band['runs']} runs, {band['median_relative_width']:.1%} of the "
+            f"density on median over the bulk (at most {band['max_relative_width']:.0%})"
+            for label, band in banded
+        )
+        band = (
+            f"**Band.** The shaded {BAND_LEVEL:.0%} band is as wide as: {widths}. A "
+            "difference between curves smaller than its band is within the noise of the "
+            "random start vectors."
+        )
+    else:
+        band = (
+            "**Band.** Every spectrum here comes from one Lanczos run (n_vec = 1): no band "
+            "is drawn and the numbers carry no error; set ``spectrum.n_vec`` ≥ 2 for them."
+        )
+    if len(banded) < len(spectra) and banded:
+        band += (
+            " Spectra with one run carry no band: "
+            + ", ".join(label for label, values in spectra if not values["band"])
+            + "."
+        )
+    flagged = [
+        f"{label}: {', '.join(f'{v:.4g}' for v in values['unconverged_outliers'])}"
+        for label, values in spectra
+        if values["unconverged_outliers"]
+    ]
+    certified = sum(len(values["outlier_certificates"]) for _, values in spectra)
+    if flagged:
+        outliers = (
+            "**Unconverged outliers** (crossed in the figure; their residual exceeds the "
+            "tolerance, so their value is known only to within it): " + "; ".join(flagged) + "."
+        )
+    elif certified:
+        outliers = (
+            f"**Outliers.** All {certified} deflated outliers converged; each lies within its "
+            "measured residual of an eigenvalue (``numbers.json``: ``outlier_certificates``)."
+        )
+    else:
+        outliers = "**Outliers.** No spectrum here was deflated: no outlier is certified."
+    origins = sorted(
+        {
+            f"hspec {o.get('hspec_version')} at commit {str(o.get('git_commit'))[:12]}"
+            + (" (dirty)" if o.get("git_dirty") else "")
+            + f" on {o.get('device')}"
+            for o in (values["provenance"] for _, values in spectra)
+        }
+    )
+    origin = "**Origin.** Computed by " + "; ".join(origins) + " (details in ``numbers.json``)."
+    return "\n\n".join([band, outliers, origin])

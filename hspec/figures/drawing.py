@@ -9,7 +9,8 @@ Conventions (as in the paper):
   would make with the bulk's kernel (so they compare with the bumps of a spectrum
   computed without deflation);
 * outliers *separated* from the bulk (the count the captions quote) are marked with
-  small triangles along the top of the axes;
+  small triangles along the top of the axes; a deflated outlier flagged unconverged
+  (:mod:`hspec.numerics.certify`) gets a black cross on its stem;
 * Figs. 1–3 carry an inset zooming on the bulk (its edges widened by 10 %);
 * a spectrum computed with n_vec ≥ 2 Lanczos runs gets its pointwise 90 % band across
   runs (:func:`hspec.figures.caption_numbers.density_band`, the t band of
@@ -229,7 +230,8 @@ def plot_density(
     the bump one eigenvalue makes (:func:`hspec.figures.caption_numbers.atom_height`), so that
     the outliers of a spectrum with many parameters stay above it. Outliers are drawn
     in ``outlier_color``: the outlier colour for a curve in the bulk colour, else the
-    curve's own. With ``band`` and n_vec ≥ 2 runs the 90 % band is shaded (:func:`draw_band`).
+    curve's own, unconverged ones crossed. With ``band`` and n_vec ≥ 2 runs the 90 % band
+    is shaded (:func:`draw_band`).
 
     Returns ``{"line", "band", "floor", "top", "outliers", "separated", "xlim"}`` (``band``:
     the PolyCollection, or None).
@@ -258,6 +260,18 @@ def plot_density(
             bottom=level,
             color=outlier_color,
             label=None if label else f"deflated outliers ({outliers.size})",
+        )
+    flagged = fn.unconverged(arrays)
+    if stems and flagged.size:
+        ax.plot(
+            flagged,
+            np.full(flagged.size, height),
+            linestyle="none",
+            marker="x",
+            markersize=8,
+            color="black",
+            label=None if label else f"unconverged ({flagged.size})",
+            zorder=5,
         )
     found = fn.separated(arrays, attrs)
     if mark_separated and found.size:
