@@ -622,7 +622,7 @@ def test_a_run_alone_is_a_whole_estimate(stored):
     errors = fn.run_errors(twin, attrs)
     pooled = fn.bulk_edges(twin, attrs)
     for edge, value in zip(errors["bulk_edges"], pooled):
-        assert edge["standard_error"] == 0 and edge["mean"] == pytest.approx(value, rel=1e-12)
+        assert edge["standard_error"] == 0 and edge["value"] == pytest.approx(value, rel=1e-12)
     assert errors["asymmetry"]["standard_error"] == 0
     np.testing.assert_allclose(
         fn.log_tail(fn.run_arrays(twin, 1), attrs)[1], fn.log_tail(twin, attrs)[1], rtol=1e-9
@@ -632,12 +632,35 @@ def test_a_run_alone_is_a_whole_estimate(stored):
     assert twin_fit["b"]["runs"] == pytest.approx([fit["b"]] * 2, rel=1e-9)
 
 
-def test_spread_is_the_standard_error_of_the_mean():
-    two = fn.spread([1.0, 2.0])
-    assert two["mean"] == 1.5 and two["standard_error"] == pytest.approx(0.5)
-    # t interval with 1 degree of freedom: 1.5 ± t_0.95,1 · 0.5 = 1.5 ± 6.314 · 0.5
-    assert two["interval_t"] == pytest.approx([1.5 - 3.1569, 1.5 + 3.1569], abs=1e-3)
-    assert 1.0 <= two["interval_bootstrap"][0] <= two["interval_bootstrap"][1] <= 2.0
+def eight_runs(seed=0):
+    """Arrays of 8 Lanczos runs of 20 random nodes each (weights summing to 1/8 per run)."""
+    rng = np.random.default_rng(seed)
+    return {
+        "nodes": rng.normal(size=160),
+        "weights": np.full(160, 1 / 160),
+        "runs": np.repeat(np.arange(8), 20),
+        "outliers": np.empty(0),
+    }
+
+
+def test_resampled_errors_of_a_linear_number_are_those_of_the_mean():
+    arrays = eight_runs()
+
+    def first_moment(a):  # linear in the runs: the pooled value is the mean of the runs'
+        return np.sum(a["weights"] * a["nodes"])
+
+    (error,) = fn.resampled(first_moment, arrays)
+    runs = np.array(error["runs"])
+    np.testing.assert_allclose(runs, [first_moment(fn.run_arrays(arrays, r)) for r in range(8)])
+    assert error["value"] == pytest.approx(runs.mean(), rel=1e-12)
+    assert error["standard_error"] == pytest.approx(runs.std(ddof=1) / math.sqrt(8), rel=1e-9)
+    half = 1.8946 * error["standard_error"]  # t_0.95 with 7 degrees of freedom
+    assert error["interval_t"] == pytest.approx([runs.mean() - half, runs.mean() + half], rel=1e-3)
+    lo, hi = error["interval_bootstrap"]
+    assert lo < error["value"] < hi and hi - lo < 2 * half
+    # pooled runs carry the pooled mass: the statistic of all 8 runs is the pooled one
+    assert first_moment(fn.pool_arrays(arrays, range(8))) == pytest.approx(first_moment(arrays))
+    assert fn.pool_arrays(arrays, [3, 3])["weights"].sum() == pytest.approx(1.0)
 
 
 def test_numbers_carry_errors_certificates_and_provenance(stored, tmp_path):
@@ -667,7 +690,8 @@ def test_numbers_carry_errors_certificates_and_provenance(stored, tmp_path):
     np.testing.assert_allclose(errors["bulk_edges"][1]["runs"], [e[1] for e in per_run])
     upper = errors["bulk_edges"][1]
     assert upper["standard_error"] == pytest.approx(abs(per_run[0][1] - per_run[1][1]) / 2)
-    assert upper["interval_t"][0] <= upper["mean"] <= upper["interval_t"][1]
+    assert upper["value"] == pytest.approx(fn.bulk_edges(arrays, attrs)[1], rel=1e-12)
+    assert upper["interval_t"][0] < upper["value"] < upper["interval_t"][1]
     assert errors["outliers_found"]["runs"] == [3, 3]
     assert written["band_level"] == 0.9 and written["figure_provenance"]["written"]
     single = fn.spectrum_numbers(*stored["deflated"])
@@ -721,7 +745,8 @@ def test_fig4_numbers_give_the_exponent_across_runs(stored):
     numbers = fn.components_numbers(loaded, {"digits": {"spectra": names, "log_spectra": names}})
     panel = numbers["panels"]["digits"]
     b = panel["fit_errors"]["b"]
-    assert len(b["runs"]) == 2 and b["interval_t"][0] < b["mean"] < b["interval_t"][1]
+    assert len(b["runs"]) == 2 and b["interval_t"][0] < b["value"] < b["interval_t"][1]
+    assert b["value"] == pytest.approx(panel["fit"]["b"], rel=1e-9)
     assert panel["fit_errors"]["range"] == panel["fit_range"]
     negative = panel["fit_negative"]
     assert panel["fit_negative_errors"]["range"] == [negative["lo"], negative["hi"]]

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import scipy.stats
 import torch
 
 from hspec.atomic import write_json
@@ -204,13 +205,15 @@ def fit_tail(
 BAND_LEVEL = 0.9  # the level of every band and interval the figures show
 # the band's relative width is summarised where the density is above this × its peak
 BAND_SUPPORT = 0.05
+RESAMPLES = 200  # bootstrap resamples of the runs, for the derived numbers
 ERROR_RULE = (
-    "errors across the n_vec Lanczos runs: each run (its own start vector) alone is a "
-    "complete estimate of the spectrum (its Ritz quadrature, weights × n_vec, with the "
-    "same deflated outliers); a derived number is computed on each run as on the pooled "
-    "result, and reported with the mean over runs, its standard error s/√n_vec, the "
-    "Student-t interval and the bootstrap percentile interval of that mean (resampling "
-    "the runs) at level {level:g}; the value quoted elsewhere is that of the pooled result"
+    "errors across the n_vec Lanczos runs (each run, its own start vector, is a complete "
+    "estimate of the spectrum: its Ritz quadrature with the same deflated outliers): a "
+    "derived number's value is the pooled result's; its standard error is the jackknife "
+    "one, from the number recomputed on the runs with one left out; its t interval is "
+    "value ± t(n_vec − 1)·standard error; its bootstrap interval the percentile interval "
+    "of the number recomputed on {resamples} resamplings of the runs with replacement; "
+    "'runs' gives it on each run alone; level {level:g}"
 )
 
 
@@ -258,35 +261,64 @@ def log_tail_band(
     return (x, *pointwise_band(curves, level))
 
 
-def run_arrays(arrays: Mapping, run: int) -> dict:
-    """The arrays of Lanczos run ``run`` alone, as a spectrum of its own: its nodes, their
-    weights × n_vec (the run's quadrature of the bulk, of the pooled mass), the deflated
-    outliers shared; the smoothed ``density`` stays the pooled one."""
-    n = n_runs(arrays)
-    keep = np.asarray(arrays["runs"]) == run
+def pool_arrays(arrays: Mapping, runs) -> dict:
+    """The arrays of the Lanczos runs ``runs`` (indices, repeats allowed), pooled as a
+    spectrum of their own: their nodes, the weights × n_vec / len(runs) (each run's
+    quadrature carries the pooled mass), the deflated outliers shared; the smoothed
+    ``density`` stays the pooled one."""
+    n, index = n_runs(arrays), np.asarray(arrays["runs"])
+    picks = [np.flatnonzero(index == run) for run in runs]
+    keep = np.concatenate(picks)
     return {
         **arrays,
         "nodes": np.asarray(arrays["nodes"])[keep],
-        "weights": np.asarray(arrays["weights"])[keep] * n,
-        "runs": np.zeros(int(keep.sum()), dtype=np.int64),
+        "weights": np.asarray(arrays["weights"])[keep] * n / len(picks),
+        "runs": np.repeat(np.arange(len(picks)), [len(p) for p in picks]),
     }
 
 
-def spread(values, level: float = BAND_LEVEL, resamples: int = 2000, seed: int = 0) -> dict:
-    """One number measured on each of n ≥ 2 runs: the values, their mean, its standard
-    error s/√n (s with n − 1 degrees of freedom) and its t and bootstrap intervals at
-    ``level`` (:func:`hspec.numerics.spectrum.pointwise_band` of the values)."""
-    values = np.asarray(values, dtype=float)
-    return {
-        "runs": values.tolist(),
-        "mean": float(values.mean()),
-        "standard_error": float(values.std(ddof=1) / math.sqrt(values.size)),
-        "interval_t": [float(v) for v in pointwise_band(values, level, "t")],
-        "interval_bootstrap": [
-            float(v) for v in pointwise_band(values, level, "bootstrap", resamples, seed)
-        ],
-        "level": level,
-    }
+def run_arrays(arrays: Mapping, run: int) -> dict:
+    """The arrays of Lanczos run ``run`` alone (:func:`pool_arrays` of it)."""
+    return pool_arrays(arrays, [run])
+
+
+def resampled(
+    statistic, arrays: Mapping, level: float = BAND_LEVEL, resamples: int = RESAMPLES, seed=0
+) -> list[dict]:
+    """The error across runs of a derived number, as ``ERROR_RULE`` says: ``statistic``
+    maps spectrum arrays to a vector of numbers (e.g. the two bulk edges); it is
+    computed on the pooled runs, on each run alone, on the runs with one left out
+    (jackknife: SE² = (n − 1)/n · Σ (θ₍ᵢ₎ − θ̄₍·₎)²) and on ``resamples`` resamplings
+    of the runs with replacement (seeded by ``seed``; a repeated multiset is computed
+    once). One dict per entry of the vector: value, runs, standard_error, interval_t,
+    interval_bootstrap, level. Needs n_vec ≥ 2."""
+    n, cache = n_runs(arrays), {}
+
+    def at(selection) -> np.ndarray:
+        key = tuple(sorted(int(run) for run in selection))
+        if key not in cache:
+            cache[key] = np.atleast_1d(np.asarray(statistic(pool_arrays(arrays, key)), float))
+        return cache[key]
+
+    value = at(range(n))
+    singles = np.array([at([run]) for run in range(n)])
+    left_out = np.array([at([run for run in range(n) if run != out]) for out in range(n)])
+    error = np.sqrt((n - 1) / n * np.sum((left_out - left_out.mean(axis=0)) ** 2, axis=0))
+    half = scipy.stats.t.ppf((1 + level) / 2, n - 1) * error
+    rng = np.random.default_rng(seed)
+    boot = np.array([at(rng.integers(0, n, n)) for _ in range(resamples)])
+    lower, upper = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    return [
+        {
+            "value": float(value[i]),
+            "runs": singles[:, i].tolist(),
+            "standard_error": float(error[i]),
+            "interval_t": [float(value[i] - half[i]), float(value[i] + half[i])],
+            "interval_bootstrap": [float(lower[i]), float(upper[i])],
+            "level": level,
+        }
+        for i in range(value.size)
+    ]
 
 
 def band_width(arrays: Mapping, attrs: Mapping, level: float = BAND_LEVEL) -> dict | None:
@@ -311,26 +343,22 @@ def band_width(arrays: Mapping, attrs: Mapping, level: float = BAND_LEVEL) -> di
 
 
 def run_errors(arrays: Mapping, attrs: Mapping, level: float = BAND_LEVEL) -> dict | None:
-    """:func:`spread` across runs of the derived numbers of one spectrum that each run
-    gives alone (:func:`run_arrays`): the bulk edges, the asymmetry and the number of
-    separated outliers; None with fewer than two runs. (The power-law exponent is in
-    :func:`fit_errors`, on the figure that fits it.)"""
+    """:func:`resampled` errors of the derived numbers of one spectrum: the bulk edges,
+    the asymmetry and the number of separated outliers; None with fewer than two runs.
+    (The power-law exponent is in :func:`fit_errors`, on the figure that fits it.)"""
     n = n_runs(arrays)
     if n < 2:
         return None
-    runs = [run_arrays(arrays, run) for run in range(n)]
     errors = {
         "n_vec": n,
-        "rule": ERROR_RULE.format(level=level),
-        "asymmetry": spread([asymmetry(a, attrs) for a in runs], level),
-        "outliers_found": spread([separated(a, attrs).size for a in runs], level),
+        "rule": ERROR_RULE.format(level=level, resamples=RESAMPLES),
+        "asymmetry": resampled(lambda a: asymmetry(a, attrs), arrays, level)[0],
+        "outliers_found": resampled(lambda a: separated(a, attrs).size, arrays, level)[0],
     }
     try:
-        edges = np.array([bulk_edges(a, attrs) for a in runs])
+        errors["bulk_edges"] = resampled(lambda a: bulk_edges(a, attrs), arrays, level)
     except HspecError as error:
         errors["bulk_edges"] = {"error": str(error)}
-    else:
-        errors["bulk_edges"] = [spread(edges[:, 0], level), spread(edges[:, 1], level)]
     return errors
 
 
@@ -395,30 +423,30 @@ def figure_origin() -> dict:
     return {
         "figure_provenance": figure_provenance(),
         "band_level": BAND_LEVEL,
-        "error_rule": ERROR_RULE.format(level=BAND_LEVEL),
+        "error_rule": ERROR_RULE.format(level=BAND_LEVEL, resamples=RESAMPLES),
     }
 
 
 def fit_errors(arrays: Mapping, attrs: Mapping, fit: Mapping, level: float = BAND_LEVEL):
-    """The power law's exponent b across runs: :func:`fit_tail` of each run alone
-    (:func:`run_arrays`) on the pooled fit's range, and its :func:`spread`; None with
-    fewer than two runs or when the pooled fit failed, ``{"error": …}`` when a run's fit
-    fails. The range is held fixed, so this is the error of the exponent for that range
-    (the range rule's own variation is not in it)."""
+    """The power law's exponent b with its :func:`resampled` error: :func:`fit_tail` on
+    the pooled fit's range, of the runs pooled, alone, left out and resampled; None with
+    fewer than two runs or when the pooled fit failed, ``{"error": …}`` when a fit on
+    some runs fails. The range is held fixed, so this is the error of the exponent for
+    that range (the range rule's own variation is not in it)."""
     if n_runs(arrays) < 2 or "error" in fit:
         return None
-    fits = [
-        fit_tail(run_arrays(arrays, run), attrs, fit["sign"], (fit["lo"], fit["hi"]))
-        for run in range(n_runs(arrays))
-    ]
-    failed = [f["error"] for f in fits if "error" in f]
-    if failed:
-        return {"error": f"the fit of a single run failed: {failed[0]}"}
-    return {
-        "b": spread([f["b"] for f in fits], level),
-        "r2": [f["r2"] for f in fits],
-        "range": [fit["lo"], fit["hi"]],
-    }
+
+    def exponent(pooled):
+        refit = fit_tail(pooled, attrs, fit["sign"], (fit["lo"], fit["hi"]))
+        if "error" in refit:
+            raise HspecError(refit["error"])
+        return refit["b"]
+
+    try:
+        b = resampled(exponent, arrays, level)[0]
+    except HspecError as error:
+        return {"error": f"the fit on some of the runs failed: {error}"}
+    return {"b": b, "range": [fit["lo"], fit["hi"]]}
 
 
 # ------------------------------------------------------------------------------ numbers
@@ -736,8 +764,8 @@ def spectra_of(numbers: Mapping, label: str = "") -> list[tuple[str, Mapping]]:
     ]
 
 
-def _error(spread_: Mapping) -> str:
-    return f"{spread_['mean']:.4g} ± {spread_['standard_error']:.2g}"
+def _error(number: Mapping) -> str:
+    return f"{number['value']:.4g} ± {number['standard_error']:.2g}"
 
 
 def error_lines(label: str, numbers: Mapping) -> list[str]:
@@ -755,7 +783,7 @@ def error_lines(label: str, numbers: Mapping) -> list[str]:
             f"median relative width {band['median_relative_width']:.2g} over the bulk; "
             f"bulk edges {edges}; asymmetry {_error(errors['asymmetry'])}; "
             f"outliers found per run {[int(v) for v in errors['outliers_found']['runs']]} "
-            "(mean ± standard error across runs)"
+            "(value ± jackknife standard error across runs)"
         ]
     certificates = numbers["outlier_certificates"]
     if certificates:
