@@ -310,6 +310,23 @@ def test_components_figure_fits_the_planted_power_law(spectra, tmp_path):
     assert all(p["relative_difference"] < 0.1 for p in numbers["outlier_attribution"])
     assert numbers["fit_range_given"] is False
     assert numbers["zoom_reference"] == "prediction_hessian"
+    # R's log variant has 8 runs: a band, and the exponent's error across them
+    r_log = numbers["log_spectra"]["prediction_hessian"]
+    assert r_log["n_vec"] == 8 and r_log["band"]["runs"] == 8
+    b = numbers["fit_errors"]["b"]
+    assert b["value"] == fit["b"] and len(b["runs"]) == 8 and b["standard_error"] > 0
+    assert b["interval_t"][0] < TAIL_EXPONENT < b["interval_t"][1]
+    assert (
+        numbers["spectra"]["hessian"]["n_vec"] == 1
+        and numbers["spectra"]["hessian"]["errors"] is None
+    )
+    certificates = numbers["spectra"]["hessian"]["outlier_certificates"]
+    assert len(certificates) == 10 and all(c["converged"] for c in certificates)
+    assert all(c["interval"][0] <= c["value"] <= c["interval"][1] for c in certificates)
+    assert numbers["spectra"]["hessian"]["provenance"]["git_commit"] is not None
+    text = "".join(shown(executed, "text/markdown"))
+    assert "**Band.** The shaded 90% band is as wide as: " in text
+    assert "digits/log_spectra/prediction_hessian: 8 runs" in text
 
 
 @pytest.mark.slow  # executes a notebook: a kernel, torch and matplotlib start (~10 s)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from hspec.errors import HspecError
-from hspec.figures.caption_numbers import AUTO_FIT_RULE, BAND_LEVEL, spectra_of
+from hspec.figures.caption_numbers import AUTO_FIT_RULE, BAND_LEVEL, BAND_SUPPORT, spectra_of
 
 DRAWN = (
     "Densities are drawn on a log y-scale (clipped at 1e-8 × their maximum) over the "
@@ -168,7 +168,8 @@ def measured(numbers: Mapping) -> str:
     if banded:
         widths = "; ".join(
             f"{label}: {band['runs']} runs, {band['median_relative_width']:.1%} of the "
-            f"density on median over the bulk (at most {band['max_relative_width']:.0%})"
+            f"density on median where it is above {BAND_SUPPORT:g} × its peak (at most "
+            f"{band['max_relative_width']:.0%})"
             for label, band in banded
         )
         band = (
