@@ -835,6 +835,19 @@ def _fit_error_line(sign, errors) -> list[str]:
 
 
 def summary_lines(numbers: Mapping) -> list[str]:
+    """What a figure's numbers say, in words (what its notebook prints): the measured
+    numbers (:func:`measured_lines`), then their errors and origin (:func:`error_lines`
+    of every spectrum, the exponent's error across runs of Fig. 4, :func:`origin_lines`)."""
+    lines = ["errors and origin:"]
+    for label, values in spectra_of(numbers):
+        lines += ["  " + line for line in error_lines(label, values)]
+    for label, panel in numbers.get("panels", {}).items():
+        for sign, key in (("lambda > 0", "fit_errors"), ("lambda < 0", "fit_negative_errors")):
+            lines += [f"  {label}: {line}" for line in _fit_error_line(sign, panel.get(key))]
+    return measured_lines(numbers) + lines + ["  " + line for line in origin_lines(numbers)]
+
+
+def measured_lines(numbers: Mapping) -> list[str]:
     """What a figure's numbers say, in words (what its notebook prints)."""
     fig, lines = numbers["figure"], []
     if fig in ("fig1", "fig2"):
@@ -871,8 +884,6 @@ def summary_lines(numbers: Mapping) -> list[str]:
                 f"{panel['zoom_range'][1]:.4g}] from the bulk edges of "
                 f"{panel['zoom_reference']}",
             ]
-            lines += _fit_error_line("lambda > 0", panel["fit_errors"])
-            lines += _fit_error_line("lambda < 0", panel["fit_negative_errors"])
         elif fig == "fig5":
             for split, trend in panel["outliers_by_size"].items():
                 lines.append(f"{split}:")
@@ -885,7 +896,4 @@ def summary_lines(numbers: Mapping) -> list[str]:
                     f"  outliers in order of sample size: {counts}; "
                     f"non-decreasing: {all(a <= b for a, b in zip(counts, counts[1:]))}"
                 )
-    lines.append("errors and origin:")
-    for label, values in spectra_of(numbers):
-        lines += ["  " + line for line in error_lines(label, values)]
-    return lines + ["  " + line for line in origin_lines(numbers)]
+    return lines
