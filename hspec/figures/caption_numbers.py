@@ -450,6 +450,88 @@ def fit_errors(arrays: Mapping, attrs: Mapping, fit: Mapping, level: float = BAN
     return {"b": b, "range": [fit["lo"], fit["hi"]]}
 
 
+def spectra_of(numbers: Mapping, label: str = "") -> list[tuple[str, Mapping]]:
+    """Every spectrum's numbers (:func:`spectrum_numbers`) inside a figure's numbers,
+    with the keys leading to it joined by '/' as its label, in order."""
+    if "outlier_certificates" in numbers:
+        return [(label, numbers)]
+    return [
+        found
+        for key, value in numbers.items()
+        if isinstance(value, Mapping)
+        for found in spectra_of(value, f"{label}/{key}" if label else str(key))
+    ]
+
+
+def _error(number: Mapping) -> str:
+    return f"{number['value']:.4g} ± {number['standard_error']:.2g}"
+
+
+def error_lines(label: str, numbers: Mapping) -> list[str]:
+    """One spectrum's errors in words: its band and the spread of its derived numbers
+    across runs (or that one run gives none), its certified outliers and the unconverged
+    ones among them."""
+    band, errors = numbers["band"], numbers["errors"]
+    if band is None:
+        lines = [f"{label}: one Lanczos run (n_vec = 1): no band, no error across runs"]
+    else:
+        edges = errors["bulk_edges"]
+        edges = f"[{_error(edges[0])}, {_error(edges[1])}]" if isinstance(edges, list) else "n/a"
+        lines = [
+            f"{label}: {band['runs']} runs; {band['level']:.0%} band of the density: "
+            f"median relative width {band['median_relative_width']:.2g} where it is above "
+            f"{BAND_SUPPORT:g} × its peak; "
+            f"bulk edges {edges}; asymmetry {_error(errors['asymmetry'])}; "
+            f"outliers found per run {[int(v) for v in errors['outliers_found']['runs']]} "
+            "(value ± jackknife standard error across runs)"
+        ]
+    certificates = numbers["outlier_certificates"]
+    if certificates:
+        worst = max(c["residual"] / max(abs(c["value"]), 1e-300) for c in certificates)
+        unconverged = numbers["unconverged_outliers"]
+        lines.append(
+            f"{label}: {len(certificates)} deflated outliers, each within its residual of "
+            f"an eigenvalue (largest relative residual {worst:.2g}); "
+            + (
+                f"{len(unconverged)} unconverged: {[round(v, 4) for v in unconverged]}"
+                if unconverged
+                else "all converged"
+            )
+        )
+    return lines
+
+
+def origin_lines(numbers: Mapping) -> list[str]:
+    """Where a figure's numbers come from: the code and machine of its spectra (each
+    distinct one once) and of the figure."""
+    seen = []
+    for _, values in spectra_of(numbers):
+        origin = values["provenance"]
+        line = (
+            f"spectra: hspec {origin.get('hspec_version')} (commit "
+            f"{str(origin.get('git_commit'))[:12]}{', dirty' if origin.get('git_dirty') else ''}), "
+            f"torch {origin.get('torch')}, on {origin.get('device')} ({origin.get('host')})"
+        )
+        if line not in seen:
+            seen.append(line)
+    figure = numbers.get("figure_provenance", {})
+    return seen + [
+        f"figure: hspec {figure.get('hspec_version')} (commit "
+        f"{str(figure.get('git_commit'))[:12]}), written {figure.get('written')}"
+    ]
+
+
+def _fit_error_line(sign, errors) -> list[str]:
+    if errors is None or "error" in errors:
+        return []
+    b = errors["b"]
+    return [
+        f"exponent on {sign} across runs: b = {_error(b)}, "
+        f"{b['level']:.0%} t interval [{b['interval_t'][0]:.3g}, {b['interval_t'][1]:.3g}] "
+        "(range held at the pooled fit's)"
+    ]
+
+
 # ------------------------------------------------------------------------------ numbers
 
 
@@ -750,88 +832,6 @@ def _fit_line(sign, fit) -> str:
         f"R^2 = {fit['r2']:.3f}, on |lambda| in [{fit['lo']:.3g}, {fit['hi']:.3g}] "
         f"({fit['points']} grid points)"
     )
-
-
-def spectra_of(numbers: Mapping, label: str = "") -> list[tuple[str, Mapping]]:
-    """Every spectrum's numbers (:func:`spectrum_numbers`) inside a figure's numbers,
-    with the keys leading to it joined by '/' as its label, in order."""
-    if "outlier_certificates" in numbers:
-        return [(label, numbers)]
-    return [
-        found
-        for key, value in numbers.items()
-        if isinstance(value, Mapping)
-        for found in spectra_of(value, f"{label}/{key}" if label else str(key))
-    ]
-
-
-def _error(number: Mapping) -> str:
-    return f"{number['value']:.4g} ± {number['standard_error']:.2g}"
-
-
-def error_lines(label: str, numbers: Mapping) -> list[str]:
-    """One spectrum's errors in words: its band and the spread of its derived numbers
-    across runs (or that one run gives none), its certified outliers and the unconverged
-    ones among them."""
-    band, errors = numbers["band"], numbers["errors"]
-    if band is None:
-        lines = [f"{label}: one Lanczos run (n_vec = 1): no band, no error across runs"]
-    else:
-        edges = errors["bulk_edges"]
-        edges = f"[{_error(edges[0])}, {_error(edges[1])}]" if isinstance(edges, list) else "n/a"
-        lines = [
-            f"{label}: {band['runs']} runs; {band['level']:.0%} band of the density: "
-            f"median relative width {band['median_relative_width']:.2g} where it is above "
-            f"{BAND_SUPPORT:g} × its peak; "
-            f"bulk edges {edges}; asymmetry {_error(errors['asymmetry'])}; "
-            f"outliers found per run {[int(v) for v in errors['outliers_found']['runs']]} "
-            "(value ± jackknife standard error across runs)"
-        ]
-    certificates = numbers["outlier_certificates"]
-    if certificates:
-        worst = max(c["residual"] / max(abs(c["value"]), 1e-300) for c in certificates)
-        unconverged = numbers["unconverged_outliers"]
-        lines.append(
-            f"{label}: {len(certificates)} deflated outliers, each within its residual of "
-            f"an eigenvalue (largest relative residual {worst:.2g}); "
-            + (
-                f"{len(unconverged)} unconverged: {[round(v, 4) for v in unconverged]}"
-                if unconverged
-                else "all converged"
-            )
-        )
-    return lines
-
-
-def origin_lines(numbers: Mapping) -> list[str]:
-    """Where a figure's numbers come from: the code and machine of its spectra (each
-    distinct one once) and of the figure."""
-    seen = []
-    for _, values in spectra_of(numbers):
-        origin = values["provenance"]
-        line = (
-            f"spectra: hspec {origin.get('hspec_version')} (commit "
-            f"{str(origin.get('git_commit'))[:12]}{', dirty' if origin.get('git_dirty') else ''}), "
-            f"torch {origin.get('torch')}, on {origin.get('device')} ({origin.get('host')})"
-        )
-        if line not in seen:
-            seen.append(line)
-    figure = numbers.get("figure_provenance", {})
-    return seen + [
-        f"figure: hspec {figure.get('hspec_version')} (commit "
-        f"{str(figure.get('git_commit'))[:12]}), written {figure.get('written')}"
-    ]
-
-
-def _fit_error_line(sign, errors) -> list[str]:
-    if errors is None or "error" in errors:
-        return []
-    b = errors["b"]
-    return [
-        f"exponent on {sign} across runs: b = {_error(b)}, "
-        f"{b['level']:.0%} t interval [{b['interval_t'][0]:.3g}, {b['interval_t'][1]:.3g}] "
-        "(range held at the pooled fit's)"
-    ]
 
 
 def summary_lines(numbers: Mapping) -> list[str]:
