@@ -192,9 +192,10 @@ def test_auto_fit_recovers_a_power_law_and_ignores_the_mass_at_zero(zeros):
     attrs = quadrature_attrs(len(arrays["nodes"]))
     fit = fn.fit_tail(arrays, attrs, 1)
     assert fit["b"] == pytest.approx(2.5, abs=0.05) and fit["r2"] > 0.99
-    # the decade below the largest eigenvalue, short of the smoothed edge
-    top = arrays["nodes"].max()
-    assert fit["lo"] == pytest.approx(top / 10) and 0.8 * top < fit["hi"] < top
+    # the decade below the point above which lie 30 eigenvalues' mass
+    above = attrs["n_params"] * arrays["weights"][arrays["nodes"] > fit["hi"]].sum()
+    assert fit["lo"] == pytest.approx(fit["hi"] / 10) and 29 < above <= 30
+    assert fit["interval"][0] < 2.5 < fit["interval"][1]
     assert fit["rule"].startswith("automatic")
     negative = fn.fit_tail(arrays, attrs, -1)
     assert negative["b"] == pytest.approx(fit["b"], abs=1e-6)

@@ -22,7 +22,7 @@ import torch
 
 from hspec.atomic import write_json
 from hspec.errors import HspecError
-from hspec.numerics import analysis
+from hspec.numerics import analysis, claims
 from hspec.numerics.density import log_density, smoothing_width
 from hspec.numerics.provenance import environment, utc_now
 from hspec.numerics.spectrum import pointwise_band
@@ -152,26 +152,9 @@ def log_tail(
 
 # ------------------------------------------------------------------------- power law
 
-AUTO_FIT_RULE = (
-    "automatic fit range, per sign: the {span:g} decade(s) of |λ| below the largest |λ| of "
-    "that sign, ending two kernel widths (of the log-axis smoothing) below it so that "
-    "the smoothed edge is left out: the tail of the spectrum, away from the concentration "
-    "of eigenvalues near zero"
-)
 
-
-def auto_fit_range(
-    arrays: Mapping, attrs: Mapping, sign: int = 1, *, span: float = 1.0, decades: float = 8.0
-) -> tuple[float, float]:
-    """The fit range [lo, hi] in |λ| chosen by the rule in ``AUTO_FIT_RULE``."""
-    values, _ = atoms(arrays, attrs)
-    side = values * sign
-    if not np.any(side > 0):
-        raise HspecError(f"fit range: no eigenvalues of sign {sign:+d}")
-    top = math.log10(side[side > 0].max())
-    steps, k = _steps_and_k(attrs)
-    sigma_u = decades / 2 * smoothing_width(steps, k)  # log_density's default width
-    return float(10 ** (top - span)), float(10 ** (top - 2 * sigma_u))
+# the automatic range's rule, in the caption's words (the fit's: claims.TAIL_RULE)
+AUTO_FIT_RULE = claims.TAIL_RULE.replace("{top:g}", f"{claims.TAIL_TOP:g}")
 
 
 def fit_tail(
@@ -183,21 +166,26 @@ def fit_tail(
     span: float = 1.0,
     decades: float = 8.0,
 ) -> dict:
-    """Power law φ = a·|λ|^(−b) fitted to the density of |λ| over one sign
-    (:func:`hspec.numerics.analysis.power_law_fit`) on ``fit_range`` = [lo, hi] or, if None,
-    on :func:`auto_fit_range`. Returns a, b, r2, points, lo, hi, sign, rule; on
-    failure ``{"error": message, "sign", "rule"}``."""
+    """Power law φ = a·|λ|^(−b) of the density of |λ| over one sign:
+    :func:`hspec.numerics.claims.tail_exponent` (b with its interval, on ``fit_range`` =
+    [lo, hi] or, if None, on the range of its rule ``claims.TAIL_RULE``) and the R² of
+    that line against :func:`log_tail`'s density there. Returns a, b, interval, r2,
+    points, lo, hi, sign, rule, …; on failure ``{"error": message, "sign", "rule"}``."""
     rule = "given" if fit_range is not None else AUTO_FIT_RULE.format(span=span)
     try:
-        if fit_range is None:
-            lo, hi = auto_fit_range(arrays, attrs, sign, span=span, decades=decades)
-        else:
-            lo, hi = (float(v) for v in fit_range)
+        fit = claims.tail_exponent(
+            *atoms(arrays, attrs),
+            int(attrs["n_params"]),
+            sign=sign,
+            span=span,
+            n_vec=int(_settings(attrs).get("n_vec", 1)),
+            fit_range=fit_range,
+        )
         x, phi = log_tail(arrays, attrs, sign, decades=decades)
-        fit = analysis.power_law_fit(x, phi, lo, hi)
+        r2, points = analysis.power_law_r2(x, phi, fit["a"], fit["b"], fit["lo"], fit["hi"])
     except HspecError as error:
         return {"error": str(error), "sign": sign, "rule": rule}
-    return {**fit, "sign": sign, "rule": rule}
+    return {**fit, "r2": r2, "points": points}
 
 
 # ------------------------------------------------------------------- errors and origin
@@ -828,7 +816,8 @@ def _fit_line(sign, fit) -> str:
     if "error" in fit:
         return f"power law on {sign}: no fit ({fit['error']})"
     return (
-        f"power law on {sign}: phi = {fit['a']:.3g} |lambda|^-{fit['b']:.3f}, "
+        f"power law on {sign}: phi = {fit['a']:.3g} |lambda|^-{fit['b']:.3f} "
+        f"(b in [{fit['interval'][0]:.3f}, {fit['interval'][1]:.3f}] at {fit['level']:.0%}), "
         f"R^2 = {fit['r2']:.3f}, on |lambda| in [{fit['lo']:.3g}, {fit['hi']:.3g}] "
         f"({fit['points']} grid points)"
     )
