@@ -112,6 +112,12 @@ def bulk_edges(
 ) -> tuple[float, float]:
     """:func:`hspec.numerics.analysis.bulk_edges` of the bulk's quadrature, leaving out the Ritz
     values of separated outliers (for spectra computed without deflation)."""
+    return analysis.bulk_edges(*bulk_quadrature(arrays, attrs, outliers), quantiles)
+
+
+def bulk_quadrature(arrays: Mapping, attrs: Mapping, outliers=None) -> tuple[np.ndarray, ...]:
+    """(nodes, weights) of the bulk: the Ritz quadrature (KPM: the density's grid cells)
+    below the separated outliers (``outliers``, by default :func:`separated`)."""
     outliers = separated(arrays, attrs) if outliers is None else np.asarray(outliers)
     nodes, weights = np.asarray(arrays["nodes"]), np.asarray(arrays["weights"])
     if nodes.size == 0:
@@ -124,7 +130,7 @@ def bulk_edges(
         nodes, weights = nodes[keep], weights[keep]
     if nodes.size == 0 or not np.sum(weights) > 0:
         raise HspecError("bulk: no quadrature mass left below the outliers")
-    return analysis.bulk_edges(nodes, weights, quantiles)
+    return nodes, weights
 
 
 def asymmetry(arrays: Mapping, attrs: Mapping) -> float:
@@ -495,11 +501,14 @@ def origin_lines(numbers: Mapping) -> list[str]:
     seen = []
     for _, values in spectra_of(numbers):
         origin = values["provenance"]
-        line = (
-            f"spectra: hspec {origin.get('hspec_version')} (commit "
-            f"{str(origin.get('git_commit'))[:12]}{', dirty' if origin.get('git_dirty') else ''}), "
-            f"torch {origin.get('torch')}, on {origin.get('device')} ({origin.get('host')})"
-        )
+        if not origin:
+            line = "spectra: no provenance stored (written by an hspec that did not record it)"
+        else:
+            line = (
+                f"spectra: hspec {origin.get('hspec_version')} (commit "
+                f"{str(origin.get('git_commit'))[:12]}{', dirty' if origin.get('git_dirty') else ''}), "
+                f"torch {origin.get('torch')}, on {origin.get('device')} ({origin.get('host')})"
+            )
         if line not in seen:
             seen.append(line)
     figure = numbers.get("figure_provenance", {})
@@ -518,6 +527,35 @@ def _fit_error_line(sign, errors) -> list[str]:
         f"{b['level']:.0%} t interval [{b['interval_t'][0]:.3g}, {b['interval_t'][1]:.3g}] "
         "(range held at the pooled fit's)"
     ]
+
+
+# ----------------------------------------------------------------- the paper's claims
+
+
+def _claim(measure, *args) -> dict:
+    """``measure(*args)``, or ``{"error": …}`` where the spectra cannot give it."""
+    try:
+        return measure(*args)
+    except HspecError as error:
+        return {"error": str(error)}
+
+
+def bulk_law(arrays: Mapping, attrs: Mapping) -> dict:
+    """Is the bulk Marchenko–Pastur or heavy-tailed: :func:`hspec.numerics.claims.bulk_law`
+    of the bulk's quadrature without the separated outliers (:func:`bulk_quadrature`)."""
+    return _claim(lambda: claims.bulk_law(*bulk_quadrature(arrays, attrs)))
+
+
+def symmetry(arrays: Mapping, attrs: Mapping) -> dict:
+    """R's symmetry about 0 with its errors across runs: :func:`hspec.numerics.claims.symmetry`
+    of the stored result."""
+    return _claim(lambda: claims.symmetry(as_result(arrays, attrs)))
+
+
+def magnitude_ratio(train, test) -> dict:
+    """How much smaller the test Hessian is than the train one:
+    :func:`hspec.numerics.claims.magnitude_ratio` of the stored (arrays, attrs) pairs."""
+    return _claim(lambda: claims.magnitude_ratio(as_result(*train), as_result(*test)))
 
 
 # ------------------------------------------------------------------------------ numbers
@@ -619,9 +657,19 @@ def _largest(pairs) -> float | None:
     return max((p["relative_difference"] for p in pairs), default=None)
 
 
-def hessian_numbers(fig: str, loaded: Mapping, paths: Mapping, classes=None) -> dict:
-    """Figs. 1–2: :func:`spectrum_numbers` of every panel's Hessian."""
+def hessian_numbers(
+    fig: str, loaded: Mapping, paths: Mapping, classes=None, train: Mapping | None = None
+) -> dict:
+    """Figs. 1–2: :func:`spectrum_numbers` of every panel's Hessian, its :func:`bulk_law`
+    and, given the train Hessians of the same models (``train``, by label; Fig. 2), the
+    test/train :func:`magnitude_ratio`."""
+    claimed = {"bulk_law": {label: bulk_law(*loaded[label]) for label in loaded}}
+    if train is not None:
+        claimed["magnitude_ratio"] = {
+            label: magnitude_ratio(train[label], loaded[label]) for label in loaded
+        }
     return {
+        **claimed,
         "figure": fig,
         "split": "train" if fig == "fig1" else "test",
         "component": "hessian",
@@ -697,7 +745,9 @@ def components_panel(
 ) -> dict:
     """Fig. 4, one model: every component's numbers (plain and log variants), H's
     outliers paired with G's, the power law fitted to each sign of the tail component's
-    log variant, its asymmetry, and the zoom range of (c)."""
+    log variant (with the exponent's error across runs, :func:`fit_errors`), its
+    asymmetry and :func:`symmetry`, the :func:`bulk_law` of H and G, and the zoom range
+    of (c)."""
     components = ordered_components(loaded)
     missing = [c for c in components if c not in log_loaded]
     if missing:
@@ -720,6 +770,10 @@ def components_panel(
         "fit": fit,
         "fit_negative": negative,
         "fit_errors": fit_errors(*log_loaded[tail], fit),
+        "symmetry": symmetry(*log_loaded[tail]),
+        "bulk_law": {
+            c: bulk_law(*loaded[c]) for c in components if c in ("hessian", "gradient_covariance")
+        },
         "fit_negative_errors": fit_errors(*log_loaded[tail], negative),
         "fit_range": None if "error" in fit else [fit["lo"], fit["hi"]],
         "fit_range_given": fit_range is not None,
@@ -833,7 +887,82 @@ def summary_lines(numbers: Mapping) -> list[str]:
     for label, panel in numbers.get("panels", {}).items():
         for sign, key in (("lambda > 0", "fit_errors"), ("lambda < 0", "fit_negative_errors")):
             lines += [f"  {label}: {line}" for line in _fit_error_line(sign, panel.get(key))]
-    return measured_lines(numbers) + lines + ["  " + line for line in origin_lines(numbers)]
+    lines += ["  " + line for line in origin_lines(numbers)]
+    return measured_lines(numbers) + ["the paper's claims:", *claim_lines(numbers)] + lines
+
+
+def claim_lines(numbers: Mapping) -> list[str]:
+    """The paper's claims as measured in a figure's numbers, in words: the bulk law of
+    each spectrum that has one, R's symmetry and the test/train magnitude ratio."""
+    lines = []
+    for label, found in claims_of(numbers, "bulk_law"):
+        lines.append(f"  bulk of {label}: {bulk_law_phrase(found)}")
+    for label, found in claims_of(numbers, "symmetry"):
+        lines.append(f"  symmetry of {label}: {symmetry_phrase(found)}")
+    for label, found in claims_of(numbers, "magnitude_ratio"):
+        lines.append(f"  test/train magnitude of {label}: {ratio_phrase(found)}")
+    return lines
+
+
+def claims_of(numbers: Mapping, key: str, label: str = "") -> list[tuple[str, Mapping]]:
+    """Every (label, claim) stored under ``key`` in a figure's numbers: a mapping of labels
+    to claims (``bulk_law``, ``magnitude_ratio``) or one claim (a panel's ``symmetry``),
+    the label the keys leading to it."""
+    found = []
+    for name, value in numbers.items():
+        if not isinstance(value, Mapping):
+            continue
+        where = f"{label}/{name}" if label else str(name)
+        if name != key:
+            found += claims_of(value, key, where)
+        elif key == "symmetry":
+            found.append((label, value))
+        else:
+            found += [(f"{label}/{k}" if label else k, v) for k, v in value.items()]
+    return found
+
+
+def _pm(value, error, digits: int = 3) -> str:
+    return f"{value:.{digits}g}" + ("" if error is None else f" ± {error:.2g}")
+
+
+def bulk_law_phrase(found: Mapping) -> str:
+    """:func:`bulk_law` in words: the verdict and both fits' W1 distances."""
+    if "error" in found:
+        return f"no fit ({found['error']})"
+    mp, heavy = found["marchenko_pastur"], found["frechet"]
+    return (
+        f"{found['preferred']} (W1 relative to E|lambda|: Marchenko-Pastur "
+        f"{mp['w1_relative']:.3g}, ratio {mp['ratio']:.3g}; Frechet {heavy['w1_relative']:.3g}, "
+        f"alpha {heavy['alpha']:.3g}; KS {mp['ks']:.3g} vs {heavy['ks']:.3g})"
+    )
+
+
+def symmetry_phrase(found: Mapping) -> str:
+    """:func:`symmetry` in words: the asymmetry with its error and interval."""
+    if "error" in found:
+        return f"n/a ({found['error']})"
+    interval = found["interval"]
+    return (
+        f"asymmetry {_pm(found['asymmetry'], found['standard_error'])} over "
+        f"{found['n_vec']} run(s)"
+        + (
+            ""
+            if interval is None
+            else f", {found['level']:.0%} bootstrap interval [{interval[0]:.3g}, {interval[1]:.3g}]"
+        )
+        + " (0: symmetric about 0, 1: one-signed)"
+    )
+
+
+def ratio_phrase(found: Mapping) -> str:
+    """:func:`magnitude_ratio` in words: the test/train ratios of the top, mean and rms."""
+    if "error" in found:
+        return f"n/a ({found['error']})"
+    return "; ".join(
+        f"{name} {_pm(found[key]['ratio'], found[key]['standard_error'])}"
+        for name, key in (("top eigenvalue", "top"), ("mean", "mean"), ("rms", "rms"))
+    )
 
 
 def measured_lines(numbers: Mapping) -> list[str]:

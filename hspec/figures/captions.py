@@ -10,7 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from hspec.errors import HspecError
-from hspec.figures.caption_numbers import AUTO_FIT_RULE, BAND_LEVEL, BAND_SUPPORT, spectra_of
+from hspec.figures.caption_numbers import (
+    AUTO_FIT_RULE,
+    BAND_LEVEL,
+    BAND_SUPPORT,
+    claim_lines,
+    spectra_of,
+)
 
 DRAWN = (
     "Densities are drawn on a log y-scale (clipped at 1e-8 × their maximum) over the "
@@ -54,6 +60,21 @@ SCALE = (
     "*outliers found: k (classes: C)*) and writes it to ``numbers.json``; nothing "
     "asserts that the paper's structure appears unless those numbers show it."
 )
+BULK_LAW = (
+    "**Bulk law.** The notebook fits to each Hessian's bulk (its quadrature without the "
+    "separated outliers) the best Marchenko–Pastur law and the best heavy-tailed "
+    "(Fréchet) law by Wasserstein-1 distance, and reports which is closer, both "
+    "distances and the Kolmogorov–Smirnov distances (``bulk_law``, "
+    "``hspec.numerics.claims.bulk_law``): the paper's \"the bulk is not "
+    'Marchenko–Pastur" as a measurement.'
+)
+RATIO = (
+    "**Test vs train.** The ratios test/train of the top eigenvalue, of the mean "
+    "eigenvalue (trace/dim) and of the root mean square eigenvalue of the same model's "
+    "Hessians, with errors across the Lanczos runs (``magnitude_ratio``, "
+    "``hspec.numerics.claims.magnitude_ratio``): the paper's \"visibly different "
+    'magnitude" as a number.'
+)
 PANELS = (
     "One panel per data set and examples-per-class size of the figure's "
     "``figures:`` entry in the config."
@@ -67,7 +88,7 @@ _TEXT = {
         "outliers whose number arguably equals the number of classes C and which are "
         "clearly separated from the bulk (less clearly for CIFAR100); negative "
         "eigenvalues exist.",
-        [PANELS, DRAWN, BULK_INSET],
+        [PANELS, DRAWN, BULK_INSET, BULK_LAW],
     ),
     "fig2": (
         "Figure 2: spectrum of the test Hessian",
@@ -75,7 +96,7 @@ _TEXT = {
         "Hessian a bulk and outliers, their number arguably C, though some are less "
         "clearly separated; the test Hessian is of a visibly different magnitude than "
         "the train one.",
-        [PANELS, DRAWN, BULK_INSET],
+        [PANELS, DRAWN, BULK_INSET, BULK_LAW, RATIO],
     ),
     "fig3": (
         "Figure 3: benefits of low-rank deflation",
@@ -110,17 +131,23 @@ _TEXT = {
             "absent), widened by 10 % on each side;\n"
             "* **(d)** R's tail: the density of \\|λ\\| on log–log axes, positive "
             "eigenvalues red, \\|negative\\| blue, with the power law φ = a·\\|λ\\|^(−b) "
-            "fitted by least squares on the log–log axes to the positive side over the "
-            "shaded range, its R², and the asymmetry of R (the Wasserstein-1 distance "
-            "between R's spectrum and its reflection about 0 over 2·E\\|λ\\|; 0 = "
-            "symmetric, 1 = one-signed).",
+            "fitted to the positive side over the shaded range by maximum likelihood (a "
+            "truncated power law on the spectral measure, ``hspec.numerics.claims."
+            "tail_exponent``), with its R² against the drawn density, and the asymmetry "
+            "of R (the Wasserstein-1 distance between R's spectrum and its reflection "
+            "about 0 over 2·E\\|λ\\|; 0 = symmetric, 1 = one-signed).",
             "**Fit range.** The notebook's ``fit_range = [lo, hi]`` (in \\|λ\\|) fixes it. "
             "With ``fit_range = None``, the "
             + AUTO_FIT_RULE.format(span=1.0).replace("|λ|", "\\|λ\\|")
             + ". The negative side is fitted the same way and "
-            "reported in the numbers. With n_vec ≥ 2 the exponent is also fitted to each "
-            "run alone on the same range; its spread across runs is the exponent's error "
-            "for that range (the range rule's own variation is not in it).",
+            "reported in the numbers. The exponent's interval (``fit``: ``interval``) is "
+            "the fit's own; with n_vec ≥ 2, ``fit_errors`` gives besides its jackknife "
+            "error across the runs, refitted on the same range (the range rule's own "
+            "variation is not in that one).",
+            "**Claims.** ``numbers.json`` gives R's symmetry with its standard error "
+            "across runs and a bootstrap interval (``symmetry``, "
+            "``hspec.numerics.claims.symmetry``) and the bulk law of H and G "
+            "(``bulk_law``, as in Fig. 1).",
             DRAWN,
         ],
     ),
@@ -161,8 +188,9 @@ def _entry(fig: str):
 def measured(numbers: Mapping) -> str:
     """What a figure's bands and errors show, in words (Markdown, for its notebook), from
     its numbers (:mod:`hspec.figures.caption_numbers`): how wide each spectrum's band is
-    (or that one run gives none), which deflated outliers are unconverged, and where
-    the spectra were computed."""
+    (or that one run gives none), which deflated outliers are unconverged, the paper's
+    claims as measured (:func:`hspec.figures.caption_numbers.claim_lines`) and where the
+    spectra were computed."""
     spectra = spectra_of(numbers)
     banded = [(label, values["band"]) for label, values in spectra if values["band"]]
     if banded:
@@ -211,8 +239,19 @@ def measured(numbers: Mapping) -> str:
             f"hspec {o.get('hspec_version')} at commit {str(o.get('git_commit'))[:12]}"
             + (" (dirty)" if o.get("git_dirty") else "")
             + f" on {o.get('device')}"
+            if o
+            else "an hspec that recorded no provenance"
             for o in (values["provenance"] for _, values in spectra)
         }
     )
     origin = "**Origin.** Computed by " + "; ".join(origins) + " (details in ``numbers.json``)."
-    return "\n\n".join([band, outliers, origin])
+    claimed = claim_lines(numbers)
+    claims = (
+        ["**The paper's claims, measured** (``numbers.json``; each with its method):"]
+        + ["* " + line.strip() for line in claimed]
+        if claimed
+        else []
+    )
+    return "\n\n".join(
+        [band, outliers, "\n".join(claims), origin] if claims else [band, outliers, origin]
+    )

@@ -238,6 +238,10 @@ def _truncated_rate(mean_log: float, span: float) -> float:
         return 1 / a - span / math.expm1(a * span) - mean_log
 
     bound = 200.0 / span
+    if gap(-bound) * gap(bound) > 0:  # the mass sits at one end of the range: no power law
+        raise HspecError(
+            f"fit range: its mass sits at one end (mean log {mean_log:.3g} of {span:.3g})"
+        )
     return scipy.optimize.brentq(gap, -bound, bound, xtol=1e-12)
 
 
