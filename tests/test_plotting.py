@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 
 import hspec
@@ -17,7 +18,7 @@ from hspec.figures import captions
 from hspec.figures import drawing as hd
 from hspec.figures import specs as fs
 from hspec.numerics.density import gaussian_density, smoothing_width
-from hspec.pipeline.store import write_spectrum
+from hspec.pipeline.store import read_result, write_spectrum
 
 SPIKES = [15.0, 20.0, 30.0]
 
@@ -32,15 +33,27 @@ def spiked(p=300, rank=100, spikes=SPIKES, seed=0):
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory):
     """{variant: (arrays, attrs)} of a spiked Wishart matrix, plain and deflated (C=5,
-    more than the 3 spikes)."""
+    more than the 3 spikes), with one Lanczos run and (``plain2``, ``deflated2``) with two;
+    ``paths`` maps each variant to its group."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small products: one thread is as fast, and spares a busy machine
     root = tmp_path_factory.mktemp("plotting")
     matrix = torch.tensor(spiked())
-    out = {}
-    for name, deflate in (("plain", 0), ("deflated", 5)):
+    out = {"paths": {}}
+    for name, deflate, n_vec in (
+        ("plain", 0, 1),
+        ("deflated", 5, 1),
+        ("plain2", 0, 2),
+        ("deflated2", 5, 2),
+    ):
         result = hspec.spectral_density(
-            lambda v: matrix @ v, 300, dtype=torch.float64, steps=48, iterations=48, deflate=deflate
+            lambda v: matrix @ v,
+            300,
+            dtype=torch.float64,
+            steps=48,
+            iterations=48,
+            deflate=deflate,
+            n_vec=n_vec,
         )
         write_spectrum(
             root / f"{name}.zarr",
@@ -55,6 +68,7 @@ def stored(tmp_path_factory):
             },
         )
         out[name] = fs.load(root / f"{name}.zarr")
+        out["paths"][name] = root / f"{name}.zarr"
     out["exact"] = np.linalg.eigvalsh(matrix.numpy())
     torch.set_num_threads(threads)
     return out
@@ -178,9 +192,10 @@ def test_auto_fit_recovers_a_power_law_and_ignores_the_mass_at_zero(zeros):
     attrs = quadrature_attrs(len(arrays["nodes"]))
     fit = fn.fit_tail(arrays, attrs, 1)
     assert fit["b"] == pytest.approx(2.5, abs=0.05) and fit["r2"] > 0.99
-    # the decade below the largest eigenvalue, short of the smoothed edge
-    top = arrays["nodes"].max()
-    assert fit["lo"] == pytest.approx(top / 10) and 0.8 * top < fit["hi"] < top
+    # the decade below the point above which lie 30 eigenvalues' mass
+    above = attrs["n_params"] * arrays["weights"][arrays["nodes"] > fit["hi"]].sum()
+    assert fit["lo"] == pytest.approx(fit["hi"] / 10) and 29 < above <= 30
+    assert fit["interval"][0] < 2.5 < fit["interval"][1]
     assert fit["rule"].startswith("automatic")
     negative = fn.fit_tail(arrays, attrs, -1)
     assert negative["b"] == pytest.approx(fit["b"], abs=1e-6)
@@ -531,3 +546,258 @@ def test_components_figure_draws_a_one_signed_tail(stored):
     fig = hd.components_figure(loaded, numbers)
     tail = [ax for ax in fig.axes if ax.get_title().startswith("(d)")]
     assert len(tail) == 1 and len(tail[0].get_legend().get_texts()) >= 1
+
+
+# ------------------------------------------------------------ bands, errors, provenance
+
+
+def bands(ax) -> list:
+    return [c for c in ax.collections if isinstance(c, PolyCollection)]
+
+
+@pytest.mark.parametrize("variant", ["plain2", "deflated2"])
+def test_plot_density_shades_the_band_of_the_stored_runs(stored, variant):
+    arrays, attrs = stored[variant]
+    ax = Figure().subplots()
+    drawn = hd.plot_density(ax, arrays, attrs)
+    assert bands(ax) == [drawn["band"]]
+    grid, lower, upper = read_result(stored["paths"][variant]).band(0.9)
+    assert np.all(lower <= arrays["density"] + 1e-12) and np.all(arrays["density"] <= upper + 1e-12)
+    assert np.any(upper - lower > 1e-6 * arrays["density"].max())  # two runs differ
+    vertices = drawn["band"].get_paths()[0].vertices
+    np.testing.assert_allclose(
+        [vertices[:, 0].min(), vertices[:, 0].max()], [grid[0], grid[-1]], rtol=1e-12
+    )
+    np.testing.assert_allclose(vertices[:, 1].max(), upper.max(), rtol=1e-12)
+    np.testing.assert_allclose(vertices[:, 1].min(), max(lower.min(), drawn["floor"]), rtol=1e-12)
+    assert mpl_hex(drawn["band"].get_facecolor()[0][:3]) == hd.BULK_COLOR
+    assert drawn["band"].get_alpha() == hd.BAND_ALPHA
+
+
+def test_one_run_draws_no_band(stored):
+    ax = Figure().subplots()
+    assert hd.plot_density(ax, *stored["plain"])["band"] is None and bands(ax) == []
+    assert hd.plot_log_density(ax, *stored["plain"])["band"] is None and bands(ax) == []
+    fig = hd.hessian_figure({"a": stored["deflated"]}, "t")
+    assert all(bands(ax) == [] for ax in fig.axes)
+
+
+def test_hessian_figure_shades_panel_and_inset(stored):
+    fig = hd.hessian_figure({"a": stored["plain2"], "b": stored["deflated"]}, "t")
+    panel_a, panel_b = fig.axes[:2]
+    assert len(bands(panel_a)) == 1 and len(bands(panel_a.child_axes[0])) == 1
+    assert bands(panel_b) == [] and bands(panel_b.child_axes[0]) == []
+    assert "90% band (2 runs)" in [t.get_text() for t in panel_a.get_legend().get_texts()]
+
+
+def test_log_band_brackets_the_pooled_tail(stored):
+    arrays, attrs = stored["plain2"]
+    ax = Figure().subplots()
+    drawn = hd.plot_log_density(ax, arrays, attrs, sign=1)
+    x, lower, upper = fn.log_tail_band(arrays, attrs, 1)
+    np.testing.assert_array_equal(x, drawn["x"])
+    # the pooled curve is the mean of the runs' curves (up to their interpolation)
+    inside = drawn["phi"] > 1e-3 * drawn["phi"].max()
+    centre = (lower + upper) / 2
+    np.testing.assert_allclose(centre[inside], drawn["phi"][inside], rtol=0.05)
+    assert len(bands(ax)) == 1
+
+
+def duplicated_run(arrays):
+    """The arrays of a result whose two runs are both its run 0."""
+    run = fn.run_arrays(arrays, 0)
+    nodes, weights = run["nodes"], run["weights"] / 2
+    return {
+        **arrays,
+        "nodes": np.concatenate([nodes, nodes]),
+        "weights": np.concatenate([weights, weights]),
+        "runs": np.repeat([0, 1], nodes.size),
+    }
+
+
+def test_a_run_alone_is_a_whole_estimate(stored):
+    arrays, attrs = stored["deflated2"]
+    assert fn.n_runs(arrays) == 2 and fn.n_runs(stored["deflated"][0]) == 1
+    masses = [fn.run_arrays(arrays, run)["weights"].sum() for run in (0, 1)]
+    np.testing.assert_allclose(masses, arrays["weights"].sum(), rtol=1e-12)
+    # two identical runs: every spread is 0 and every per-run value the pooled one
+    twin = duplicated_run(arrays)
+    errors = fn.run_errors(twin, attrs)
+    pooled = fn.bulk_edges(twin, attrs)
+    for edge, value in zip(errors["bulk_edges"], pooled):
+        assert edge["standard_error"] == 0 and edge["value"] == pytest.approx(value, rel=1e-12)
+    assert errors["asymmetry"]["standard_error"] == 0
+    np.testing.assert_allclose(
+        fn.log_tail(fn.run_arrays(twin, 1), attrs)[1], fn.log_tail(twin, attrs)[1], rtol=1e-9
+    )
+    fit = fn.fit_tail(twin, attrs, 1)
+    twin_fit = fn.fit_errors(twin, attrs, fit)
+    assert twin_fit["b"]["runs"] == pytest.approx([fit["b"]] * 2, rel=1e-9)
+
+
+def eight_runs(seed=0):
+    """Arrays of 8 Lanczos runs of 20 random nodes each (weights summing to 1/8 per run)."""
+    rng = np.random.default_rng(seed)
+    return {
+        "nodes": rng.normal(size=160),
+        "weights": np.full(160, 1 / 160),
+        "runs": np.repeat(np.arange(8), 20),
+        "outliers": np.empty(0),
+    }
+
+
+def test_resampled_errors_of_a_linear_number_are_those_of_the_mean():
+    arrays = eight_runs()
+
+    def first_moment(a):  # linear in the runs: the pooled value is the mean of the runs'
+        return np.sum(a["weights"] * a["nodes"])
+
+    (error,) = fn.resampled(first_moment, arrays)
+    runs = np.array(error["runs"])
+    np.testing.assert_allclose(runs, [first_moment(fn.run_arrays(arrays, r)) for r in range(8)])
+    assert error["value"] == pytest.approx(runs.mean(), rel=1e-12)
+    assert error["standard_error"] == pytest.approx(runs.std(ddof=1) / math.sqrt(8), rel=1e-9)
+    half = 1.8946 * error["standard_error"]  # t_0.95 with 7 degrees of freedom
+    assert error["interval_t"] == pytest.approx([runs.mean() - half, runs.mean() + half], rel=1e-3)
+    lo, hi = error["interval_bootstrap"]
+    assert lo < error["value"] < hi and hi - lo < 2 * half
+    # pooled runs carry the pooled mass: the statistic of all 8 runs is the pooled one
+    assert first_moment(fn.pool_arrays(arrays, range(8))) == pytest.approx(first_moment(arrays))
+    assert fn.pool_arrays(arrays, [3, 3])["weights"].sum() == pytest.approx(1.0)
+
+
+def test_numbers_carry_errors_certificates_and_provenance(stored, tmp_path):
+    arrays, attrs = stored["deflated2"]
+    result = read_result(stored["paths"]["deflated2"])
+    numbers = fn.hessian_numbers("fig1", {"x": stored["deflated2"]}, {"x": "x.zarr"})
+    path = fn.write_numbers(numbers, tmp_path / "numbers.json")
+    written = json.loads(path.read_text())
+    values = written["spectra"]["x"]
+    assert values["n_vec"] == 2 and values["band"]["level"] == 0.9
+    assert values["band"]["median_relative_width"] > 0
+    certificates = values["outlier_certificates"]
+    np.testing.assert_allclose([c["value"] for c in certificates], result.outliers)
+    np.testing.assert_allclose([c["residual"] for c in certificates], result.residuals)
+    np.testing.assert_allclose(
+        [c["interval"] for c in certificates], np.stack(result.outlier_intervals(), axis=1)
+    )
+    np.testing.assert_allclose([c["error_bound"] for c in certificates], result.error_bounds)
+    assert [c["converged"] for c in certificates] == result.converged.tolist()
+    assert values["unconverged_outliers"] == result.outliers[~result.converged].tolist()
+    assert values["provenance"] == json.loads(json.dumps(result.provenance))
+    assert {"git_commit", "torch", "numpy", "zarr", "device", "host", "started", "seconds"} <= set(
+        values["provenance"]
+    )
+    errors = values["errors"]
+    per_run = [fn.bulk_edges(fn.run_arrays(arrays, run), attrs) for run in (0, 1)]
+    np.testing.assert_allclose(errors["bulk_edges"][1]["runs"], [e[1] for e in per_run])
+    upper = errors["bulk_edges"][1]
+    assert upper["standard_error"] == pytest.approx(abs(per_run[0][1] - per_run[1][1]) / 2)
+    assert upper["value"] == pytest.approx(fn.bulk_edges(arrays, attrs)[1], rel=1e-12)
+    assert upper["interval_t"][0] < upper["value"] < upper["interval_t"][1]
+    assert errors["gap_heuristic_outliers"]["runs"] == [3, 3]
+    assert written["band_level"] == 0.9 and written["figure_provenance"]["written"]
+    single = fn.spectrum_numbers(*stored["deflated"])
+    assert single["n_vec"] == 1 and single["errors"] is None and single["band"] is None
+    assert len(single["outlier_certificates"]) == 5
+
+
+def test_an_unconverged_outlier_is_marked(stored):
+    arrays, attrs = stored["deflated"]
+    flagged = {**arrays, "converged": np.array([False] + [True] * 4)}
+    numbers = fn.hessian_numbers("fig1", {"x": (flagged, attrs)}, {"x": "x.zarr"})
+    assert numbers["spectra"]["x"]["unconverged_outliers"] == [arrays["outliers"][0]]
+    assert any("1 unconverged" in line for line in fn.summary_lines(numbers))
+    assert "**Unconverged outliers**" in captions.measured(numbers)
+    assert f"{arrays['outliers'][0]:.4g}" in captions.measured(numbers)
+    ax = Figure().subplots()
+    hd.plot_density(ax, flagged, attrs)
+    crosses = [line for line in ax.lines if line.get_marker() == "x"]
+    assert len(crosses) == 1 and list(crosses[0].get_xdata()) == [arrays["outliers"][0]]
+    converged = {**arrays, "converged": np.ones(5, dtype=bool)}
+    hd.plot_density(ax := Figure().subplots(), converged, attrs)
+    assert not [line for line in ax.lines if line.get_marker() == "x"]
+
+
+def test_the_notebook_text_says_what_the_band_shows(stored):
+    arrays, attrs = stored["deflated"]
+    # C = 5 > 3 spikes: the two deflated values at the bulk's edge have not converged
+    assert arrays["converged"].tolist() == [True] * 3 + [False] * 2
+    one = fn.hessian_numbers("fig1", {"x": stored["deflated"]}, {"x": "x.zarr"})
+    text = captions.measured(one)
+    assert "one Lanczos run (n_vec = 1): no band" in text
+    assert "**Unconverged outliers**" in text and f"{arrays['outliers'][4]:.4g}" in text
+    converged = ({**arrays, "converged": np.ones(5, dtype=bool)}, attrs)
+    text = captions.measured(fn.hessian_numbers("fig1", {"x": converged}, {"x": "x"}))
+    assert "All 5 deflated outliers converged" in text
+    two = fn.hessian_numbers(
+        "fig1", {"x": stored["plain2"], "y": stored["plain"]}, {"x": "x", "y": "y"}
+    )
+    text = captions.measured(two)
+    width = two["spectra"]["x"]["band"]["median_relative_width"]
+    assert f"x: 2 runs, {width:.1%} of the density" in text
+    assert "Spectra with one run carry no band: spectra/y." in text
+    assert "No spectrum here was deflated" in text
+    assert stored["deflated"][1]["provenance"]["git_commit"][:12] in captions.measured(one)
+
+
+def test_fig4_numbers_give_the_exponent_across_runs(stored):
+    spectra = {"hessian": stored["deflated2"], "prediction_hessian": stored["plain2"]}
+    loaded = {"digits": {"spectra": spectra, "log_spectra": spectra}}
+    names = dict.fromkeys(spectra, "p")
+    numbers = fn.components_numbers(loaded, {"digits": {"spectra": names, "log_spectra": names}})
+    panel = numbers["panels"]["digits"]
+    b = panel["fit_errors"]["b"]
+    assert len(b["runs"]) == 2 and b["interval_t"][0] < b["value"] < b["interval_t"][1]
+    assert b["value"] == pytest.approx(panel["fit"]["b"], rel=1e-9)
+    assert panel["fit_errors"]["range"] == panel["fit_range"]
+    # λ < 0: only the rounding-level Ritz values of the zero eigenvalues, one atom a run
+    assert "mass sits at one end" in panel["fit_negative"]["error"]
+    assert panel["fit_negative_errors"] is None
+    assert any("band" in line for line in fn.summary_lines(numbers))
+    fig = hd.components_figure(loaded, numbers)
+    assert sum(len(bands(ax)) for ax in fig.axes) >= 6
+
+
+# ------------------------------------------------------------------ the paper's claims
+
+
+def test_figure_numbers_carry_the_claims(stored):
+    from hspec.numerics import claims
+
+    test, train = stored["deflated2"], stored["plain2"]
+    numbers = fn.hessian_numbers("fig2", {"x": test}, {"x": "t"}, train={"x": train})
+    expected = claims.magnitude_ratio(
+        read_result(stored["paths"]["plain2"]), read_result(stored["paths"]["deflated2"])
+    )
+    ratio = numbers["magnitude_ratio"]["x"]
+    assert ratio == expected and ratio["top"]["ratio"] == pytest.approx(1.0)  # one matrix
+    law = numbers["bulk_law"]["x"]
+    assert law == claims.bulk_law(*fn.bulk_quadrature(*test))
+    assert law["preferred"] in ("marchenko-pastur", "heavy-tailed")
+    lines = fn.summary_lines(numbers)
+    assert any(line.startswith("  bulk of x: " + law["preferred"]) for line in lines)
+    assert any("test/train magnitude of x: top eigenvalue 1; mean " in line for line in lines)
+    assert "**The paper's claims, measured**" in captions.measured(numbers)
+    # without the train spectra (Fig. 1) no ratio; a result without runs gives a reason
+    assert "magnitude_ratio" not in fn.hessian_numbers("fig1", {"x": test}, {"x": "t"})
+    one = fn.magnitude_ratio(({**train[0], "runs": np.empty(0)}, train[1]), test)
+    assert "error" in one
+
+
+def test_fig4_numbers_carry_the_symmetry_of_the_tail(stored):
+    from hspec.numerics import claims
+
+    spectra = {"hessian": stored["deflated2"], "prediction_hessian": stored["plain2"]}
+    names = dict.fromkeys(spectra, "p")
+    numbers = fn.components_numbers(
+        {"d": {"spectra": spectra, "log_spectra": spectra}},
+        {"d": {"spectra": names, "log_spectra": names}},
+    )
+    panel = numbers["panels"]["d"]
+    assert panel["symmetry"] == claims.symmetry(read_result(stored["paths"]["plain2"]))
+    assert panel["symmetry"]["n_vec"] == 2 and panel["symmetry"]["standard_error"] > 0
+    assert list(panel["bulk_law"]) == ["hessian"]  # H and G only, not R
+    assert any(
+        line.startswith("  symmetry of panels/d: asymmetry") for line in fn.summary_lines(numbers)
+    )

@@ -130,7 +130,7 @@ def test_the_library_and_cli_defaults_are_the_settings():
     recipe and `hspec spectrum`/`hspec train` defaults all equal hspec.settings."""
     signature = inspect.signature(spectral_density).parameters
     shared = [key for key in settings.SPECTRUM if key in signature]
-    assert len(shared) == 11 and "seed" in shared  # spectrum.seed: the start vectors'
+    assert len(shared) == 12 and "seed" in shared  # spectrum.seed: the start vectors'
     for key in shared:
         assert signature[key].default == settings.SPECTRUM[key], key
     assert operators.DEFAULT_BATCH_SIZE == settings.SPECTRUM["batch_size"]

@@ -25,12 +25,16 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import scipy.stats
+import torch
 
 from hspec.atomic import write_json
 from hspec.errors import HspecError
-from hspec.numerics import analysis
+from hspec.numerics import analysis, claims
 from hspec.numerics.density import log_density, smoothing_width
-from hspec.pipeline.store import attribution_of
+from hspec.numerics.provenance import environment, utc_now
+from hspec.numerics.spectrum import pointwise_band
+from hspec.pipeline.store import as_result, attribution_of
 
 GHOST_TOLERANCE = 1e-4  # Ritz values closer than this × spectrum width count once
 # Ritz values with a weight below this × 1/n_params (one eigenvalue's share) are taken
@@ -116,6 +120,12 @@ def bulk_edges(
 ) -> tuple[float, float]:
     """:func:`hspec.numerics.analysis.bulk_edges` of the bulk's quadrature, leaving out the Ritz
     values of separated outliers (for spectra computed without deflation)."""
+    return analysis.bulk_edges(*bulk_quadrature(arrays, attrs, outliers), quantiles)
+
+
+def bulk_quadrature(arrays: Mapping, attrs: Mapping, outliers=None) -> tuple[np.ndarray, ...]:
+    """(nodes, weights) of the bulk: the Ritz quadrature (KPM: the density's grid cells)
+    below the separated outliers (``outliers``, by default :func:`separated`)."""
     outliers = separated(arrays, attrs) if outliers is None else np.asarray(outliers)
     nodes, weights = np.asarray(arrays["nodes"]), np.asarray(arrays["weights"])
     if nodes.size == 0:
@@ -128,7 +138,7 @@ def bulk_edges(
         nodes, weights = nodes[keep], weights[keep]
     if nodes.size == 0 or not np.sum(weights) > 0:
         raise HspecError("bulk: no quadrature mass left below the outliers")
-    return analysis.bulk_edges(nodes, weights, quantiles)
+    return nodes, weights
 
 
 def asymmetry(arrays: Mapping, attrs: Mapping) -> float:
@@ -156,26 +166,9 @@ def log_tail(
 
 # ------------------------------------------------------------------------- power law
 
-AUTO_FIT_RULE = (
-    "automatic fit range, per sign: the {span:g} decade(s) of |λ| below the largest |λ| of "
-    "that sign, ending two kernel widths (of the log-axis smoothing) below it so that "
-    "the smoothed edge is left out: the tail of the spectrum, away from the concentration "
-    "of eigenvalues near zero"
-)
 
-
-def auto_fit_range(
-    arrays: Mapping, attrs: Mapping, sign: int = 1, *, span: float = 1.0, decades: float = 8.0
-) -> tuple[float, float]:
-    """The fit range [lo, hi] in |λ| chosen by the rule in ``AUTO_FIT_RULE``."""
-    values, _ = atoms(arrays, attrs)
-    side = values * sign
-    if not np.any(side > 0):
-        raise HspecError(f"fit range: no eigenvalues of sign {sign:+d}")
-    top = math.log10(side[side > 0].max())
-    steps, k = _steps_and_k(attrs)
-    sigma_u = decades / 2 * smoothing_width(steps, k)  # log_density's default width
-    return float(10 ** (top - span)), float(10 ** (top - 2 * sigma_u))
+# the automatic range's rule, in the caption's words (the fit's: claims.TAIL_RULE)
+AUTO_FIT_RULE = claims.TAIL_RULE.replace("{top:g}", f"{claims.TAIL_TOP:g}")
 
 
 def fit_tail(
@@ -187,21 +180,390 @@ def fit_tail(
     span: float = 1.0,
     decades: float = 8.0,
 ) -> dict:
-    """Power law φ = a·|λ|^(−b) fitted to the density of |λ| over one sign
-    (:func:`hspec.numerics.analysis.power_law_fit`) on ``fit_range`` = [lo, hi] or, if None,
-    on :func:`auto_fit_range`. Returns a, b, r2, points, lo, hi, sign, rule; on
-    failure ``{"error": message, "sign", "rule"}``."""
+    """Power law φ = a·|λ|^(−b) of the density of |λ| over one sign:
+    :func:`hspec.numerics.claims.tail_exponent` (b with its interval, on ``fit_range`` =
+    [lo, hi] or, if None, on the range of its rule ``claims.TAIL_RULE``) and the R² of
+    that line against :func:`log_tail`'s density there. Returns a, b, interval, r2,
+    points, lo, hi, sign, rule, …; on failure ``{"error": message, "sign", "rule"}``."""
     rule = "given" if fit_range is not None else AUTO_FIT_RULE.format(span=span)
     try:
-        if fit_range is None:
-            lo, hi = auto_fit_range(arrays, attrs, sign, span=span, decades=decades)
-        else:
-            lo, hi = (float(v) for v in fit_range)
+        fit = claims.tail_exponent(
+            *atoms(arrays, attrs),
+            int(attrs["n_params"]),
+            sign=sign,
+            span=span,
+            n_vec=int(_settings(attrs).get("n_vec", 1)),
+            fit_range=fit_range,
+        )
         x, phi = log_tail(arrays, attrs, sign, decades=decades)
-        fit = analysis.power_law_fit(x, phi, lo, hi)
+        r2, points = analysis.power_law_r2(x, phi, fit["a"], fit["b"], fit["lo"], fit["hi"])
     except HspecError as error:
         return {"error": str(error), "sign": sign, "rule": rule}
-    return {**fit, "sign": sign, "rule": rule}
+    return {**fit, "r2": r2, "points": points}
+
+
+# ------------------------------------------------------------------- errors and origin
+
+BAND_LEVEL = 0.9  # the level of every band and interval the figures show
+# the band's relative width is summarised where the density is above this × its peak
+# (the top three of the eight decades drawn: the mass at zero alone would be 5 %)
+BAND_SUPPORT = 1e-3
+RESAMPLES = 200  # bootstrap resamples of the runs, for the derived numbers
+ERROR_RULE = (
+    "errors across the n_vec Lanczos runs (each run, its own start vector, is a complete "
+    "estimate of the spectrum: its Ritz quadrature with the same deflated outliers): a "
+    "derived number's value is the pooled result's; its standard error is the jackknife "
+    "one, from the number recomputed on the runs with one left out; its t interval is "
+    "value ± t(n_vec − 1)·standard error; its bootstrap interval the percentile interval "
+    "of the number recomputed on {resamples} resamplings of the runs with replacement; "
+    "'runs' gives it on each run alone; level {level:g}"
+)
+
+
+def n_runs(arrays: Mapping) -> int:
+    """The Lanczos runs stored apart (the ``runs`` index of the nodes); 1 for a group
+    without a run index (KPM, or written before runs were kept)."""
+    runs, nodes = np.asarray(arrays.get("runs", [])), np.asarray(arrays["nodes"])
+    if runs.size == 0 or runs.size != nodes.size:
+        return 1
+    return int(runs.max()) + 1
+
+
+def density_band(arrays: Mapping, attrs: Mapping, level: float = BAND_LEVEL):
+    """(grid, lower, upper): :meth:`hspec.numerics.spectrum.SpectralDensity.band` of the
+    stored result (the t band across runs), or None with fewer than two runs."""
+    if n_runs(arrays) < 2:
+        return None
+    return as_result(arrays, attrs).band(level)
+
+
+def log_tail_band(
+    arrays: Mapping,
+    attrs: Mapping,
+    sign: int = 1,
+    *,
+    decades: float = 8.0,
+    level: float = BAND_LEVEL,
+):
+    """(|λ|, lower, upper): a pointwise ``level`` band of :func:`log_tail` across the
+    Lanczos runs, or None with fewer than two runs. Each run's curve (:func:`log_tail`
+    of :func:`run_arrays`; zero where the run has no eigenvalue of that sign) is
+    interpolated linearly in log10|λ| onto the pooled curve's grid, then
+    :func:`hspec.numerics.spectrum.pointwise_band` (t) of the curves."""
+    n = n_runs(arrays)
+    if n < 2:
+        return None
+    x, _ = log_tail(arrays, attrs, sign, decades=decades)
+    curves = []
+    for run in range(n):
+        try:
+            xr, phir = log_tail(run_arrays(arrays, run), attrs, sign, decades=decades)
+        except HspecError:  # no eigenvalue of that sign in this run
+            xr, phir = x, np.zeros_like(x)
+        curves.append(np.interp(np.log10(x), np.log10(xr), phir, left=0.0, right=0.0))
+    return (x, *pointwise_band(curves, level))
+
+
+def pool_arrays(arrays: Mapping, runs) -> dict:
+    """The arrays of the Lanczos runs ``runs`` (indices, repeats allowed), pooled as a
+    spectrum of their own: their nodes, the weights × n_vec / len(runs) (each run's
+    quadrature carries the pooled mass), the deflated outliers shared; the smoothed
+    ``density`` stays the pooled one."""
+    n, index = n_runs(arrays), np.asarray(arrays["runs"])
+    picks = [np.flatnonzero(index == run) for run in runs]
+    keep = np.concatenate(picks)
+    return {
+        **arrays,
+        "nodes": np.asarray(arrays["nodes"])[keep],
+        "weights": np.asarray(arrays["weights"])[keep] * n / len(picks),
+        "runs": np.repeat(np.arange(len(picks)), [len(p) for p in picks]),
+    }
+
+
+def run_arrays(arrays: Mapping, run: int) -> dict:
+    """The arrays of Lanczos run ``run`` alone (:func:`pool_arrays` of it)."""
+    return pool_arrays(arrays, [run])
+
+
+def resampled(
+    statistic, arrays: Mapping, level: float = BAND_LEVEL, resamples: int = RESAMPLES, seed=0
+) -> list[dict]:
+    """The error across runs of a derived number, as ``ERROR_RULE`` says: ``statistic``
+    maps spectrum arrays to a vector of numbers (e.g. the two bulk edges); it is
+    computed on the pooled runs, on each run alone, on the runs with one left out
+    (jackknife: SE² = (n − 1)/n · Σ (θ₍ᵢ₎ − θ̄₍·₎)²) and on ``resamples`` resamplings
+    of the runs with replacement (seeded by ``seed``; a repeated multiset is computed
+    once). One dict per entry of the vector: value, runs, standard_error, interval_t,
+    interval_bootstrap, level. Needs n_vec ≥ 2."""
+    n, cache = n_runs(arrays), {}
+
+    def at(selection) -> np.ndarray:
+        key = tuple(sorted(int(run) for run in selection))
+        if key not in cache:
+            cache[key] = np.atleast_1d(np.asarray(statistic(pool_arrays(arrays, key)), float))
+        return cache[key]
+
+    value = at(range(n))
+    singles = np.array([at([run]) for run in range(n)])
+    left_out = np.array([at([run for run in range(n) if run != out]) for out in range(n)])
+    error = np.sqrt((n - 1) / n * np.sum((left_out - left_out.mean(axis=0)) ** 2, axis=0))
+    half = scipy.stats.t.ppf((1 + level) / 2, n - 1) * error
+    rng = np.random.default_rng(seed)
+    boot = np.array([at(rng.integers(0, n, n)) for _ in range(resamples)])
+    lower, upper = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    return [
+        {
+            "value": float(value[i]),
+            "runs": singles[:, i].tolist(),
+            "standard_error": float(error[i]),
+            "interval_t": [float(value[i] - half[i]), float(value[i] + half[i])],
+            "interval_bootstrap": [float(lower[i]), float(upper[i])],
+            "level": level,
+        }
+        for i in range(value.size)
+    ]
+
+
+def band_width(arrays: Mapping, attrs: Mapping, level: float = BAND_LEVEL) -> dict | None:
+    """The ``level`` band of the density in one number: the median and largest of
+    (upper − lower) / density over the grid points where the density is above
+    ``BAND_SUPPORT`` × its peak; None with fewer than two runs."""
+    band = density_band(arrays, attrs, level)
+    if band is None:
+        return None
+    _, lower, upper = band
+    density = np.asarray(arrays["density"])
+    bulk = density > BAND_SUPPORT * density.max()
+    relative = (upper - lower)[bulk] / density[bulk]
+    return {
+        "level": level,
+        "method": "t",
+        "runs": n_runs(arrays),
+        "median_relative_width": float(np.median(relative)),
+        "max_relative_width": float(relative.max()),
+        "support": f"density > {BAND_SUPPORT:g} × its maximum",
+    }
+
+
+def run_errors(arrays: Mapping, attrs: Mapping, level: float = BAND_LEVEL) -> dict | None:
+    """:func:`resampled` errors of the derived numbers of one spectrum: the bulk edges,
+    the asymmetry and the number of separated outliers; None with fewer than two runs.
+    (The power-law exponent is in :func:`fit_errors`, on the figure that fits it.)"""
+    n = n_runs(arrays)
+    if n < 2:
+        return None
+    errors = {
+        "n_vec": n,
+        "rule": ERROR_RULE.format(level=level, resamples=RESAMPLES),
+        "asymmetry": resampled(lambda a: asymmetry(a, attrs), arrays, level)[0],
+        "gap_heuristic_outliers": resampled(lambda a: separated(a, attrs).size, arrays, level)[0],
+    }
+    try:
+        errors["bulk_edges"] = resampled(lambda a: bulk_edges(a, attrs), arrays, level)
+    except HspecError as error:
+        errors["bulk_edges"] = {"error": str(error)}
+    return errors
+
+
+def outlier_certificates(arrays: Mapping, attrs: Mapping) -> list[dict]:
+    """Each deflated outlier θ with its true residual r = ‖A x − θ x‖, the interval
+    [θ − r, θ + r] that provably holds an eigenvalue, the sharper gap-based error bound
+    and its ``converged`` flag (:mod:`hspec.numerics.certify`); empty for a group
+    without residuals (no deflation, or written before they were stored)."""
+    if "residuals" not in arrays or len(arrays["residuals"]) != len(arrays["outliers"]):
+        return []
+    result = as_result(arrays, attrs)
+    lower, upper = result.outlier_intervals()
+    return [
+        {
+            "value": float(value),
+            "residual": float(residual),
+            "interval": [float(lo), float(hi)],
+            "error_bound": float(bound),
+            "converged": bool(done),
+        }
+        for value, residual, lo, hi, bound, done in zip(
+            result.outliers, result.residuals, lower, upper, result.error_bounds, result.converged
+        )
+    ]
+
+
+def unconverged(arrays: Mapping) -> np.ndarray:
+    """The deflated outliers flagged unconverged (:mod:`hspec.numerics.certify`); none for
+    a group without flags."""
+    outliers = np.asarray(arrays["outliers"], dtype=float)
+    flags = np.asarray(arrays.get("converged", []), dtype=bool)
+    return outliers[~flags] if flags.size == outliers.size else np.empty(0)
+
+
+def measured(arrays: Mapping, attrs: Mapping) -> dict:
+    """The error and origin of one spectrum's numbers: n_vec, the density's band
+    (:func:`band_width`), the derived numbers' spread across runs (:func:`run_errors`),
+    the outliers' certificates and the unconverged ones among them, and the stored
+    provenance (code, software, device, host, times, model sha256, training settings)."""
+    certificates = outlier_certificates(arrays, attrs)
+    return {
+        "n_vec": n_runs(arrays),
+        "band": band_width(arrays, attrs),
+        "errors": run_errors(arrays, attrs),
+        "outlier_certificates": certificates,
+        "unconverged_outliers": [c["value"] for c in certificates if not c["converged"]],
+        "provenance": dict(attrs.get("provenance") or {}),
+    }
+
+
+def figure_provenance() -> dict:
+    """Where the figure's numbers were computed: this process's code, software and
+    machine (:func:`hspec.numerics.provenance.environment`; the figures compute on the
+    CPU) and the time, UTC."""
+    return {**environment(torch.device("cpu")), "written": utc_now()}
+
+
+def figure_origin() -> dict:
+    """What every figure's numbers carry besides its spectra's: the figure's
+    provenance (:func:`figure_provenance`), the level of its bands and intervals and how
+    errors across runs are computed (``ERROR_RULE``)."""
+    return {
+        "figure_provenance": figure_provenance(),
+        "band_level": BAND_LEVEL,
+        "error_rule": ERROR_RULE.format(level=BAND_LEVEL, resamples=RESAMPLES),
+    }
+
+
+def fit_errors(arrays: Mapping, attrs: Mapping, fit: Mapping, level: float = BAND_LEVEL):
+    """The power law's exponent b with its :func:`resampled` error: :func:`fit_tail` on
+    the pooled fit's range, of the runs pooled, alone, left out and resampled; None with
+    fewer than two runs or when the pooled fit failed, ``{"error": …}`` when a fit on
+    some runs fails. The range is held fixed, so this is the error of the exponent for
+    that range (the range rule's own variation is not in it)."""
+    if n_runs(arrays) < 2 or "error" in fit:
+        return None
+
+    def exponent(pooled):
+        refit = fit_tail(pooled, attrs, fit["sign"], (fit["lo"], fit["hi"]))
+        if "error" in refit:
+            raise HspecError(refit["error"])
+        return refit["b"]
+
+    try:
+        b = resampled(exponent, arrays, level)[0]
+    except HspecError as error:
+        return {"error": f"the fit on some of the runs failed: {error}"}
+    return {"b": b, "range": [fit["lo"], fit["hi"]]}
+
+
+def spectra_of(numbers: Mapping, label: str = "") -> list[tuple[str, Mapping]]:
+    """Every spectrum's numbers (:func:`spectrum_numbers`) inside a figure's numbers,
+    with the keys leading to it joined by '/' as its label, in order."""
+    if "outlier_certificates" in numbers:
+        return [(label, numbers)]
+    return [
+        found
+        for key, value in numbers.items()
+        if isinstance(value, Mapping)
+        for found in spectra_of(value, f"{label}/{key}" if label else str(key))
+    ]
+
+
+def _error(number: Mapping) -> str:
+    return f"{number['value']:.4g} ± {number['standard_error']:.2g}"
+
+
+def error_lines(label: str, numbers: Mapping) -> list[str]:
+    """One spectrum's errors in words: its band and the spread of its derived numbers
+    across runs (or that one run gives none), its certified outliers and the unconverged
+    ones among them."""
+    band, errors = numbers["band"], numbers["errors"]
+    if band is None:
+        lines = [f"{label}: one Lanczos run (n_vec = 1): no band, no error across runs"]
+    else:
+        edges = errors["bulk_edges"]
+        edges = f"[{_error(edges[0])}, {_error(edges[1])}]" if isinstance(edges, list) else "n/a"
+        lines = [
+            f"{label}: {band['runs']} runs; {band['level']:.0%} band of the density: "
+            f"median relative width {band['median_relative_width']:.2g} where it is above "
+            f"{BAND_SUPPORT:g} × its peak; "
+            f"bulk edges {edges}; asymmetry {_error(errors['asymmetry'])}; "
+            f"gap-heuristic outliers per run {[int(v) for v in errors['gap_heuristic_outliers']['runs']]} "
+            "(value ± jackknife standard error across runs)"
+        ]
+    certificates = numbers["outlier_certificates"]
+    if certificates:
+        worst = max(c["residual"] / max(abs(c["value"]), 1e-300) for c in certificates)
+        unconverged = numbers["unconverged_outliers"]
+        lines.append(
+            f"{label}: {len(certificates)} deflated outliers, each within its residual of "
+            f"an eigenvalue (largest relative residual {worst:.2g}); "
+            + (
+                f"{len(unconverged)} unconverged: {[round(v, 4) for v in unconverged]}"
+                if unconverged
+                else "all converged"
+            )
+        )
+    return lines
+
+
+def origin_lines(numbers: Mapping) -> list[str]:
+    """Where a figure's numbers come from: the code and machine of its spectra (each
+    distinct one once) and of the figure."""
+    seen = []
+    for _, values in spectra_of(numbers):
+        origin = values["provenance"]
+        if not origin:
+            line = "spectra: no provenance stored (written by an hspec that did not record it)"
+        else:
+            line = (
+                f"spectra: hspec {origin.get('hspec_version')} (commit "
+                f"{str(origin.get('git_commit'))[:12]}{', dirty' if origin.get('git_dirty') else ''}), "
+                f"torch {origin.get('torch')}, on {origin.get('device')} ({origin.get('host')})"
+            )
+        if line not in seen:
+            seen.append(line)
+    figure = numbers.get("figure_provenance", {})
+    return seen + [
+        f"figure: hspec {figure.get('hspec_version')} (commit "
+        f"{str(figure.get('git_commit'))[:12]}), written {figure.get('written')}"
+    ]
+
+
+def _fit_error_line(sign, errors) -> list[str]:
+    if errors is None or "error" in errors:
+        return []
+    b = errors["b"]
+    return [
+        f"exponent on {sign} across runs: b = {_error(b)}, "
+        f"{b['level']:.0%} t interval [{b['interval_t'][0]:.3g}, {b['interval_t'][1]:.3g}] "
+        "(range held at the pooled fit's)"
+    ]
+
+
+# ----------------------------------------------------------------- the paper's claims
+
+
+def _claim(measure, *args) -> dict:
+    """``measure(*args)``, or ``{"error": …}`` where the spectra cannot give it."""
+    try:
+        return measure(*args)
+    except HspecError as error:
+        return {"error": str(error)}
+
+
+def bulk_law(arrays: Mapping, attrs: Mapping) -> dict:
+    """Is the bulk Marchenko–Pastur or heavy-tailed: :func:`hspec.numerics.claims.bulk_law`
+    of the bulk's quadrature without the separated outliers (:func:`bulk_quadrature`)."""
+    return _claim(lambda: claims.bulk_law(*bulk_quadrature(arrays, attrs)))
+
+
+def symmetry(arrays: Mapping, attrs: Mapping) -> dict:
+    """R's symmetry about 0 with its errors across runs: :func:`hspec.numerics.claims.symmetry`
+    of the stored result."""
+    return _claim(lambda: claims.symmetry(as_result(arrays, attrs)))
+
+
+def magnitude_ratio(train, test) -> dict:
+    """How much smaller the test Hessian is than the train one:
+    :func:`hspec.numerics.claims.magnitude_ratio` of the stored (arrays, attrs) pairs."""
+    return _claim(lambda: claims.magnitude_ratio(as_result(*train), as_result(*test)))
 
 
 # ------------------------------------------------------------------------------ numbers
@@ -306,6 +668,7 @@ def spectrum_numbers(arrays: Mapping, attrs: Mapping, path=None, classes=None) -
         "lambda_max": float(attrs["lambda_max"]),
         "hvp_count": int(attrs["hvp_count"]),
         "asymmetry": float(asymmetry(arrays, attrs)),
+        **measured(arrays, attrs),
     }
 
 
@@ -351,12 +714,23 @@ def _largest(pairs) -> float | None:
     return max((p["relative_difference"] for p in pairs), default=None)
 
 
-def hessian_numbers(fig: str, loaded: Mapping, paths: Mapping, classes=None) -> dict:
-    """Figs. 1–2: :func:`spectrum_numbers` of every panel's Hessian."""
+def hessian_numbers(
+    fig: str, loaded: Mapping, paths: Mapping, classes=None, train: Mapping | None = None
+) -> dict:
+    """Figs. 1–2: :func:`spectrum_numbers` of every panel's Hessian, its :func:`bulk_law`
+    and, given the train Hessians of the same models (``train``, by label; Fig. 2), the
+    test/train :func:`magnitude_ratio`."""
+    claimed = {"bulk_law": {label: bulk_law(*loaded[label]) for label in loaded}}
+    if train is not None:
+        claimed["magnitude_ratio"] = {
+            label: magnitude_ratio(train[label], loaded[label]) for label in loaded
+        }
     return {
+        **claimed,
         "figure": fig,
         "split": "train" if fig == "fig1" else "test",
         "component": "hessian",
+        **figure_origin(),
         "spectra": {
             label: spectrum_numbers(*loaded[label], paths[label], classes) for label in loaded
         },
@@ -381,6 +755,7 @@ def deflation_numbers(loaded: Mapping, paths: Mapping, classes=None) -> dict:
     """Fig. 3: :func:`deflation_panel` per panel."""
     return {
         "figure": "fig3",
+        **figure_origin(),
         "panels": {
             label: deflation_panel(loaded[label], paths[label], classes) for label in loaded
         },
@@ -427,7 +802,9 @@ def components_panel(
 ) -> dict:
     """Fig. 4, one model: every component's numbers (plain and log variants), H's
     outliers paired with G's, the power law fitted to each sign of the tail component's
-    log variant, its asymmetry, and the zoom range of (c)."""
+    log variant (with the exponent's error across runs, :func:`fit_errors`), its
+    asymmetry and :func:`symmetry`, the :func:`bulk_law` of H and G, and the zoom range
+    of (c)."""
     components = ordered_components(loaded)
     missing = [c for c in components if c not in log_loaded]
     if missing:
@@ -442,12 +819,19 @@ def components_panel(
         )
     tail = tail_component(components)
     fit = fit_tail(*log_loaded[tail], 1, fit_range)
+    negative = fit_tail(*log_loaded[tail], -1, fit_range)
     reference, zoom = zoom_range(loaded)
     return {
         "spectra": results,
         "log_spectra": log_results,
         "fit": fit,
-        "fit_negative": fit_tail(*log_loaded[tail], -1, fit_range),
+        "fit_negative": negative,
+        "fit_errors": fit_errors(*log_loaded[tail], fit),
+        "symmetry": symmetry(*log_loaded[tail]),
+        "bulk_law": {
+            c: bulk_law(*loaded[c]) for c in components if c in ("hessian", "gradient_covariance")
+        },
+        "fit_negative_errors": fit_errors(*log_loaded[tail], negative),
         "fit_range": None if "error" in fit else [fit["lo"], fit["hi"]],
         "fit_range_given": fit_range is not None,
         "asymmetry": asymmetry(*log_loaded[tail]),
@@ -464,6 +848,7 @@ def components_numbers(loaded: Mapping, paths: Mapping, fit_range=None, classes=
     return {
         "figure": "fig4",
         "fit_rule": AUTO_FIT_RULE.format(span=1.0),
+        **figure_origin(),
         "panels": {
             label: components_panel(
                 loaded[label]["spectra"],
@@ -598,6 +983,7 @@ def sample_size_numbers(loaded: Mapping, paths: Mapping, classes=None) -> dict:
     return {
         "figure": "fig5",
         "component": "gradient_covariance",
+        **figure_origin(),
         "panels": {
             label: sample_size_panel(loaded[label], paths[label], classes) for label in loaded
         },
@@ -616,7 +1002,8 @@ def _fit_line(sign, fit) -> str:
     if "error" in fit:
         return f"power law on {sign}: no fit ({fit['error']})"
     return (
-        f"power law on {sign}: phi = {fit['a']:.3g} |lambda|^-{fit['b']:.3f}, "
+        f"power law on {sign}: phi = {fit['a']:.3g} |lambda|^-{fit['b']:.3f} "
+        f"(b in [{fit['interval'][0]:.3f}, {fit['interval'][1]:.3f}] at {fit['level']:.0%}), "
         f"R^2 = {fit['r2']:.3f}, on |lambda| in [{fit['lo']:.3g}, {fit['hi']:.3g}] "
         f"({fit['points']} grid points)"
     )
@@ -649,6 +1036,94 @@ def size_lines(panel: Mapping) -> list[str]:
 
 
 def summary_lines(numbers: Mapping) -> list[str]:
+    """What a figure's numbers say, in words (what its notebook prints): the measured
+    numbers (:func:`measured_lines`), then their errors and origin (:func:`error_lines`
+    of every spectrum, the exponent's error across runs of Fig. 4, :func:`origin_lines`)."""
+    lines = ["errors and origin:"]
+    for label, values in spectra_of(numbers):
+        lines += ["  " + line for line in error_lines(label, values)]
+    for label, panel in numbers.get("panels", {}).items():
+        for sign, key in (("lambda > 0", "fit_errors"), ("lambda < 0", "fit_negative_errors")):
+            lines += [f"  {label}: {line}" for line in _fit_error_line(sign, panel.get(key))]
+    lines += ["  " + line for line in origin_lines(numbers)]
+    return measured_lines(numbers) + ["the paper's claims:", *claim_lines(numbers)] + lines
+
+
+def claim_lines(numbers: Mapping) -> list[str]:
+    """The paper's claims as measured in a figure's numbers, in words: the bulk law of
+    each spectrum that has one, R's symmetry and the test/train magnitude ratio."""
+    lines = []
+    for label, found in claims_of(numbers, "bulk_law"):
+        lines.append(f"  bulk of {label}: {bulk_law_phrase(found)}")
+    for label, found in claims_of(numbers, "symmetry"):
+        lines.append(f"  symmetry of {label}: {symmetry_phrase(found)}")
+    for label, found in claims_of(numbers, "magnitude_ratio"):
+        lines.append(f"  test/train magnitude of {label}: {ratio_phrase(found)}")
+    return lines
+
+
+def claims_of(numbers: Mapping, key: str, label: str = "") -> list[tuple[str, Mapping]]:
+    """Every (label, claim) stored under ``key`` in a figure's numbers: a mapping of labels
+    to claims (``bulk_law``, ``magnitude_ratio``) or one claim (a panel's ``symmetry``),
+    the label the keys leading to it."""
+    found = []
+    for name, value in numbers.items():
+        if not isinstance(value, Mapping):
+            continue
+        where = f"{label}/{name}" if label else str(name)
+        if name != key:
+            found += claims_of(value, key, where)
+        elif key == "symmetry":
+            found.append((label, value))
+        else:
+            found += [(f"{label}/{k}" if label else k, v) for k, v in value.items()]
+    return found
+
+
+def _pm(value, error, digits: int = 3) -> str:
+    return f"{value:.{digits}g}" + ("" if error is None else f" ± {error:.2g}")
+
+
+def bulk_law_phrase(found: Mapping) -> str:
+    """:func:`bulk_law` in words: the verdict and both fits' W1 distances."""
+    if "error" in found:
+        return f"no fit ({found['error']})"
+    mp, heavy = found["marchenko_pastur"], found["frechet"]
+    return (
+        f"{found['preferred']} (W1 relative to E|lambda|: Marchenko-Pastur "
+        f"{mp['w1_relative']:.3g}, ratio {mp['ratio']:.3g}; Frechet {heavy['w1_relative']:.3g}, "
+        f"alpha {heavy['alpha']:.3g}; KS {mp['ks']:.3g} vs {heavy['ks']:.3g})"
+    )
+
+
+def symmetry_phrase(found: Mapping) -> str:
+    """:func:`symmetry` in words: the asymmetry with its error and interval."""
+    if "error" in found:
+        return f"n/a ({found['error']})"
+    interval = found["interval"]
+    return (
+        f"asymmetry {_pm(found['asymmetry'], found['standard_error'])} over "
+        f"{found['n_vec']} run(s)"
+        + (
+            ""
+            if interval is None
+            else f", {found['level']:.0%} bootstrap interval [{interval[0]:.3g}, {interval[1]:.3g}]"
+        )
+        + " (0: symmetric about 0, 1: one-signed)"
+    )
+
+
+def ratio_phrase(found: Mapping) -> str:
+    """:func:`magnitude_ratio` in words: the test/train ratios of the top, mean and rms."""
+    if "error" in found:
+        return f"n/a ({found['error']})"
+    return "; ".join(
+        f"{name} {_pm(found[key]['ratio'], found[key]['standard_error'])}"
+        for name, key in (("top eigenvalue", "top"), ("mean", "mean"), ("rms", "rms"))
+    )
+
+
+def measured_lines(numbers: Mapping) -> list[str]:
     """What a figure's numbers say, in words (what its notebook prints)."""
     fig, lines = numbers["figure"], []
     if fig in ("fig1", "fig2"):

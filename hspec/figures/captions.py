@@ -7,8 +7,16 @@ The text is written in the common subset of the two: paragraphs, ``*emphasis*``,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from hspec.errors import HspecError
-from hspec.figures.caption_numbers import AUTO_FIT_RULE
+from hspec.figures.caption_numbers import (
+    AUTO_FIT_RULE,
+    BAND_LEVEL,
+    BAND_SUPPORT,
+    claim_lines,
+    spectra_of,
+)
 
 DRAWN = (
     "Densities are drawn on a log y-scale (clipped at 1e-8 × their maximum) over the "
@@ -35,6 +43,24 @@ COUNTED = (
     "weightless Ritz values) count once or not at all. *Bulk edges* are the 0.1 % and "
     "99.9 % quantiles of the bulk's quadrature without those outliers."
 )
+ERRORS = (
+    "**Errors.** A spectrum computed with n_vec ≥ 2 Lanczos start vectors "
+    f"(``spectrum.n_vec``) is drawn with its pointwise {BAND_LEVEL:.0%} band across the runs, "
+    "shaded in its curve's colour: mean ± t·s/√n_vec of the runs' densities, each run "
+    "smoothed alone (``SpectralDensity.band``). The band measures how much the random "
+    "start vectors move the estimate; it does not measure the bias of the smoothing or "
+    "of too few Lanczos steps. Curves whose bands overlap are not shown to differ. "
+    "Each derived number (bulk edges, asymmetry, gap-heuristic outliers, the power-law "
+    "exponent) is measured on every run alone as well, and ``numbers.json`` gives its "
+    "standard error across runs and its t and bootstrap intervals. With one "
+    "run there is no band and no error: the numbers are single estimates. Each "
+    "deflated outlier θ comes with its true residual r = ‖Ax − θx‖, measured by one "
+    "product: the interval [θ − r, θ + r] holds an eigenvalue. An outlier whose error "
+    "bound exceeds the deflation tolerance is *unconverged*: it is crossed ✕ on its "
+    "stem and listed in the numbers. ``numbers.json`` also records where every number "
+    "comes from: hspec's commit, the software versions, device, host, times, the model "
+    "file's sha256 and its training settings."
+)
 SCALE = (
     "**Scale.** The panel titles name the network and data set drawn. The demo "
     "(``config/demo.yaml``) computes these spectra for a small MLP on scikit-learn's "
@@ -43,6 +69,21 @@ SCALE = (
     "*outliers explained by the class means (G1, within 10%): k of C*) and writes it "
     "to ``numbers.json``; nothing "
     "asserts that the paper's structure appears unless those numbers show it."
+)
+BULK_LAW = (
+    "**Bulk law.** The notebook fits to each Hessian's bulk (its quadrature without the "
+    "separated outliers) the best Marchenko–Pastur law and the best heavy-tailed "
+    "(Fréchet) law by Wasserstein-1 distance, and reports which is closer, both "
+    "distances and the Kolmogorov–Smirnov distances (``bulk_law``, "
+    "``hspec.numerics.claims.bulk_law``): the paper's \"the bulk is not "
+    'Marchenko–Pastur" as a measurement.'
+)
+RATIO = (
+    "**Test vs train.** The ratios test/train of the top eigenvalue, of the mean "
+    "eigenvalue (trace/dim) and of the root mean square eigenvalue of the same model's "
+    "Hessians, with errors across the Lanczos runs (``magnitude_ratio``, "
+    "``hspec.numerics.claims.magnitude_ratio``): the paper's \"visibly different "
+    'magnitude" as a number.'
 )
 PANELS = (
     "One panel per data set and examples-per-class size of the figure's "
@@ -57,7 +98,7 @@ _TEXT = {
         "outliers whose number arguably equals the number of classes C and which are "
         "clearly separated from the bulk (less clearly for CIFAR100); negative "
         "eigenvalues exist.",
-        [PANELS, DRAWN, BULK_INSET],
+        [PANELS, DRAWN, BULK_INSET, BULK_LAW],
     ),
     "fig2": (
         "Figure 2: spectrum of the test Hessian",
@@ -65,7 +106,7 @@ _TEXT = {
         "Hessian a bulk and outliers, their number arguably C, though some are less "
         "clearly separated; the test Hessian is of a visibly different magnitude than "
         "the train one.",
-        [PANELS, DRAWN, BULK_INSET],
+        [PANELS, DRAWN, BULK_INSET, BULK_LAW, RATIO],
     ),
     "fig3": (
         "Figure 3: benefits of low-rank deflation",
@@ -100,15 +141,23 @@ _TEXT = {
             "absent), widened by 10 % on each side;\n"
             "* **(d)** R's tail: the density of \\|λ\\| on log–log axes, positive "
             "eigenvalues red, \\|negative\\| blue, with the power law φ = a·\\|λ\\|^(−b) "
-            "fitted by least squares on the log–log axes to the positive side over the "
-            "shaded range, its R², and the asymmetry of R (the Wasserstein-1 distance "
-            "between R's spectrum and its reflection about 0 over 2·E\\|λ\\|; 0 = "
-            "symmetric, 1 = one-signed).",
+            "fitted to the positive side over the shaded range by maximum likelihood (a "
+            "truncated power law on the spectral measure, ``hspec.numerics.claims."
+            "tail_exponent``), with its R² against the drawn density, and the asymmetry "
+            "of R (the Wasserstein-1 distance between R's spectrum and its reflection "
+            "about 0 over 2·E\\|λ\\|; 0 = symmetric, 1 = one-signed).",
             "**Fit range.** The notebook's ``fit_range = [lo, hi]`` (in \\|λ\\|) fixes it. "
             "With ``fit_range = None``, the "
             + AUTO_FIT_RULE.format(span=1.0).replace("|λ|", "\\|λ\\|")
             + ". The negative side is fitted the same way and "
-            "reported in the numbers.",
+            "reported in the numbers. The exponent's interval (``fit``: ``interval``) is "
+            "the fit's own; with n_vec ≥ 2, ``fit_errors`` gives besides its jackknife "
+            "error across the runs, refitted on the same range (the range rule's own "
+            "variation is not in that one).",
+            "**Claims.** ``numbers.json`` gives R's symmetry with its standard error "
+            "across runs and a bootstrap interval (``symmetry``, "
+            "``hspec.numerics.claims.symmetry``) and the bulk law of H and G "
+            "(``bulk_law``, as in Fig. 1).",
             DRAWN,
         ],
     ),
@@ -159,10 +208,82 @@ def caption(fig: str) -> str:
     """The figure's caption: what the paper shows, what is drawn, how outliers are
     counted, and the scale note; paragraphs separated by blank lines."""
     _, paper, drawn = _entry(fig)
-    return "\n\n".join([paper, *drawn, COUNTED, SCALE])
+    return "\n\n".join([paper, *drawn, COUNTED, ERRORS, SCALE])
 
 
 def _entry(fig: str):
     if fig not in _TEXT:
         raise HspecError(f"captions: unknown figure {fig!r} (known: {', '.join(_TEXT)})")
     return _TEXT[fig]
+
+
+def measured(numbers: Mapping) -> str:
+    """What a figure's bands and errors show, in words (Markdown, for its notebook), from
+    its numbers (:mod:`hspec.figures.caption_numbers`): how wide each spectrum's band is
+    (or that one run gives none), which deflated outliers are unconverged, the paper's
+    claims as measured (:func:`hspec.figures.caption_numbers.claim_lines`) and where the
+    spectra were computed."""
+    spectra = spectra_of(numbers)
+    banded = [(label, values["band"]) for label, values in spectra if values["band"]]
+    if banded:
+        widths = "; ".join(
+            f"{label}: {band['runs']} runs, {band['median_relative_width']:.1%} of the "
+            f"density on median where it is above {BAND_SUPPORT:g} × its peak (at most "
+            f"{band['max_relative_width']:.0%})"
+            for label, band in banded
+        )
+        band = (
+            f"**Band.** The shaded {BAND_LEVEL:.0%} band is as wide as: {widths}. A "
+            "difference between curves smaller than its band is within the noise of the "
+            "random start vectors."
+        )
+    else:
+        band = (
+            "**Band.** Every spectrum here comes from one Lanczos run (n_vec = 1): no band "
+            "is drawn and the numbers carry no error; set ``spectrum.n_vec`` ≥ 2 for them."
+        )
+    if len(banded) < len(spectra) and banded:
+        band += (
+            " Spectra with one run carry no band: "
+            + ", ".join(label for label, values in spectra if not values["band"])
+            + "."
+        )
+    flagged = [
+        f"{label}: {', '.join(f'{v:.4g}' for v in values['unconverged_outliers'])}"
+        for label, values in spectra
+        if values["unconverged_outliers"]
+    ]
+    certified = sum(len(values["outlier_certificates"]) for _, values in spectra)
+    if flagged:
+        outliers = (
+            "**Unconverged outliers** (crossed in the figure; their residual exceeds the "
+            "tolerance, so their value is known only to within it): " + "; ".join(flagged) + "."
+        )
+    elif certified:
+        outliers = (
+            f"**Outliers.** All {certified} deflated outliers converged; each lies within its "
+            "measured residual of an eigenvalue (``numbers.json``: ``outlier_certificates``)."
+        )
+    else:
+        outliers = "**Outliers.** No spectrum here was deflated: no outlier is certified."
+    origins = sorted(
+        {
+            f"hspec {o.get('hspec_version')} at commit {str(o.get('git_commit'))[:12]}"
+            + (" (dirty)" if o.get("git_dirty") else "")
+            + f" on {o.get('device')}"
+            if o
+            else "an hspec that recorded no provenance"
+            for o in (values["provenance"] for _, values in spectra)
+        }
+    )
+    origin = "**Origin.** Computed by " + "; ".join(origins) + " (details in ``numbers.json``)."
+    claimed = claim_lines(numbers)
+    claims = (
+        ["**The paper's claims, measured** (``numbers.json``; each with its method):"]
+        + ["* " + line.strip() for line in claimed]
+        if claimed
+        else []
+    )
+    return "\n\n".join(
+        [band, outliers, "\n".join(claims), origin] if claims else [band, outliers, origin]
+    )

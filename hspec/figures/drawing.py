@@ -9,8 +9,13 @@ Conventions (as in the paper):
   would make with the bulk's kernel (so they compare with the bumps of a spectrum
   computed without deflation);
 * outliers *separated* from the bulk (the count the captions quote) are marked with
-  small triangles along the top of the axes;
-* Figs. 1–3 carry an inset zooming on the bulk (its edges widened by 10 %).
+  small triangles along the top of the axes; a deflated outlier flagged unconverged
+  (:mod:`hspec.numerics.certify`) gets a black cross on its stem;
+* Figs. 1–3 carry an inset zooming on the bulk (its edges widened by 10 %);
+* a spectrum computed with n_vec ≥ 2 Lanczos runs gets its pointwise 90 % band across
+  runs (:func:`hspec.figures.caption_numbers.density_band`, the t band of
+  ``SpectralDensity.band``), shaded in the curve's colour; log–log panels too
+  (:func:`hspec.figures.caption_numbers.log_tail_band`).
 
 The style is set once, by :func:`apply_style` (seaborn's ``ticks`` theme in the
 ``paper`` context with the colour-blind palette); every figure function calls it. The
@@ -49,6 +54,7 @@ PART_MARKS = {
 #: Fig. 6: the parts matched against the outliers, as drawn below the spectra
 MATCH_STYLES = (("$G_1$", PALETTE[3]), ("$G_0+G_1+G_2$", PALETTE[0]))
 DEFAULT_FLOOR = 1e-8
+BAND_ALPHA = 0.3
 COMPONENT_NAMES = {
     "hessian": "Hessian $H$",
     "gradient_covariance": "covariance of gradients $G$",
@@ -187,6 +193,29 @@ def mark_outliers(
     return line
 
 
+def draw_band(ax, band, level: float, *, color: str, label: str | None = None):
+    """Shade a band (x, lower, upper) in ``color`` (alpha ``BAND_ALPHA``), clipped below
+    at ``level`` for a log scale; returns the PolyCollection, or None without a band."""
+    if band is None:
+        return None
+    x, lower, upper = band
+    return ax.fill_between(
+        x,
+        np.maximum(lower, level),
+        np.maximum(upper, level),
+        color=color,
+        alpha=BAND_ALPHA,
+        linewidth=0,
+        label=label,
+        zorder=1,
+    )
+
+
+def band_label(arrays: Mapping) -> str:
+    """'90 % band (n runs)'."""
+    return f"{fn.BAND_LEVEL:.0%} band ({fn.n_runs(arrays)} runs)"
+
+
 def plot_density(
     ax,
     arrays: Mapping,
@@ -202,6 +231,7 @@ def plot_density(
     linewidth: float = 1.2,
     pad: float = 0.03,
     set_limits: bool = True,
+    band: bool = True,
 ) -> dict:
     """The bulk density on a log y-scale over the denormalized axis, with the
     deflated outliers as stems and the separated outliers marked along the top.
@@ -210,9 +240,11 @@ def plot_density(
     the bump one eigenvalue makes (:func:`hspec.figures.caption_numbers.atom_height`), so that
     the outliers of a spectrum with many parameters stay above it. Outliers are drawn
     in ``outlier_color``: the outlier colour for a curve in the bulk colour, else the
-    curve's own.
+    curve's own, unconverged ones crossed. With ``band`` and n_vec ≥ 2 runs the 90 % band
+    is shaded (:func:`draw_band`).
 
-    Returns ``{"line", "floor", "top", "outliers", "separated", "xlim"}``.
+    Returns ``{"line", "band", "floor", "top", "outliers", "separated", "xlim"}`` (``band``:
+    the PolyCollection, or None).
     """
     grid, density = np.asarray(arrays["grid"]), np.asarray(arrays["density"])
     outliers = np.asarray(arrays["outliers"], dtype=float)
@@ -221,6 +253,13 @@ def plot_density(
         density, floor, max(density.max(), height), at_most=0.01 * fn.atom_height(attrs)
     )
     (line,) = ax.plot(grid, clipped, color=color, linewidth=linewidth, label=label)
+    shaded = draw_band(
+        ax,
+        fn.density_band(arrays, attrs) if band else None,
+        level,
+        color=color,
+        label=None if label else band_label(arrays),
+    )
     ax.set_yscale("log")
     outlier_color = outlier_color or (OUTLIER_COLOR if color == BULK_COLOR else color)
     if stems and outliers.size:
@@ -231,6 +270,18 @@ def plot_density(
             bottom=level,
             color=outlier_color,
             label=None if label else f"deflated outliers ({outliers.size})",
+        )
+    flagged = fn.unconverged(arrays)
+    if stems and flagged.size:
+        ax.plot(
+            flagged,
+            np.full(flagged.size, height),
+            linestyle="none",
+            marker="x",
+            markersize=8,
+            color="black",
+            label=None if label else f"unconverged ({flagged.size})",
+            zorder=5,
         )
     found = fn.separated(arrays, attrs)
     if mark_separated and found.size:
@@ -257,6 +308,7 @@ def plot_density(
         ax.set_title(title)
     return {
         "line": line,
+        "band": shaded,
         "floor": level,
         "top": top,
         "outliers": outliers,
@@ -277,12 +329,16 @@ def plot_log_density(
     decades: float = 8.0,
     title: str | bool = True,
 ) -> dict:
-    """The density of |λ| over one sign on log–log axes (Fig. 4b, 4d); the x-range
-    is where the density is above the floor (``xlim`` in the result)."""
+    """The density of |λ| over one sign on log–log axes (Fig. 4b, 4d), with its 90 %
+    band across runs where n_vec ≥ 2 (``band`` in the result); the x-range is where the
+    density is above the floor (``xlim`` in the result)."""
     x, phi = fn.log_tail(arrays, attrs, sign, decades=decades)
     clipped, level = floor_density(phi, floor)
     color = color or SIGN_COLORS[sign]
     (line,) = ax.loglog(x, clipped, color=color, linewidth=1.2, label=label)
+    shaded = draw_band(
+        ax, fn.log_tail_band(arrays, attrs, sign, decades=decades), level, color=color
+    )
     above = np.flatnonzero(phi > level)
     xlim = (x[max(above[0] - 1, 0)] / 1.5, x[min(above[-1] + 1, x.size - 1)] * 1.5)
     ax.set_xlim(*xlim)
@@ -293,7 +349,15 @@ def plot_log_density(
         ax.set_title(describe(attrs))
     elif title:
         ax.set_title(title)
-    return {"line": line, "floor": level, "x": x, "phi": phi, "xlim": xlim, "top": float(phi.max())}
+    return {
+        "line": line,
+        "band": shaded,
+        "floor": level,
+        "x": x,
+        "phi": phi,
+        "xlim": xlim,
+        "top": float(phi.max()),
+    }
 
 
 def plot_fit(ax, fit: Mapping, *, color: str = "black", shade: bool = True):
@@ -347,16 +411,17 @@ def bulk_inset(
     ax, arrays: Mapping, attrs: Mapping, *, color: str = BULK_COLOR, bounds=(0.38, 0.5, 0.3, 0.36)
 ):
     """An inset (at ``bounds`` in axes fraction) zooming on the bulk: its edges
-    (:func:`hspec.figures.caption_numbers.bulk_edges`) widened by 10 % on each side, log y.
-    Returns the inset axes, or None when the bulk has no edges."""
+    (:func:`hspec.figures.caption_numbers.bulk_edges`) widened by 10 % on each side, log y,
+    with the density's band where n_vec ≥ 2. Returns the inset axes, or None when the bulk has no edges."""
     try:
         lo, hi = fn.bulk_edges(arrays, attrs)
     except HspecError:
         return None
     grid, density = np.asarray(arrays["grid"]), np.asarray(arrays["density"])
     inset = ax.inset_axes(list(bounds))
-    clipped, _ = floor_density(density, DEFAULT_FLOOR)
+    clipped, level = floor_density(density, DEFAULT_FLOOR)
     inset.plot(grid, clipped, color=color, linewidth=1.0)
+    draw_band(inset, fn.density_band(arrays, attrs), level, color=color)
     inset.set_yscale("log")
     zoom(inset, arrays, lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo))
     inset.set_title("bulk", fontsize=7, pad=2)

@@ -61,7 +61,8 @@ def figure_parameters(fig: str, spec: Mapping, results) -> dict:
     per_class), under the results folder ``results``:
 
     * fig1, fig2: ``{"spectra": {label: path}}``, the train (fig1) or test (fig2)
-      Hessian, plain, one panel per dataset and size;
+      Hessian, plain, one panel per dataset and size; fig2 also ``{"train_spectra":
+      {label: path}}``, the train Hessian of the same models (the magnitude ratio);
     * fig3: ``{"panels": {label: {"deflated": path, "plain": path}}}``, train Hessian;
     * fig4: ``{"panels": {label: {"spectra": {component: path}, "log_spectra":
       {component: path}}}}``, test H, G, R;
@@ -83,9 +84,14 @@ def figure_parameters(fig: str, spec: Mapping, results) -> dict:
     entries = [(_label(d, n, sizes), d, n) for d in datasets for n in sizes]
     if fig in ("fig1", "fig2"):
         split = "train" if fig == "fig1" else "test"
-        return {
+        spectra = {
             "spectra": {label: path(d, n, split, "hessian", "plain") for label, d, n in entries}
         }
+        if fig == "fig2":  # the train Hessian of each model, for the test/train magnitude ratio
+            spectra["train_spectra"] = {
+                label: path(d, n, "train", "hessian", "plain") for label, d, n in entries
+            }
+        return spectra
     if fig == "fig3":
         return {
             "panels": {

@@ -3,7 +3,9 @@
 * :func:`separated_outliers` — eigenvalues isolated above the bulk, as the eye reads
   Figs. 1, 2, 5: the smoothed density vanishes (kernel cut-off) between them and the bulk.
 * :func:`bulk_edges` — quantiles of the bulk's spectral distribution.
-* :func:`power_law_fit` — φ = a·|λ|^(−b) fitted on log–log axes, with R² (Fig. 4d).
+* :func:`power_law_fit` — φ = a·|λ|^(−b) fitted on log–log axes, with R² (Fig. 4d);
+  :func:`power_law_r2` — the R² of a power law fitted otherwise
+  (:func:`hspec.numerics.claims.tail_exponent`, the one the figures quote).
 * :func:`asymmetry` — W1(μ, reflected μ) / (2 E|λ|): 0 for a spectrum symmetric about 0,
   1 for a one-signed one (Fig. 4d's "almost perfectly symmetric").
 * :func:`wasserstein1` — W1 = ∫ |F_a − F_b| dλ between two spectral distributions given as
@@ -93,6 +95,19 @@ def power_law_fit(x: np.ndarray, y: np.ndarray, lo: float, hi: float) -> dict[st
         "lo": float(lo),
         "hi": float(hi),
     }
+
+
+def power_law_r2(x: np.ndarray, y: np.ndarray, a: float, b: float, lo: float, hi: float):
+    """R² of log10 y against the line log10 a − b log10 x over lo ≤ x ≤ hi (y > 0), and
+    the number of points: how well a power law fitted otherwise describes a density."""
+    keep = (x >= lo) & (x <= hi) & (y > 0)
+    if keep.sum() < 3:
+        raise HspecError(
+            f"fit range: fewer than 3 points with positive density in [{lo:.3g}, {hi:.3g}]"
+        )
+    ly = np.log10(y[keep])
+    residual = ly - (math.log10(a) - b * np.log10(x[keep]))
+    return float(1 - residual @ residual / ((ly - ly.mean()) @ (ly - ly.mean()))), int(keep.sum())
 
 
 def wasserstein1(atoms_a, masses_a, atoms_b, masses_b) -> float:

@@ -38,9 +38,16 @@ from hspec.errors import HspecError
 from hspec.numerics.certify import converged, error_bounds, ritz_residuals
 from hspec.numerics.checkpoint import SpectrumCheckpoint
 from hspec.numerics.deflation import low_rank_deflation
-from hspec.numerics.density import lanczos_approx_spec, log_density, quadrature, run_index
+from hspec.numerics.density import (
+    lanczos_approx_spec,
+    log_density,
+    quadrature,
+    run_index,
+    smoothing_width,
+)
+from hspec.numerics.ghosts import density_change, ghosts
 from hspec.numerics.kpm import kpm_density, kpm_moments
-from hspec.numerics.lanczos import LanczosRun, fast_lanczos
+from hspec.numerics.lanczos import REORTH, LanczosRun, fast_lanczos
 from hspec.numerics.linear_operator import Deflated, LinearOperator, Normalized
 from hspec.numerics.normalization import Normalization, bounds_from_runs, normalization
 from hspec.numerics.outliers import top_eigenpairs
@@ -80,6 +87,14 @@ class SpectralDensity:
             ``keep_vectors=True`` only; never stored in a Zarr group.
         provenance: code, software, device, host, start and end time (UTC ISO) and total
             seconds (:func:`hspec.numerics.provenance.environment`).
+        ghosts, ghost_runs: the Ritz values of the Lanczos runs that stand for no distinct
+            eigenvalue (Cullum–Willoughby spurious values and extra copies of converged
+            ones, :func:`hspec.numerics.ghosts.ghosts`) and the run of each; with
+            ``reorth="none"`` a run past convergence has them, with ``"full"`` none.
+        convergence_l1, convergence_w1: per run, how much its density changed between
+            M/2 and M steps (:func:`hspec.numerics.ghosts.density_change`: L1 distance of
+            the smoothed densities on the normalized axis, in [0, 2]; Wasserstein-1 of the
+            quadratures on that axis, of width 2).
     """
 
     grid: np.ndarray
@@ -101,6 +116,28 @@ class SpectralDensity:
     converged: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=bool))
     vectors: Tensor | None = None
     provenance: dict = field(default_factory=dict)
+    ghosts: np.ndarray = field(default_factory=lambda: np.empty(0))
+    ghost_runs: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    convergence_l1: np.ndarray = field(default_factory=lambda: np.empty(0))
+    convergence_w1: np.ndarray = field(default_factory=lambda: np.empty(0))
+
+    def ghost_counts(self) -> np.ndarray:
+        """The number of ghosts (``ghosts``) of each Lanczos run (n_vec,)."""
+        return np.bincount(self.ghost_runs, minlength=len(self.convergence_l1))
+
+    def convergence(self) -> dict:
+        """The convergence numbers over the runs: mean and max of ``convergence_l1`` and
+        ``convergence_w1``, and the ghosts per run (empty dict for KPM)."""
+        if not len(self.convergence_l1):
+            return {}
+        return {
+            "l1_mean": float(np.mean(self.convergence_l1)),
+            "l1_max": float(np.max(self.convergence_l1)),
+            "w1_mean": float(np.mean(self.convergence_w1)),
+            "w1_max": float(np.max(self.convergence_w1)),
+            "ghosts_per_run": self.ghost_counts().tolist(),
+            "method": "density of T_M vs T_{M/2} of each run, Alg. 3 kernel of M steps",
+        }
 
     def outlier_intervals(self) -> tuple[np.ndarray, np.ndarray]:
         """(θ − r, θ + r) per outlier: each interval holds an eigenvalue of A."""
@@ -134,34 +171,11 @@ class SpectralDensity:
         """A pointwise ``level`` confidence band of the smoothed density: (grid, lower, upper).
 
         The n_vec runs are independent estimates of the smoothed density (each smoothed
-        alone, :meth:`run_densities`); ``density`` is their mean. ``method="t"``: mean ±
-        t_{(1+level)/2, n_vec−1} · s/√n_vec, s the standard deviation across runs at each
-        grid point (Student's t, n_vec − 1 degrees of freedom); ``"bootstrap"``: the
-        percentile interval of the mean over ``resamples`` resamplings of the runs with
-        replacement (seeded by ``seed``). The band is not clipped at 0 and its width
-        shrinks like 1/√n_vec. Needs n_vec ≥ 2.
+        alone, :meth:`run_densities`); ``density`` is their mean; the band is
+        :func:`pointwise_band` of the runs' densities. Its width shrinks like 1/√n_vec.
+        Needs n_vec ≥ 2.
         """
-        if not _is_real(level) or not 0 < level < 1:
-            raise HspecError(f"level: must be a number in (0, 1), got {level!r}")
-        if method not in BAND_METHODS:
-            raise HspecError(f"method: must be one of {BAND_METHODS}, got {method!r}")
-        densities = self.run_densities()
-        n_vec = len(densities)
-        if n_vec < 2:
-            raise HspecError(
-                f"band: needs n_vec ≥ 2 Lanczos runs to measure their spread, this result has {n_vec}"
-            )
-        if method == "t":
-            half = scipy.stats.t.ppf((1 + level) / 2, n_vec - 1) * (
-                densities.std(axis=0, ddof=1) / math.sqrt(n_vec)
-            )
-            mean = densities.mean(axis=0)
-            return self.grid, mean - half, mean + half
-        _check_int("resamples", resamples, 1)
-        rng = np.random.default_rng(seed)
-        shares = rng.multinomial(n_vec, np.full(n_vec, 1 / n_vec), size=resamples) / n_vec
-        lower, upper = np.quantile(shares @ densities, [(1 - level) / 2, (1 + level) / 2], axis=0)
-        return self.grid, lower, upper
+        return self.grid, *pointwise_band(self.run_densities(), level, method, resamples, seed)
 
     def atoms(self) -> tuple[np.ndarray, np.ndarray]:
         """The estimated spectral distribution as point masses: outliers (1/dim each)
@@ -198,6 +212,40 @@ class SpectralDensity:
         )
 
 
+def pointwise_band(
+    curves, level: float = 0.9, method: str = "t", resamples: int = 2000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper): a pointwise ``level`` confidence interval of the mean of n
+    independent estimates ``curves`` (n, K) of one curve (or, K = 1, of one number).
+
+    ``method="t"``: mean ± t_{(1+level)/2, n−1} · s/√n, s the standard deviation across
+    the n estimates at each point (Student's t, n − 1 degrees of freedom);
+    ``"bootstrap"``: the percentile interval of the mean over ``resamples`` resamplings of
+    the estimates with replacement (seeded by ``seed``). Not clipped. Needs n ≥ 2.
+    """
+    if not _is_real(level) or not 0 < level < 1:
+        raise HspecError(f"level: must be a number in (0, 1), got {level!r}")
+    if method not in BAND_METHODS:
+        raise HspecError(f"method: must be one of {BAND_METHODS}, got {method!r}")
+    curves = np.asarray(curves, dtype=float)
+    n_vec = len(curves)
+    if n_vec < 2:
+        raise HspecError(
+            f"band: needs n_vec ≥ 2 Lanczos runs to measure their spread, this result has {n_vec}"
+        )
+    if method == "t":
+        half = scipy.stats.t.ppf((1 + level) / 2, n_vec - 1) * (
+            curves.std(axis=0, ddof=1) / math.sqrt(n_vec)
+        )
+        mean = curves.mean(axis=0)
+        return mean - half, mean + half
+    _check_int("resamples", resamples, 1)
+    rng = np.random.default_rng(seed)
+    shares = rng.multinomial(n_vec, np.full(n_vec, 1 / n_vec), size=resamples) / n_vec
+    lower, upper = np.quantile(shares @ curves, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    return lower, upper
+
+
 def _no_checkpoint(stage, compute, encode=None, decode=None):
     return compute(None, None)
 
@@ -232,6 +280,18 @@ def _check_int(name: str, value, low: int) -> None:
         raise HspecError(f"{name}: must be an integer ≥ {low}, got {value!r}")
 
 
+def _diagnose(runs: list[LanczosRun], bulk: Normalization, sigma: float, op):
+    """Ghosts (values, run index) and the (l1, w1) density change of each run."""
+    found = [ghosts(run, eps=torch.finfo(op.dtype).eps) for run in runs]
+    values = [np.concatenate([g["spurious"], g["copies"]]) for g in found]
+    change = [density_change(run, bulk.to_normalized, sigma) for run in runs]
+    return (
+        np.concatenate(values),
+        np.concatenate([np.full(len(v), i, dtype=np.int64) for i, v in enumerate(values)]),
+        np.array([[c["l1"], c["w1"]] for c in change]),
+    )
+
+
 def spectral_density(
     matvec,
     dim: int | None = None,
@@ -256,6 +316,7 @@ def spectral_density(
     checkpoint_interval: float = 60.0,
     checkpoint_key: Mapping | None = None,
     keep_vectors: bool = False,
+    reorth: str = "none",
 ) -> SpectralDensity:
     """Estimate the spectral density of a symmetric operator (paper Section 3.2).
 
@@ -289,11 +350,17 @@ def spectral_density(
             checkpoint and compared on resume (e.g. the model file's hash, dataset,
             split, component); JSON-like values.
         keep_vectors: keep the outliers' eigenvectors in ``result.vectors``.
+        reorth: re-orthogonalization of the bulk's Lanczos runs: ``"none"`` (the paper's
+            FASTLANCZOS, O(dim) memory; its ghosts are reported in ``result.ghosts``) or
+            ``"full"`` (every step against the whole basis: dim × steps memory and
+            O(dim·steps²) work, no ghosts).
     """
     start_time = time.perf_counter()
     op = LinearOperator.wrap(matvec, dim, dtype=dtype, device=device)
     if method not in METHODS:
         raise HspecError(f"method: must be one of {METHODS}, got {method!r}")
+    if reorth not in REORTH:
+        raise HspecError(f"reorth: must be one of {REORTH}, got {reorth!r}")
     if deflation not in DEFLATIONS:
         raise HspecError(f"deflation: must be one of {DEFLATIONS}, got {deflation!r}")
     for name, value, low in (
@@ -329,6 +396,7 @@ def spectral_density(
         k=k,
         seed=seed,
         dtype=str(op.dtype).removeprefix("torch."),
+        reorth=reorth,
     )
     generator = torch.Generator().manual_seed(seed)
     stage, earlier, started = _no_checkpoint, 0.0, utc_now()
@@ -400,7 +468,8 @@ def spectral_density(
     share = (op.dim - deflate) / op.dim
 
     nodes = weights = moments = np.empty(0)
-    node_run = np.empty(0, dtype=np.int64)
+    node_run = ghost_runs = np.empty(0, dtype=np.int64)
+    ghost_values, change = np.empty(0), np.empty((0, 2))
     if method == "lanczos":
 
         def lanczos(resume, snapshot):
@@ -408,6 +477,7 @@ def spectral_density(
             return fast_lanczos(
                 target,
                 steps,
+                reorth=reorth,
                 start=start,
                 progress=progress,
                 resume=resume,
@@ -424,6 +494,7 @@ def spectral_density(
         node_run = run_index(runs)
         weights = weights * share
         grid, density = lanczos_approx_spec(nodes, weights, bulk, steps=steps, points=points, k=k)
+        ghost_values, ghost_runs, change = _diagnose(runs, bulk, smoothing_width(steps, k), op)
     else:
         bulk = (
             full
@@ -476,6 +547,10 @@ def spectral_density(
         error_bounds=bounds,
         converged=converged(outliers, bounds, deflation_tol),
         vectors=basis if keep_vectors else None,
+        ghosts=ghost_values,
+        ghost_runs=ghost_runs,
+        convergence_l1=change[:, 0],
+        convergence_w1=change[:, 1],
         provenance={
             **environment(op.device),
             "started": started,

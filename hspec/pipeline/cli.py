@@ -19,6 +19,7 @@ from hspec import settings
 from hspec.atomic import atomic_write, write_json
 from hspec.curvature.operators import COMPONENTS, HVP_MODES, PRECISIONS
 from hspec.errors import HspecError
+from hspec.numerics.lanczos import REORTH
 from hspec.numerics.spectrum import DEFLATIONS, METHODS
 from hspec.pipeline import (
     data,
@@ -361,6 +362,15 @@ def _add_spectrum(subparsers: argparse._SubParsersAction) -> None:
         **spec,
         help="outlier search: subspace = the paper's Alg. 5 (T x C products), krylov = thick-restart "
         "Lanczos (a few dozen products) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--reorth",
+        choices=REORTH,
+        default=S["reorth"],
+        **spec,
+        help="re-orthogonalization of the bulk's Lanczos runs: none = the paper's FASTLANCZOS "
+        "(ghosts detected and stored), full = against the whole basis (dim x steps memory) "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--precision",

@@ -81,6 +81,7 @@ def run(args) -> None:
         n_vec=args.n_vec,
         iterations=args.iterations,
         deflation=args.deflation,
+        reorth=args.reorth,
         k=args.k,
         seed=args.seed,
         progress=not args.quiet and sys.stderr.isatty(),

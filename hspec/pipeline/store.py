@@ -1,9 +1,11 @@
 """Results as Zarr (format 3) groups, written atomically.
 
 A *spectrum* group holds the arrays ``grid``, ``density``, ``outliers``, ``nodes``,
-``weights`` (and ``moments`` for KPM), the run index of each node ``runs`` and, per
-outlier, its true residual ``residuals``, ``error_bounds`` and ``converged`` (groups
-written before these existed lack them and still read), with attributes describing what
+``weights`` (and ``moments`` for KPM), the run index of each node ``runs``, per
+outlier its true residual ``residuals``, ``error_bounds`` and ``converged``, and the
+Lanczos runs' ghosts ``ghosts``, ``ghost_runs`` and convergence numbers
+``convergence_l1``, ``convergence_w1`` (groups written before these existed lack them and
+still read), with attributes describing what
 was measured (component, split, dataset, arch, n_per_class, n_params, n_samples,
 lambda_min, lambda_max, hvp_count, seconds, the settings, the hspec version, and the
 result's ``provenance``). A *history* group holds per-epoch training curves.
@@ -41,7 +43,16 @@ from hspec.version import __version__
 
 SPECTRUM_ARRAYS = ("grid", "density", "outliers", "nodes", "weights")
 # arrays of a spectrum group that older groups lack
-SPECTRUM_OPTIONAL = ("runs", "residuals", "error_bounds", "converged")
+SPECTRUM_OPTIONAL = (
+    "runs",
+    "residuals",
+    "error_bounds",
+    "converged",
+    "ghosts",
+    "ghost_runs",
+    "convergence_l1",
+    "convergence_w1",
+)
 SPECTRUM_ATTRS = (
     "component",
     "split",
@@ -239,7 +250,12 @@ def read_result(path: Path) -> SpectralDensity:
     without the outliers' vectors. A group of an older hspec lacks what it did not store:
     its ``runs`` (so no band), residuals and provenance are empty and the bulk's
     extreme eigenvalues NaN."""
-    arrays, attrs = read_spectrum(path)
+    return as_result(*read_spectrum(path))
+
+
+def as_result(arrays: Mapping, attrs: Mapping) -> SpectralDensity:
+    """The :class:`~hspec.numerics.spectrum.SpectralDensity` of a spectrum group's
+    arrays and attributes, as :func:`read_spectrum` returns them (see :func:`read_result`)."""
     bulk = Normalization(
         attrs.get("bulk_lambda_min", float("nan")),
         attrs.get("bulk_lambda_max", float("nan")),
