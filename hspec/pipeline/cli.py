@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from hspec import settings
@@ -509,6 +510,12 @@ def _describe(args: argparse.Namespace) -> None:
             continue
         flag = "converged" if arrays["converged"][index] else "NOT CONVERGED"
         lines.append(f"  outlier {index}: {value:.8g} ± {residuals[index]:.3g} ({flag})")
+    if "convergence_l1" in arrays and len(arrays["convergence_l1"]):
+        ghosts = np.bincount(arrays["ghost_runs"], minlength=len(arrays["convergence_l1"]))
+        lines.append(
+            f"  lanczos runs: ghosts {ghosts.tolist()}, density change M/2 -> M "
+            f"(L1) {', '.join(f'{v:.3g}' for v in arrays['convergence_l1'])}"
+        )
     provenance = attrs.get("provenance")
     if provenance is None:
         lines.append("  provenance: none recorded (written by an older hspec)")
