@@ -12,7 +12,7 @@ from hspec.numerics.ghosts import ghosts
 from hspec.numerics.lanczos import LanczosRun, fast_lanczos
 from hspec.numerics.linear_operator import LinearOperator
 from hspec.numerics.spectrum import spectral_density
-from hspec.pipeline import store
+from hspec.pipeline import cli, store
 from hspec.pipeline.cli import build_parser
 
 LARGE = np.array([10.0, 20.0, 30.0, 40.0, 50.0])
@@ -70,7 +70,7 @@ def test_fastlanczos_past_convergence_has_ghosts_and_full_reorthogonalization_no
     assert ghosts(run(matrix, 6, "none"))["count"] == 0
 
 
-def test_spectral_density_reports_and_stores_ghosts_and_convergence(separated, tmp_path):
+def test_spectral_density_reports_and_stores_ghosts_and_convergence(separated, tmp_path, capsys):
     matrix, _ = separated
     results = {
         reorth: spectral_density(
@@ -90,6 +90,9 @@ def test_spectral_density_reports_and_stores_ghosts_and_convergence(separated, t
     for name in ("ghosts", "ghost_runs", "convergence_l1", "convergence_w1"):
         assert np.array_equal(getattr(back, name), getattr(plain, name)), name
     assert back.convergence() == plain.convergence()
+    assert cli.main(["describe", str(tmp_path / "s.zarr")]) == 0
+    counts = plain.ghost_counts().tolist()
+    assert f"lanczos runs: ghosts {counts}, density change M/2 -> M" in capsys.readouterr().out
 
 
 def test_the_density_change_between_m_over_2_and_m_shrinks_with_m():

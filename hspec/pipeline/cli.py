@@ -13,15 +13,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from hspec import settings
 from hspec.atomic import atomic_write, write_json
+from hspec.curvature.check import MAX_PARAMS
 from hspec.curvature.operators import COMPONENTS, HVP_MODES, PRECISIONS
 from hspec.errors import HspecError
 from hspec.numerics.lanczos import REORTH
 from hspec.numerics.spectrum import DEFLATIONS, METHODS
 from hspec.pipeline import (
+    check_job,
     data,
     devices,
     locking,
@@ -90,6 +93,14 @@ COMMANDS = {
         "one split (paper, Section 3.2), written as a Zarr v3 group. Resumable: the state is saved next to "
         "OUT and a rerun with the same options continues. Under torchrun, every rank takes a shard of the "
         "split and rank 0 writes OUT.",
+    ),
+    "check": dict(
+        help="check hspec against the exact spectrum of a small model (dense matrices)",
+        description="Build the dense matrix of one curvature operator of a small trained model (at "
+        "most --max-params parameters), take its eigenvalues, run the spectrum estimate with the given "
+        "settings in float64 and report how far the outliers (relative error, certified intervals) and "
+        "the density (Wasserstein-1, L1 against the exact eigenvalues smoothed alike) are from the exact "
+        "ones, with a verdict against stated tolerances. Exits with status 1 when the check fails.",
     ),
     "describe": dict(
         help="print what a stored spectrum measured and where it came from",
@@ -310,6 +321,58 @@ SPECTRUM_NUMBERS = (
 def _add_spectrum(subparsers: argparse._SubParsersAction) -> None:
     S = settings.SPECTRUM
     parser = _command(subparsers, "spectrum", spectrum_job.run)
+    spec = _add_estimate_options(parser, SPECTRUM_NUMBERS)
+    parser.add_argument(
+        "--precision",
+        choices=tuple(PRECISIONS),
+        default=S["precision"],
+        **spec,
+        help="products and vectors in float32, float32 with TF32 tensor cores on CUDA "
+        "(faster, ~1e-4 relative error per product), or float64 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--hvp",
+        choices=("auto",) + HVP_MODES,
+        default=S["hvp"],
+        **spec,
+        help="how H v and R v are differentiated; all exact, they differ in speed; auto: "
+        "the fastest measured on the device's kind (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--compile",
+        "--no-compile",
+        default=S["compile"],
+        **settings.switch(
+            help="torch.compile the per-batch product: a one-time compile for faster products "
+            "(default: %(default)s)"
+        ),
+    )
+    parser.add_argument(
+        "--resident",
+        "--no-resident",
+        default=S["resident"],
+        **settings.switch(
+            help="keep the whole split on the device instead of moving each batch at each product "
+            "(default: %(default)s)"
+        ),
+    )
+    parser.add_argument(
+        "--n-per-class",
+        default=None,
+        help="examples per class the model was trained on, recorded in OUT "
+        "(default: counted from --indices, else 'full')",
+    )
+    _add_out(parser, "Zarr group to write", metavar="OUT")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bars (default: bars on a terminal)"
+    )
+
+
+def _add_estimate_options(parser, numbers) -> dict:
+    """The options `hspec spectrum` and `hspec check` share: the model, split and
+    component, and the settings of spectral_density (with ``numbers``, of
+    SPECTRUM_NUMBERS); returns the keyword arguments that mark an option given explicitly."""
+    S = settings.SPECTRUM
     parser.add_argument(
         "--model",
         type=Path,
@@ -350,7 +413,7 @@ def _add_spectrum(subparsers: argparse._SubParsersAction) -> None:
         default=0,
         help="outliers removed first by LOWRANKDEFLATION, e.g. the number of classes (default: %(default)s)",
     )
-    for flag, kind, text in SPECTRUM_NUMBERS:
+    for flag, kind, text in numbers:
         key = flag.removeprefix("--").replace("-", "_")
         parser.add_argument(
             flag, type=kind, default=kind(S[key]), **spec, help=f"{text} (default: %(default)s)"
@@ -373,40 +436,6 @@ def _add_spectrum(subparsers: argparse._SubParsersAction) -> None:
         "(default: %(default)s)",
     )
     parser.add_argument(
-        "--precision",
-        choices=tuple(PRECISIONS),
-        default=S["precision"],
-        **spec,
-        help="products and vectors in float32, float32 with TF32 tensor cores on CUDA "
-        "(faster, ~1e-4 relative error per product), or float64 (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--hvp",
-        choices=("auto",) + HVP_MODES,
-        default=S["hvp"],
-        **spec,
-        help="how H v and R v are differentiated; all exact, they differ in speed; auto: "
-        "the fastest measured on the device's kind (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--compile",
-        "--no-compile",
-        default=S["compile"],
-        **settings.switch(
-            help="torch.compile the per-batch product: a one-time compile for faster products "
-            "(default: %(default)s)"
-        ),
-    )
-    parser.add_argument(
-        "--resident",
-        "--no-resident",
-        default=S["resident"],
-        **settings.switch(
-            help="keep the whole split on the device instead of moving each batch at each product "
-            "(default: %(default)s)"
-        ),
-    )
-    parser.add_argument(
         "--device",
         default="auto",
         **spec,
@@ -420,16 +449,32 @@ def _add_spectrum(subparsers: argparse._SubParsersAction) -> None:
         help="seed of the random vectors: Lanczos start vectors, probes, deflation block "
         "(spectrum.seed; not the training seed) (default: %(default)s)",
     )
+    return spec
+
+
+def _add_check(subparsers: argparse._SubParsersAction) -> None:
+    parser = _command(subparsers, "check", check_job.run)
+    numbers = [n for n in SPECTRUM_NUMBERS if n[0] != "--checkpoint-interval"]
+    _add_estimate_options(parser, numbers)
     parser.add_argument(
-        "--n-per-class",
-        default=None,
-        help="examples per class the model was trained on, recorded in OUT "
-        "(default: counted from --indices, else 'full')",
+        "--max-params",
+        type=int,
+        default=MAX_PARAMS,
+        metavar="P",
+        help="refuse a model with more parameters: the check builds a P x P matrix "
+        "(default: %(default)s)",
     )
-    _add_out(parser, "Zarr group to write", metavar="OUT")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also write the whole report as JSON, atomically (default: none)",
+    )
     parser.add_argument(
         "--quiet", action="store_true", help="no progress bars (default: bars on a terminal)"
     )
+    parser.set_defaults(out=None)
 
 
 def _add_describe(subparsers: argparse._SubParsersAction) -> None:
@@ -466,6 +511,12 @@ def _describe(args: argparse.Namespace) -> None:
             continue
         flag = "converged" if arrays["converged"][index] else "NOT CONVERGED"
         lines.append(f"  outlier {index}: {value:.8g} ± {residuals[index]:.3g} ({flag})")
+    if "convergence_l1" in arrays and len(arrays["convergence_l1"]):
+        ghosts = np.bincount(arrays["ghost_runs"], minlength=len(arrays["convergence_l1"]))
+        lines.append(
+            f"  lanczos runs: ghosts {ghosts.tolist()}, density change M/2 -> M "
+            f"(L1) {', '.join(f'{v:.3g}' for v in arrays['convergence_l1'])}"
+        )
     attribution = store.attribution_of(arrays, attrs)
     if attribution is not None:
         lines += ["  " + line for line in spectrum_job.attribution_lines(attribution)]
@@ -490,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(subparsers)
     _add_select(subparsers)
     _add_spectrum(subparsers)
+    _add_check(subparsers)
     _add_describe(subparsers)
     return parser
 
@@ -507,6 +559,7 @@ def _output_lock(args: argparse.Namespace) -> contextlib.AbstractContextManager:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `hspec` command line on `argv` (default: sys.argv[1:]); return the exit status.
 
+    A handler's integer return is the status (`hspec check`: 1 when its verdict fails).
     The command runs holding `locking.hold` on its output (`--out`, else `--model-out`; under
     torchrun, one lock per rank): while another process writes that output, the command
     fails at once with one line, touching nothing.
@@ -515,8 +568,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="hspec: %(message)s", stream=sys.stderr)
     try:
         with _output_lock(args):
-            args.handler(args)
+            status = args.handler(args)
     except (HspecError, OSError) as error:
         print(f"hspec: error: {error}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0

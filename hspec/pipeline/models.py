@@ -150,11 +150,24 @@ def cnn(in_channels: int, num_classes: int) -> nn.Sequential:
     )
 
 
+def tiny(in_channels: int, num_classes: int) -> nn.Sequential:
+    """Check-sized MLP: inputs average-pooled to 4×4, one hidden layer of 16 (442 parameters
+    for digits), small enough for the dense matrices of ``hspec check``."""
+    return nn.Sequential(
+        nn.AdaptiveAvgPool2d(4),
+        nn.Flatten(),
+        nn.Linear(in_channels * 16, 16),
+        nn.Tanh(),
+        nn.Linear(16, num_classes),
+    )
+
+
 _BUILDERS: dict[str, Callable[[int, int], nn.Module]] = {
     "vgg11": vgg11,
     "resnet18": resnet18,
     "mlp": mlp,
     "cnn": cnn,
+    "tiny": tiny,
 }
 
 ARCHS: tuple[str, ...] = tuple(_BUILDERS)

@@ -35,26 +35,10 @@ def run(args) -> None:
     check_out(args.out)
     rank, world = distributed.init_from_env(args.device if args.device != "auto" else None)
     device = distributed.local_device(str(devices.resolve(args.device)))
-    stats = data.spec(args.dataset)
-    model, metadata = run_files.load_model(
-        args.model,
-        device=device,
-        expect={
-            "dataset": args.dataset,
-            "num_classes": stats.num_classes,
-            "in_channels": stats.in_channels,
-        },
+    model, metadata, inputs, targets, indices = load(args, device)
+    n_per_class = args.n_per_class or (
+        int(torch.bincount(targets).max()) if indices is not None else "full"
     )
-    inputs, targets = data.load_split(args.dataset, args.split, args.data_dir, args.download)
-    n_per_class = args.n_per_class or "full"
-    indices = None
-    if args.indices is not None:
-        if args.split != "train":
-            raise HspecError("--indices: only the train split is subsampled")
-        indices = data.load_indices(args.indices, size=len(targets))
-        index = torch.from_numpy(indices)
-        inputs, targets = inputs[index], targets[index]
-        n_per_class = args.n_per_class or int(torch.bincount(targets).max())
     n_samples = len(targets)
     op = curvature_operator(
         model,
@@ -129,6 +113,31 @@ def run(args) -> None:
         if attribution is not None:
             print(attribution_line(attribution))
     checkpoint.unlink(missing_ok=True)
+
+
+def load(args, device):
+    """The model of ``--model`` on ``device`` (its classes and channels must fit
+    ``--dataset``) and the ``--split``, restricted to ``--indices``: (model, metadata,
+    inputs, targets, indices or None)."""
+    stats = data.spec(args.dataset)
+    model, metadata = run_files.load_model(
+        args.model,
+        device=device,
+        expect={
+            "dataset": args.dataset,
+            "num_classes": stats.num_classes,
+            "in_channels": stats.in_channels,
+        },
+    )
+    inputs, targets = data.load_split(args.dataset, args.split, args.data_dir, args.download)
+    indices = None
+    if args.indices is not None:
+        if args.split != "train":
+            raise HspecError("--indices: only the train split is subsampled")
+        indices = data.load_indices(args.indices, size=len(targets))
+        index = torch.from_numpy(indices)
+        inputs, targets = inputs[index], targets[index]
+    return model, metadata, inputs, targets, indices
 
 
 def check_out(out: Path) -> None:
