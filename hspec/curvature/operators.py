@@ -1,13 +1,16 @@
-"""Curvature operators of the cross-entropy loss, as matrix-free linear operators.
+"""Curvature operators of a network's loss, as matrix-free linear operators.
 
-For a network f(x; θ) ∈ R^C with cross-entropy loss ℓ_i(θ) = ℓ(f(x_i; θ), y_i) the
-paper (eq. 4) splits the Hessian averaged over a split into two parts:
+For a network f(x; θ) ∈ R^C with loss ℓ_i(θ) = ℓ(f(x_i; θ), y_i) the paper (eq. 4,
+cross-entropy) splits the Hessian averaged over a split into two parts:
 
     H = Ave_i ∇²ℓ_i(θ)                                         ("hessian")
       = Ave_i J_iᵀ (diag p_i − p_i p_iᵀ) J_i                     ("gradient_covariance", G)
       + Ave_i Σ_c (∂ℓ_i/∂f_c) ∇²f_c(x_i; θ)                      ("prediction_hessian", R)
 
-with J_i = ∂f(x_i; θ)/∂θ and p_i = softmax(f(x_i; θ)). Each operator here multiplies a
+with J_i = ∂f(x_i; θ)/∂θ and p_i = softmax(f(x_i; θ)). For any loss (:mod:`hspec.curvature.loss`:
+sequence cross-entropy, squared error, a per-example callable) the same split holds with
+∇²_f ℓ_i in place of diag p_i − p_i p_iᵀ and ∂ℓ_i/∂f in place of p_i − e_{y_i}; G is positive
+semi-definite when ℓ is convex in the outputs. Each operator here multiplies a
 flat vector v ∈ R^p (p = number of trainable parameters, concatenated in
 ``model.named_parameters()`` order) without ever forming a p×p matrix:
 
@@ -43,7 +46,10 @@ the device's kernels (``hvp="auto"``, :data:`AUTO_HVP`).
 The average is over every example of the split: per-batch results are summed and divided
 by the number of examples, so the result does not depend on the batch size. The model is
 evaluated in eval mode (BatchNorm uses its running statistics, so the loss is a sum of
-per-example terms); parameters with ``requires_grad=False`` are held fixed and left out.
+per-example terms); parameters with ``requires_grad=False``, and with ``params=`` those
+outside the block (:mod:`hspec.curvature.blocks`), are held fixed and left out. A batch is
+any structure a ``forward(model, batch) -> (output, target)`` understands (by default an
+(inputs, targets) pair or a HuggingFace-style dict with ``"labels"``).
 Memory is O(p + one batch of activations). With ``distributed=True`` each rank of a
 torch.distributed job holds a shard of the split and the sums are all-reduced.
 """
