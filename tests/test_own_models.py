@@ -506,3 +506,29 @@ def test_the_readme_section_runs_and_covers_each_feature():
         assert feature in code, feature
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
+
+
+def test_a_huggingface_gpt2_from_a_config():
+    """A randomly initialised HuggingFace GPT-2 (no download): dict batches, a ModelOutput
+    with .logits, tied embeddings, dropout and sdpa attention, every hvp mode against the
+    dense H, G and R. Skipped where transformers is not installed."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        vocab_size=7, n_positions=4, n_embd=4, n_layer=1, n_head=2, attn_implementation="sdpa"
+    )
+    model = transformers.GPT2LMHeadModel(config).double()
+    data = synthetic_tokens(4, context=4, vocab_size=7, seed=2)
+    op = curvature_operator(model, data, dtype=torch.float64, batch_size=3)
+    assert "lm_head.weight" not in op.param_names  # tied to transformer.wte.weight
+    dense = dense_matrices(op)
+    assert (
+        rel(dense["gradient_covariance"] + dense["prediction_hessian"], dense["hessian"]) <= 1e-10
+    )
+    V = vector(op.dim, k=2)
+    for component in EQ4_COMPONENTS:
+        for hvp in HVP_MODES:
+            op = curvature_operator(
+                model, data, component, dtype=torch.float64, batch_size=3, hvp=hvp
+            )
+            assert rel(op.matmat(V), dense[component] @ V) <= 1e-10, (component, hvp)
