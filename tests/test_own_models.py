@@ -532,3 +532,14 @@ def test_a_huggingface_gpt2_from_a_config():
                 model, data, component, dtype=torch.float64, batch_size=3, hvp=hvp
             )
             assert rel(op.matmat(V), dense[component] @ V) <= 1e-10, (component, hvp)
+
+
+def test_a_forward_may_use_the_model_object_it_closes_over(classifier):
+    """functional_call swaps the parameters of the model object itself, so a forward that
+    ignores its model argument and calls the model it closes over is differentiated too."""
+    model, data, full, dense = classifier
+    op = curvature_operator(
+        model, data, dtype=torch.float64, forward=lambda _, batch: (model(batch[0]), batch[1])
+    )
+    v = vector(op.dim)
+    assert rel(op.matvec(v), dense["hessian"] @ v) <= 1e-10
