@@ -41,7 +41,7 @@ def textbook_hessian_product(logits, u):
 def textbook_forms():
     """hspec's operators with the logit derivatives of the textbook (cancelling) forms."""
     with mock.patch.multiple(
-        "hspec.curvature.operators",
+        "hspec.curvature.loss",
         cross_entropy=textbook_cross_entropy,
         logit_gradient=textbook_gradient,
         logit_hessian_product=textbook_hessian_product,

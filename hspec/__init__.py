@@ -6,6 +6,7 @@ averaged Hessian of predictions) and the paper's algorithms — FASTLANCZOS,
 NORMALIZATION, LOWRANKDEFLATION, LANCZOSAPPROXSPEC (Algs. 1–5) and KPM.
 """
 
+from hspec.curvature.blocks import layer_blocks
 from hspec.curvature.check import check
 from hspec.curvature.operators import COMPONENTS, CurvatureOperator, curvature_operator
 from hspec.errors import HspecError
@@ -21,5 +22,6 @@ __all__ = [
     "__version__",
     "check",
     "curvature_operator",
+    "layer_blocks",
     "spectral_density",
 ]
