@@ -6,6 +6,7 @@ averaged Hessian of predictions) and the paper's algorithms — FASTLANCZOS,
 NORMALIZATION, LOWRANKDEFLATION, LANCZOSAPPROXSPEC (Algs. 1–5) and KPM.
 """
 
+from hspec.curvature.blocks import layer_blocks
 from hspec.curvature.operators import COMPONENTS, CurvatureOperator, curvature_operator
 from hspec.errors import HspecError
 from hspec.numerics.spectrum import METHODS, SpectralDensity, spectral_density
@@ -19,5 +20,6 @@ __all__ = [
     "SpectralDensity",
     "__version__",
     "curvature_operator",
+    "layer_blocks",
     "spectral_density",
 ]

@@ -247,6 +247,9 @@ class PerExampleLoss(Loss):
         if output.ndim == 0:
             raise HspecError(f"model: returned a scalar; loss {self.name!r} needs outputs (N, ...)")
 
+    def check(self, output: Tensor, target) -> None:
+        self._values(output, target)
+
     def _values(self, output: Tensor, target) -> Tensor:
         self.check_shapes(output, target)
         values = self.function(output, target)

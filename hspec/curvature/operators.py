@@ -1,13 +1,16 @@
-"""Curvature operators of the cross-entropy loss, as matrix-free linear operators.
+"""Curvature operators of a network's loss, as matrix-free linear operators.
 
-For a network f(x; θ) ∈ R^C with cross-entropy loss ℓ_i(θ) = ℓ(f(x_i; θ), y_i) the
-paper (eq. 4) splits the Hessian averaged over a split into two parts:
+For a network f(x; θ) ∈ R^C with loss ℓ_i(θ) = ℓ(f(x_i; θ), y_i) the paper (eq. 4,
+cross-entropy) splits the Hessian averaged over a split into two parts:
 
     H = Ave_i ∇²ℓ_i(θ)                                         ("hessian")
       = Ave_i J_iᵀ (diag p_i − p_i p_iᵀ) J_i                     ("gradient_covariance", G)
       + Ave_i Σ_c (∂ℓ_i/∂f_c) ∇²f_c(x_i; θ)                      ("prediction_hessian", R)
 
-with J_i = ∂f(x_i; θ)/∂θ and p_i = softmax(f(x_i; θ)). Each operator here multiplies a
+with J_i = ∂f(x_i; θ)/∂θ and p_i = softmax(f(x_i; θ)). For any loss (:mod:`hspec.curvature.loss`:
+sequence cross-entropy, squared error, a per-example callable) the same split holds with
+∇²_f ℓ_i in place of diag p_i − p_i p_iᵀ and ∂ℓ_i/∂f in place of p_i − e_{y_i}; G is positive
+semi-definite when ℓ is convex in the outputs. Each operator here multiplies a
 flat vector v ∈ R^p (p = number of trainable parameters, concatenated in
 ``model.named_parameters()`` order) without ever forming a p×p matrix:
 
@@ -43,7 +46,10 @@ the device's kernels (``hvp="auto"``, :data:`AUTO_HVP`).
 The average is over every example of the split: per-batch results are summed and divided
 by the number of examples, so the result does not depend on the batch size. The model is
 evaluated in eval mode (BatchNorm uses its running statistics, so the loss is a sum of
-per-example terms); parameters with ``requires_grad=False`` are held fixed and left out.
+per-example terms); parameters with ``requires_grad=False``, and with ``params=`` those
+outside the block (:mod:`hspec.curvature.blocks`), are held fixed and left out. A batch is
+any structure a ``forward(model, batch) -> (output, target)`` understands (by default an
+(inputs, targets) pair or a HuggingFace-style dict with ``"labels"``).
 Memory is O(p + one batch of activations). With ``distributed=True`` each rank of a
 torch.distributed job holds a shard of the split and the sums are all-reduced.
 """
@@ -60,6 +66,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader, Dataset
 
 from hspec import settings
@@ -180,6 +187,38 @@ def _logits_of(output):
     if isinstance(output, Mapping) and "logits" in output:
         return output["logits"]
     return getattr(output, "logits", output)
+
+
+def composed_layer_norm(
+    input: Tensor,
+    normalized_shape,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    """``torch.nn.functional.layer_norm`` from its formula, (x − mean) / √(var + eps) · w + b
+    over the last ``len(normalized_shape)`` dimensions (population variance)."""
+    dims = tuple(range(-len(tuple(normalized_shape)), 0))
+    centred = input - input.mean(dims, keepdim=True)
+    out = centred * torch.rsqrt(centred.square().mean(dims, keepdim=True) + eps)
+    if weight is not None:
+        out = out * weight
+    return out if bias is None else out + bias
+
+
+class ComposedLayerNorm(TorchFunctionMode):
+    """While active, ``torch.nn.functional.layer_norm`` (so ``nn.LayerNorm``) runs as
+    :func:`composed_layer_norm`, whose derivatives are those of elementary operations.
+    PyTorch's own layer_norm has a forward-mode rule whose derivative is wrong (the
+    second-order terms of the mean and variance are dropped: pytorch/pytorch#196700, and
+    #198017 for the class of bugs), and ``hvp="reverse-over-forward"`` differentiates that
+    rule: measured in torch 2.14, H v of a LayerNorm 99% off. The other modes differentiate
+    layer_norm's backward, which is right."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is nn.functional.layer_norm:
+            return composed_layer_norm(*args, **(kwargs or {}))
+        return func(*args, **(kwargs or {}))
 
 
 class _Forward(nn.Module):
@@ -326,11 +365,14 @@ class CurvatureOperator(SymmetricOperator):
     def evaluating(self) -> Iterator[None]:
         """Eval mode, the float32 matmul policy and the math kernel of
         ``scaled_dot_product_attention`` (flash and memory-efficient attention have no
-        double backward), for the duration."""
+        double backward or forward-mode rule), for the duration; under
+        ``hvp="reverse-over-forward"`` also :class:`ComposedLayerNorm`."""
+        layer_norm = ComposedLayerNorm() if self.hvp == "reverse-over-forward" else None
         with (
             eval_mode(self.model),
             float32_matmul(self.device, self.tf32),
             sdpa_kernel(SDPBackend.MATH),
+            layer_norm or contextlib.nullcontext(),
         ):
             yield
 
