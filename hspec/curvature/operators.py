@@ -61,6 +61,7 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 from torch.utils.data import DataLoader, Dataset
 
 from hspec import settings
+from hspec.curvature.blocks import select_parameters
 from hspec.curvature.class_structure import (
     CLASS_COMPONENTS,
     class_coefficients,
@@ -167,6 +168,7 @@ class CurvatureOperator(SymmetricOperator):
         hvp: str = "auto",
         tf32: bool = False,
         compile: bool = False,
+        params=None,
     ) -> None:
         if distributed and not dist.is_initialized():
             raise HspecError(
@@ -192,13 +194,14 @@ class CurvatureOperator(SymmetricOperator):
         self._batches = batches
         self._classes: int | None = None
         self._data_checked = False  # set by the first complete pass over the data
-        trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        if not trainable:
-            raise HspecError("model: it has no parameter with requires_grad=True")
-        frozen = {n: p for n, p in model.named_parameters() if not p.requires_grad}
-        self.params: Params = {n: self._cast(p) for n, p in trainable.items()}
+        #: the block's parameter names, in the order of the operator's vectors
+        self.param_names: list[str] = select_parameters(model, params)
+        chosen = set(self.param_names)
+        named = dict(model.named_parameters())
+        self.params: Params = {n: self._cast(named[n]) for n in self.param_names}
+        held = {n: p for n, p in named.items() if n not in chosen}  # frozen or outside the block
         self.constants: Params = {
-            n: self._cast(t) for n, t in {**frozen, **dict(model.named_buffers())}.items()
+            n: self._cast(t) for n, t in {**held, **dict(model.named_buffers())}.items()
         }
         self._shapes = [p.shape for p in self.params.values()]
         self._numels = [p.numel() for p in self.params.values()]
@@ -547,6 +550,7 @@ def curvature_operator(
     tf32: bool = False,
     resident: bool = False,
     compile: bool = False,
+    params=None,
 ) -> CurvatureOperator:
     """The averaged curvature matrix of ``model`` on ``data`` as a linear operator.
 
@@ -590,6 +594,15 @@ def curvature_operator(
             pays only for long runs (benchmarks/README.md: torch.compile). All operators
             of a process share PyTorch's recompile limit
             (``torch._dynamo.config.recompile_limit``); past it products run eagerly.
+        params: the block B of parameters the operator acts on (:mod:`hspec.curvature.blocks`):
+            ``None`` (default: every trainable parameter), a list of parameter names, a
+            regular expression (``re.fullmatch`` against the ``named_parameters()`` names) or
+            a list of modules (their parameters). The operator is then the diagonal block
+            H_BB (G_BB, R_BB) of the full matrix, every other parameter held fixed: its
+            dimension is B's size, its vectors B's parameters in ``named_parameters()`` order
+            (their names: ``.param_names``). A name or pattern selecting no trainable
+            parameter raises one error naming it. Per-layer blocks:
+            :func:`hspec.curvature.blocks.layer_blocks`.
 
     Returns:
         A :class:`CurvatureOperator` with ``.dim``, ``.matvec(v)`` and ``.matmat(V)``.
@@ -612,4 +625,5 @@ def curvature_operator(
         hvp=hvp,
         tf32=tf32,
         compile=compile,
+        params=params,
     )
