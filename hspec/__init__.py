@@ -6,6 +6,7 @@ averaged Hessian of predictions) and the paper's algorithms — FASTLANCZOS,
 NORMALIZATION, LOWRANKDEFLATION, LANCZOSAPPROXSPEC (Algs. 1–5) and KPM.
 """
 
+from hspec.curvature.block_spectra import block_spectra
 from hspec.curvature.operators import COMPONENTS, CurvatureOperator, curvature_operator
 from hspec.errors import HspecError
 from hspec.numerics.spectrum import METHODS, SpectralDensity, spectral_density
@@ -18,6 +19,7 @@ __all__ = [
     "HspecError",
     "SpectralDensity",
     "__version__",
+    "block_spectra",
     "curvature_operator",
     "spectral_density",
 ]

@@ -9,6 +9,7 @@ block's product costs one forward and backward pass of the whole network, as a p
 of A does, with derivatives taken for B's parameters only.
 """
 
+import inspect
 from collections.abc import Iterator, Mapping
 
 from torch import nn
@@ -39,35 +40,26 @@ def block_operators(
 
 
 def block_spectra(
-    model: nn.Module,
-    data,
-    component: str = "hessian",
-    blocks: Mapping | None = None,
-    *,
-    loss="cross_entropy",
-    forward=None,
-    operator_options: Mapping | None = None,
-    **options,
+    model: nn.Module, data, component: str = "hessian", blocks: Mapping | None = None, **options
 ) -> dict[str, SpectralDensity]:
-    """The spectral density of every diagonal block A_BB of a curvature matrix.
+    """The spectral density of every diagonal block A_BB of a curvature matrix A.
 
-    ``spectral_density(block operator, **options)`` per block (:func:`block_operators`;
+    ``spectral_density(operator of B, ...)`` per block B (:func:`block_operators`;
     ``blocks`` as there, per layer by default), in the blocks' order. Each result's
-    ``dim`` is the block's size; the block's parameter names are the operator's.
+    ``dim`` is the block's size. The per-block spectra are not pieces of A's: by Cauchy
+    interlacing λ_min(A) ≤ λ(A_BB) ≤ λ_max(A), and Σ_B tr A_BB = tr A over a partition.
 
     Args:
-        component, loss, forward: as for :func:`curvature_operator`.
-        operator_options: further keywords of :func:`curvature_operator` (batch_size,
-            dtype, device, hvp, ...).
-        options: keywords of :func:`hspec.spectral_density` (method, steps, deflate, seed, ...).
+        component: as for :func:`curvature_operator`.
+        options: keywords of :func:`curvature_operator` (``loss``, ``forward``,
+            ``batch_size``, ``dtype``, ``device``, ``hvp``, ...) go to every block's
+            operator; the others to :func:`hspec.spectral_density` (``method``, ``steps``,
+            ``deflate``, ``seed``, ...), the same for every block.
     """
-    operators = block_operators(
-        model,
-        data,
-        component,
-        blocks,
-        loss=loss,
-        forward=forward,
-        **dict(operator_options or {}),
-    )
-    return {name: spectral_density(op, **options) for name, op in operators}
+    operator_keys = set(inspect.signature(curvature_operator).parameters) - {"params"}
+    operator = {key: value for key, value in options.items() if key in operator_keys}
+    spectrum = {key: value for key, value in options.items() if key not in operator_keys}
+    return {
+        name: spectral_density(op, **spectrum)
+        for name, op in block_operators(model, data, component, blocks, **operator)
+    }
