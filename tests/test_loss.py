@@ -123,7 +123,7 @@ def test_float32_products_of_a_saturated_net_match_float64(component):
     product = curvature_operator(model, (x, y), component).matvec(v)
     assert float((product.double() - exact).norm() / exact.norm()) <= 3e-5
     with mock.patch.multiple(
-        "hspec.curvature.operators",
+        "hspec.curvature.loss",
         cross_entropy=textbook_loss,
         logit_gradient=textbook_gradient,
         logit_hessian_product=textbook_hessian_product,

@@ -4,7 +4,13 @@ Dense matrices are built by a code path independent of :mod:`hspec.curvature.ope
 (``torch.func.hessian`` and per-example Jacobians), so the matrix-free operators and the
 stochastic algorithms can be checked against them:
 
-* :func:`dense_matrices` — H, G and R of eq. 4 as p×p matrices (p up to a few thousand).
+* :func:`dense_matrices` — H, G and R of eq. 4 as p×p matrices (p up to a few thousand), for
+  every loss, batch structure and parameter block of the operator: H = ∇² of the batch
+  loss by ``torch.func.hessian``, G = Jᵀ (∇²_f ℓ) J from the explicit Jacobian J of the
+  batch's outputs (``jacrev``) and the output Hessian of the loss (``torch.func.hessian``),
+  R = ∇² of ⟨∂ℓ/∂f, f(θ)⟩, each loss in its textbook form (:func:`reference_loss`:
+  ``torch.nn.functional.cross_entropy`` with ``ignore_index=-100``, the squared error, or
+  the user's callable), the count of examples recomputed from the targets.
 * :func:`gram_spectrum` — the nonzero spectrum of G without a p×p matrix. Writing
   diag p_i − p_i p_iᵀ = B_i B_iᵀ with B_i = diag(√p_i) − p_i √p_iᵀ gives G = V Vᵀ with
   V = [J_1ᵀ B_1, …, J_nᵀ B_n] / √n ∈ R^{p×nC}, and the nonzero eigenvalues of V Vᵀ are
@@ -28,7 +34,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 from torch import Tensor
-from torch.func import hessian, jacrev, vjp, vmap
+from torch.func import grad, hessian, jacrev, vjp, vmap
 
 from hspec.curvature.class_structure import (
     BETWEEN_COMPONENTS,
@@ -36,7 +42,8 @@ from hspec.curvature.class_structure import (
     factors,
     gram_coefficients,
 )
-from hspec.curvature.operators import COMPONENTS, CurvatureOperator, Params, eval_mode
+from hspec.curvature.loss import IGNORE_INDEX, CrossEntropy, SquaredError
+from hspec.curvature.operators import COMPONENTS, CurvatureOperator, Params
 from hspec.errors import HspecError
 
 
@@ -53,14 +60,47 @@ def _flat_hessian(op: CurvatureOperator, scalar) -> Tensor:
     return torch.cat(rows, dim=0)
 
 
-def _jacobians(op: CurvatureOperator, x: Tensor) -> Tensor:
-    """Per-example Jacobians ∂f(x_i)/∂θ of shape (batch, C, p)."""
+def _batch_jacobian(op: CurvatureOperator, batch) -> Tensor:
+    """The Jacobian of the batch's flattened outputs in the block's parameters, (M, p)."""
+    jac = jacrev(lambda p: op.outputs(p, batch)[0].reshape(-1))(op.params)
+    return torch.cat([j.flatten(start_dim=1) for j in jac.values()], dim=1)
 
-    def f_single(params: Params, xi: Tensor) -> Tensor:
-        return op.logits(params, xi[None])[0]
 
-    jac = vmap(jacrev(f_single), in_dims=(None, 0))(op.params, x)
-    return torch.cat([j.flatten(start_dim=2) for j in jac.values()], dim=2)
+def _jacobians(op: CurvatureOperator, batch) -> Tensor:
+    """Per-example Jacobians ∂f(x_i)/∂θ of shape (batch, C, p): one example at a time for an
+    (inputs, targets) pair of tensors, else the whole batch's Jacobian cut per example."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], Tensor):
+
+        def f_single(params: Params, xi: Tensor, yi: Tensor) -> Tensor:
+            return op.outputs(params, (xi[None], yi[None]))[0][0]
+
+        jac = vmap(jacrev(f_single), in_dims=(None, 0, 0))(op.params, *batch)
+        return torch.cat([j.flatten(start_dim=2) for j in jac.values()], dim=2)
+    out = op.outputs(op.params, batch)[0]
+    return _batch_jacobian(op, batch).view(*out.shape, -1)
+
+
+def reference_loss(op: CurvatureOperator):
+    """(output, target) ↦ Σ over the batch of the operator's loss, in textbook form."""
+    if isinstance(op.loss, CrossEntropy):
+
+        def cross_entropy(out: Tensor, target: Tensor) -> Tensor:
+            flat = out.reshape(-1, out.shape[-1])
+            return torch.nn.functional.cross_entropy(
+                flat, target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+            )
+
+        return cross_entropy
+    if isinstance(op.loss, SquaredError):
+        return lambda out, target: ((out - target) ** 2).sum()
+    return lambda out, target: op.loss.function(out, target).sum()
+
+
+def reference_count(op: CurvatureOperator, out: Tensor, target) -> int:
+    """Examples of a batch: the counted tokens of sequence cross-entropy, else N."""
+    if isinstance(op.loss, CrossEntropy) and target.ndim == 2:
+        return int((target != IGNORE_INDEX).sum())
+    return out.shape[0]
 
 
 def _factors(probs: Tensor) -> Tensor:
@@ -74,34 +114,37 @@ def dense_matrices(
 ) -> dict[str, Tensor]:
     """Dense H, G and/or R (keys ``hessian``, ``gradient_covariance``,
     ``prediction_hessian``) and the parts of G (:data:`CLASS_COMPONENTS`, by
-    :func:`dense_class_matrices`) of the operator's model and data, averaged over the split."""
+    :func:`dense_class_matrices`) of the operator's model, data, loss and parameter block
+    (the module docstring), averaged over the split."""
     parts = [name for name in components if name in CLASS_COMPONENTS]
     components = [name for name in components if name not in CLASS_COMPONENTS]
     total = {
         name: torch.zeros(op.dim, op.dim, dtype=op.dtype, device=op.device) for name in components
     }
     count = 0
-    with eval_mode(op.model):
-        for x, y in op._iter_batches():
-            count += x.shape[0]
-            logits = op.logits(op.params, x).detach()
-            probs = torch.softmax(logits, dim=-1)
-            g = probs - torch.nn.functional.one_hot(y, probs.shape[-1]).to(probs)
+    reference = reference_loss(op)
+    with op.evaluating():
+        for batch in op._iter_batches():
+            out, target = op.outputs(op.params, batch)
+            out = out.detach()
+            count += reference_count(op, out, target)
+            g = grad(lambda f, target=target: reference(f, target))(out)
 
-            def loss(params: Params, x=x, y=y) -> Tensor:
-                return torch.nn.functional.cross_entropy(op.logits(params, x), y, reduction="sum")
+            def loss(params: Params, batch=batch) -> Tensor:
+                return reference(*op.outputs(params, batch))
 
-            def weighted(params: Params, x=x, g=g) -> Tensor:
-                return (op.logits(params, x) * g).sum()
+            def weighted(params: Params, batch=batch, g=g) -> Tensor:
+                return (op.outputs(params, batch)[0] * g).sum()
 
             if "hessian" in total:
                 total["hessian"] += _flat_hessian(op, loss)
             if "prediction_hessian" in total:
                 total["prediction_hessian"] += _flat_hessian(op, weighted)
             if "gradient_covariance" in total:
-                jac = _jacobians(op, x)
-                outer = torch.diag_embed(probs) - probs[:, :, None] * probs[:, None, :]
-                total["gradient_covariance"] += torch.einsum("ncp,ncd,ndq->pq", jac, outer, jac)
+                jac = _batch_jacobian(op, batch)
+                shape = out.shape
+                outer = hessian(lambda f, t=target: reference(f.view(shape), t))(out.reshape(-1))
+                total["gradient_covariance"] += jac.T @ outer @ jac
     dense = {name: m / count for name, m in total.items()}
     return {**dense, **(dense_class_matrices(*class_deltas(op), parts) if parts else {})}
 
@@ -110,12 +153,13 @@ def class_deltas(op: CurvatureOperator) -> tuple[Tensor, Tensor]:
     """δ_{i,c'} = √(p_i[c']) J_iᵀ (e_{c'} − p_i) for every example, shape (N, C, p), formed
     from per-example Jacobians by the textbook formula, and the targets (N,)."""
     deltas, targets = [], []
-    with eval_mode(op.model):
-        for x, y in op._iter_batches():
-            probs = torch.softmax(op.logits(op.params, x).detach(), dim=-1)
+    with op.evaluating():
+        for batch in op._iter_batches():
+            out, y = op.outputs(op.params, batch)
+            probs = torch.softmax(out.detach(), dim=-1)
             eye = torch.eye(probs.shape[-1], dtype=probs.dtype, device=probs.device)
             rows = probs.sqrt()[:, :, None] * (eye[None] - probs[:, None, :])  # a_{i,c'}
-            deltas.append(torch.einsum("nck,nkp->ncp", rows, _jacobians(op, x).detach()))
+            deltas.append(torch.einsum("nck,nkp->ncp", rows, _jacobians(op, batch).detach()))
             targets.append(y)
     return torch.cat(deltas), torch.cat(targets)
 
@@ -157,9 +201,10 @@ def class_mean_vectors(op: CurvatureOperator) -> tuple[Tensor, Tensor]:
     free: per batch one forward and C² pullbacks (vmapped in chunks of ``op.block_size``)
     of the cotangents [y_i = c] a_{i,c'}. Memory C² p: for small C."""
     sums, counts = None, None
-    with eval_mode(op.model):
-        for x, y in op._iter_batches():
-            logits, pullback = vjp(lambda p, x=x: op.logits(p, x), op.params)
+    with op.evaluating():
+        for batch in op._iter_batches():
+            y = op.outputs(op.params, batch)[1]
+            logits, pullback = vjp(lambda p, b=batch: op.outputs(p, b)[0], op.params)
             classes = logits.shape[-1]
             members = torch.nn.functional.one_hot(y, classes).to(logits.dtype)
             cotangents = torch.einsum("ic,idk->cdik", members, factors(logits.detach()))
@@ -203,15 +248,16 @@ def gram_spectrum(op: CurvatureOperator) -> np.ndarray:
     """Eigenvalues (ascending) of the nC × nC Gram matrix VᵀV whose nonzero spectrum is
     that of G (see module docstring); never forms a p×p matrix."""
     factors, count = [], 0
-    with eval_mode(op.model):
-        for x, _ in op._iter_batches():
-            count += x.shape[0]
-            probs = torch.softmax(op.logits(op.params, x).detach(), dim=-1)
+    with op.evaluating():
+        for batch in op._iter_batches():
+            out = op.outputs(op.params, batch)[0].detach()
+            count += out.shape[0]
+            probs = torch.softmax(out, dim=-1)
             # rows of Vᵀ √n for these examples: B_iᵀ J_i, shape (batch·C, p)
             factors.append(
-                torch.einsum("ndc,ndp->ncp", _factors(probs), _jacobians(op, x).detach()).flatten(
-                    0, 1
-                )
+                torch.einsum(
+                    "ndc,ndp->ncp", _factors(probs), _jacobians(op, batch).detach()
+                ).flatten(0, 1)
             )
     vt = torch.cat(factors)
     return eigenvalues(vt @ vt.T / count)

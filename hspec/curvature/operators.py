@@ -52,12 +52,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterable, Iterator
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader, Dataset
 
 from hspec import settings
@@ -70,7 +72,7 @@ from hspec.curvature.class_structure import (
     factor_product,
     factor_transpose_product,
 )
-from hspec.curvature.loss import cross_entropy, logit_gradient, logit_hessian_product
+from hspec.curvature.loss import CrossEntropy, Loss, make_loss
 from hspec.errors import HspecError
 from hspec.numerics.linear_operator import SymmetricOperator, check_dtype
 
@@ -92,10 +94,14 @@ PRECISIONS = {
     "float64": {"dtype": torch.float64, "tf32": False},
 }
 DEFAULT_BATCH_SIZE: int = settings.SPECTRUM["batch_size"]  # the workflow's spectrum.batch_size
+
 SUPPORTED_DATA = (
-    "supported: an (inputs, targets) pair of tensors, or a Dataset or "
-    "DataLoader yielding such pairs"
+    "supported: an (inputs, targets) pair of tensors, a dict of tensors with 'labels' "
+    "(HuggingFace style), a Dataset or DataLoader yielding such batches, or a list of "
+    "them; any other batch needs forward=(model, batch) -> (output, target)"
 )
+#: prefix of the model's names inside :class:`_Forward`
+_MODEL = "model."
 
 Params = dict[str, Tensor]
 
@@ -142,17 +148,99 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             module.training = flag
 
 
+def default_forward(model: nn.Module, batch) -> tuple:
+    """The ``forward`` used when none is given: ``(model(x), y)`` for an ``(x, y)`` pair of
+    tensors, ``(model(**inputs), batch["labels"])`` for a dict batch (HuggingFace style:
+    every key but ``"labels"`` is passed as a keyword argument). Targets are aligned with
+    the outputs as given (no shift: a causal LM's labels are the next tokens,
+    :func:`hspec.pipeline.transformer.next_token_labels`)."""
+    if isinstance(batch, Mapping):
+        if "labels" not in batch:
+            raise HspecError(
+                f"data: a batch is a dict, not an (inputs, targets) pair of tensors; "
+                f"{SUPPORTED_DATA} (this dict has no 'labels' key; its keys: "
+                f"{', '.join(map(str, batch))})"
+            )
+        return model(**{k: v for k, v in batch.items() if k != "labels"}), batch["labels"]
+    if (
+        isinstance(batch, (tuple, list))
+        and len(batch) == 2
+        and all(isinstance(t, Tensor) for t in batch)
+    ):
+        return model(batch[0]), batch[1]
+    raise HspecError(
+        f"data: a batch is a {type(batch).__name__}, not an (inputs, targets) pair of "
+        f"tensors; {SUPPORTED_DATA}"
+    )
+
+
+def _logits_of(output):
+    """``output.logits`` or ``output["logits"]`` where the model returns such an object
+    (HuggingFace's ModelOutput), else ``output``."""
+    if isinstance(output, Mapping) and "logits" in output:
+        return output["logits"]
+    return getattr(output, "logits", output)
+
+
+class _Forward(nn.Module):
+    """``forward(model, batch)`` as one module holding the model, so that
+    ``functional_call`` swaps the model's parameters for the user's forward as well."""
+
+    def __init__(self, model: nn.Module, forward: Callable) -> None:
+        super().__init__()
+        self.model = model
+        self.function = forward
+
+    def forward(self, batch):
+        return self.function(self.model, batch)
+
+
+def _fingerprint(obj) -> list[tuple]:
+    """(shape, Σ, Σ²) in float64 of every floating tensor in a nest of tuples, lists, dicts."""
+    if isinstance(obj, Tensor):
+        if not obj.is_floating_point():
+            return []
+        t = obj.detach().double()
+        return [(tuple(t.shape), float(t.sum()), float(t.square().sum()))]
+    if isinstance(obj, Mapping):
+        obj = list(obj.values())
+    if isinstance(obj, (tuple, list)):
+        return [f for item in obj for f in _fingerprint(item)]
+    return []
+
+
+def _same_prints(a: list[tuple], b: list[tuple], tol: float) -> bool:
+    def close(x, y) -> bool:
+        (shape, s, q), (shape2, s2, q2) = x, y
+        scale = max(q, q2)
+        return (
+            shape == shape2
+            and abs(q - q2) <= tol * scale
+            and (abs(s - s2) <= tol * (math.prod(shape) * scale) ** 0.5)
+        )
+
+    return len(a) == len(b) and all(close(x, y) for x, y in zip(a, b))
+
+
+def _differs(a: Tensor, b: Tensor, tol: float) -> bool:
+    return bool((a - b).norm() > tol * a.norm())
+
+
 class CurvatureOperator(SymmetricOperator):
     """A symmetric p×p curvature matrix of a model on a data split, applied matrix-free.
 
     Subclasses implement :meth:`_batch_function`, the *sum* over one batch of the
     per-example matrices applied to a tangent (a dict shaped like the parameters).
-    Every batch is checked before it is used: an (inputs, targets) pair of tensors,
-    int64 targets in [0, C) where C ≥ 2 is the width of the model's (N, C) logits
-    (checked by one forward pass of the first batch, once).
+    The first pass over the data checks every batch by one forward pass (no gradient):
+    the output against the loss (shapes, class indices in [0, C), a callable's one value
+    per example) and the number of examples it counts; on the first batch a second
+    forward must give the same output (else a stochastic module is named). Later passes
+    reuse the counts (the data are the same at every pass, as a deterministic operator needs).
 
     Attributes:
-        dim: number of trainable parameters p (the operator is dim × dim).
+        dim: size p of the parameter block (every trainable parameter by default).
+        param_names: the block's parameter names, in the order of the vectors.
+        loss: the :class:`~hspec.curvature.loss.Loss`.
         dtype, device: of the vectors :meth:`matvec` accepts and returns.
     """
 
@@ -169,6 +257,8 @@ class CurvatureOperator(SymmetricOperator):
         tf32: bool = False,
         compile: bool = False,
         params=None,
+        loss: Loss | None = None,
+        forward: Callable | None = None,
     ) -> None:
         if distributed and not dist.is_initialized():
             raise HspecError(
@@ -183,17 +273,24 @@ class CurvatureOperator(SymmetricOperator):
             raise HspecError(f"hvp: unknown {hvp!r}; valid: auto, {', '.join(HVP_MODES)}")
         if tf32 and dtype != torch.float32:
             raise HspecError(f"tf32: only applies to float32, not {dtype}")
+        if forward is not None and not callable(forward):
+            raise HspecError(f"forward: must be a callable (model, batch), got {forward!r}")
         self.hvp = hvp
         self.tf32 = tf32
         self._compiled = torch.compile(self._batch_block, dynamic=False) if compile else None
         self.distributed = distributed
         self.block_size = block_size
         self.model = model
+        self.loss = CrossEntropy() if loss is None else loss
+        self._module = _Forward(model, default_forward if forward is None else forward)
+        self._culprit = "model" if forward is None else "forward"
         self.dtype = check_dtype(dtype)  # _cast needs it before the base's __init__
         self.device = device
         self._batches = batches
         self._classes: int | None = None
         self._data_checked = False  # set by the first complete pass over the data
+        self._count = 0  # examples counted by the loss over the split (first pass)
+        self._notes: list = []  # per batch of the first pass: what _note returned
         #: the block's parameter names, in the order of the operator's vectors
         self.param_names: list[str] = select_parameters(model, params)
         chosen = set(self.param_names)
@@ -201,7 +298,7 @@ class CurvatureOperator(SymmetricOperator):
         self.params: Params = {n: self._cast(named[n]) for n in self.param_names}
         held = {n: p for n, p in named.items() if n not in chosen}  # frozen or outside the block
         self.constants: Params = {
-            n: self._cast(t) for n, t in {**held, **dict(model.named_buffers())}.items()
+            _MODEL + n: self._cast(t) for n, t in {**held, **dict(model.named_buffers())}.items()
         }
         self._shapes = [p.shape for p in self.params.values()]
         self._numels = [p.numel() for p in self.params.values()]
@@ -210,6 +307,32 @@ class CurvatureOperator(SymmetricOperator):
     def _cast(self, t: Tensor) -> Tensor:
         t = t.detach().to(self.device)
         return t.to(self.dtype) if t.is_floating_point() else t
+
+    def _to_device(self, batch):
+        """The batch with its tensors (in tuples, lists and dicts) on the device, floating
+        ones cast to the dtype; other objects as they are (a ``forward`` handles them)."""
+        if isinstance(batch, Tensor):
+            return self._cast(batch)
+        if isinstance(batch, Mapping):
+            return {k: self._to_device(v) for k, v in batch.items()}
+        if isinstance(batch, list):
+            return [self._to_device(v) for v in batch]
+        if isinstance(batch, tuple):
+            items = [self._to_device(v) for v in batch]
+            return type(batch)(*items) if hasattr(batch, "_fields") else tuple(items)
+        return batch
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Eval mode, the float32 matmul policy and the math kernel of
+        ``scaled_dot_product_attention`` (flash and memory-efficient attention have no
+        double backward), for the duration."""
+        with (
+            eval_mode(self.model),
+            float32_matmul(self.device, self.tf32),
+            sdpa_kernel(SDPBackend.MATH),
+        ):
+            yield
 
     # -- vectors <-> parameter dicts -------------------------------------------------
     def _unflatten(self, v: Tensor) -> Params:
@@ -220,13 +343,28 @@ class CurvatureOperator(SymmetricOperator):
     def _flatten(tangent: Params) -> Tensor:
         return torch.cat([t.reshape(-1) for t in tangent.values()])
 
-    # -- the model as a function of its trainable parameters -------------------------
-    def logits(self, params: Params, x: Tensor) -> Tensor:
-        """f(x; θ) with θ = ``params`` and the frozen parameters and buffers fixed."""
-        return functional_call(self.model, {**params, **self.constants}, (x,))
+    # -- the model as a function of the block's parameters ---------------------------
+    def outputs(self, params: Params, batch) -> tuple[Tensor, object]:
+        """(f(batch; θ), target) with θ_B = ``params`` and every other parameter and buffer
+        fixed: the ``forward`` of the operator (default :func:`default_forward`), its output
+        replaced by ``.logits`` where it has them."""
+        swapped = {_MODEL + n: p for n, p in params.items()}
+        result = functional_call(self._module, {**swapped, **self.constants}, (batch,))
+        if not (isinstance(result, (tuple, list)) and len(result) == 2):
+            raise HspecError(
+                f"forward: returned a {type(result).__name__}; it must return (output, target)"
+            )
+        output, target = _logits_of(result[0]), result[1]
+        if not isinstance(output, Tensor):
+            raise HspecError(
+                f"{self._culprit}: returned a {type(output).__name__}; hspec needs a model "
+                "returning one (N, C) tensor of logits (or the one output tensor its loss "
+                "takes, or an object with .logits)"
+            )
+        return output, target
 
-    def _batch_function(self, x: Tensor, y: Tensor) -> Callable[[Params], Params]:
-        """tangent ↦ Σ over the batch (x, y) of the per-example matrices applied to it;
+    def _batch_function(self, batch) -> Callable[[Params], Params]:
+        """tangent ↦ Σ over the batch of the per-example matrices applied to it;
         what depends on the batch alone is computed once, for every column."""
         raise NotImplementedError
 
@@ -240,54 +378,77 @@ class CurvatureOperator(SymmetricOperator):
         products = vmap(product)(tangents)
         return torch.cat([p.reshape(k, -1) for p in products.values()], dim=1).T
 
-    def _batch_block(self, x: Tensor, y: Tensor, V: Tensor) -> Tensor:
-        """Σ over the batch (x, y) of the per-example matrices times the columns of V."""
-        return self._block_product(self._batch_function(x, y), V)
+    def _batch_block(self, batch, V: Tensor) -> Tensor:
+        """Σ over the batch of the per-example matrices times the columns of V."""
+        return self._block_product(self._batch_function(batch), V)
 
-    def _iter_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
-        """The batches on the device, each checked to be an (inputs, targets) pair; the
-        first complete pass also checks the targets against C (the data are the same at
-        every pass, as a deterministic operator needs, so later passes skip that check
-        and its device sync)."""
-        check = not self._data_checked
-        for batch in self._batches():
-            x, y = _check_pair(batch)
-            x = x.to(self.device)
-            x, y = (x.to(self.dtype) if x.is_floating_point() else x), y.to(self.device)
-            if check:
-                self._check_targets(x, y)
-            yield x, y
+    def _note(self, output: Tensor, target) -> object:
+        """What a subclass keeps of each batch of the first pass (in ``_notes``)."""
+        return None
+
+    def _iter_batches(self) -> Iterator:
+        """The batches on the device; the first complete pass checks each one (the class
+        docstring) and counts its examples; later passes skip the checks and their syncs."""
+        if self._data_checked:
+            for batch in self._batches():
+                yield self._to_device(batch)
+            return
+        count, notes = 0, []
+        for i, batch in enumerate(self._batches()):
+            batch = self._to_device(batch)
+            with torch.no_grad():
+                output, target = self.outputs(self.params, batch)
+                if i == 0:
+                    self._check_deterministic(batch, output)
+            self.loss.check(output, target)
+            self._classes = output.shape[-1]
+            count += self.loss.count(output, target)
+            notes.append(self._note(output, target))
+            yield batch
+        self._count, self._notes = count, notes
         self._data_checked = True
 
-    def _num_classes(self, x: Tensor) -> int:
-        """C of the model's logits, from one forward pass of the first batch (once)."""
-        if self._classes is None:
-            with torch.no_grad():
-                out = self.logits(self.params, x)
-            if not isinstance(out, Tensor):
-                raise HspecError(
-                    f"model: returned a {type(out).__name__}; hspec needs a "
-                    "model returning one (N, C) tensor of logits"
-                )
-            if out.ndim != 2 or out.shape[0] != x.shape[0] or out.shape[1] < 2:
-                raise HspecError(
-                    f"model: returned shape {tuple(out.shape)} for a batch of "
-                    f"{x.shape[0]}; hspec needs logits of shape (N, C), C ≥ 2"
-                )
-            self._classes = out.shape[1]
-        return self._classes
-
-    def _check_targets(self, x: Tensor, y: Tensor) -> None:
-        classes = self._num_classes(x)
-        if y.numel() == 0:
+    def _check_deterministic(self, batch, output: Tensor) -> None:
+        """A second forward of the batch must give ``output`` again (within 10 √eps, as the
+        symmetry probe); else the first module whose output changes while its input does
+        not is named."""
+        tol = 10 * torch.finfo(self.dtype).eps ** 0.5
+        if not _differs(output, self.outputs(self.params, batch)[0], tol):
             return
-        low, high = torch.aminmax(y)
-        low, high = int(low), int(high)
-        if low < 0 or high >= classes:
-            raise HspecError(
-                f"data: target {low if low < 0 else high} is not a class index "
-                f"of the model's {classes} outputs (0 to {classes - 1})"
-            )
+        raise HspecError(
+            f"model: {self._stochastic_part(batch, tol)} gives different outputs for the same "
+            "batch in eval mode (dropout called with training=True, or another random "
+            "layer); hspec needs a deterministic model"
+        )
+
+    def _stochastic_part(self, batch, tol: float) -> str:
+        """Which module is random: two forwards with a hook on every module, compared call
+        by call by fingerprints of their inputs and outputs."""
+        names = {module: name for name, module in self._module.named_modules()}
+
+        def calls() -> list[tuple]:
+            seen = []
+
+            def hook(module, args, kwargs, output):
+                seen.append((module, _fingerprint((args, kwargs)), _fingerprint(output)))
+
+            handles = [m.register_forward_hook(hook, with_kwargs=True) for m in names]
+            try:
+                self.outputs(self.params, batch)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            return seen
+
+        for (module, inputs, out), (_, inputs2, out2) in zip(calls(), calls()):
+            if _same_prints(inputs, inputs2, tol) and not _same_prints(out, out2, tol):
+                name = names[module]
+                if name == "":
+                    return "the forward"
+                if name == "model":
+                    return f"the model ({type(module).__name__}, in its own forward)"
+                return f"the module {name[len(_MODEL) :]!r} ({type(module).__name__})"
+        return "the model"
 
     def _matmat(self, V: Tensor) -> Tensor:
         """A V for V of shape (dim, k): one pass over the data; per batch, the columns go
@@ -295,17 +456,16 @@ class CurvatureOperator(SymmetricOperator):
         per-batch work is shared by the blocks, except when compiled (then per block)."""
         blocks = torch.split(torch.arange(V.shape[1], device=V.device), self.block_size)
         out = torch.zeros_like(V)
-        count = 0
-        with eval_mode(self.model), float32_matmul(self.device, self.tf32):
-            for x, y in self._iter_batches():
-                count += x.shape[0]
+        with self.evaluating():
+            for batch in self._iter_batches():
                 if self._compiled is not None:
                     for columns in blocks:
-                        out[:, columns] += self._compiled(x, y, V[:, columns])
+                        out[:, columns] += self._compiled(batch, V[:, columns])
                     continue
-                product = self._batch_function(x, y)
+                product = self._batch_function(batch)
                 for columns in blocks:
                     out[:, columns] += self._block_product(product, V[:, columns])
+        count = self._count
         if self.distributed:  # every rank holds a shard: sum the sums and the counts
             totals = torch.tensor([float(count)], dtype=torch.float64, device=out.device)
             dist.all_reduce(out)
@@ -319,47 +479,49 @@ class CurvatureOperator(SymmetricOperator):
 class Hessian(CurvatureOperator):
     """H v = Ave_i ∇²ℓ_i(θ) v (paper eq. 2–3): the second-order product of the batch loss."""
 
-    def _batch_function(self, x: Tensor, y: Tensor) -> Callable[[Params], Params]:
-        def loss(params: Params) -> Tensor:
-            return cross_entropy(self.logits(params, x), y)
+    def _batch_function(self, batch) -> Callable[[Params], Params]:
+        def total(params: Params) -> Tensor:
+            return self.loss.total(*self.outputs(params, batch))
 
-        return second_order_product(loss, self.params, self.hvp)
+        return second_order_product(total, self.params, self.hvp)
 
 
 class GradientCovariance(CurvatureOperator):
-    """G v = Ave_i J_iᵀ (diag p_i − p_i p_iᵀ) J_i v: the Gauss–Newton term of eq. 4,
-    the paper's "covariance of gradients" (ℓ'' of cross-entropy is diag p − p pᵀ).
-    Per vector, one forward pass carries the logits f and J v together (a jvp, recorded
+    """G v = Ave_i J_iᵀ (∇²_f ℓ_i) J_i v: the Gauss–Newton term of eq. 4, the paper's
+    "covariance of gradients" (∇²_f ℓ of cross-entropy is diag p − p pᵀ; of "mse" 2 I; of
+    a callable loss, forward-over-reverse on the output space).
+    Per vector, one forward pass carries the outputs f and J v together (a jvp, recorded
     for the vjp, with J v as an auxiliary output) and one backward through f alone pulls
-    u = (diag p − p pᵀ) J v back to Jᵀ u: 5 matrix products per linear layer against a
+    u = (∇²_f ℓ) J v back to Jᵀ u: 5 matrix products per linear layer against a
     gradient pass's 3, where a separate vjp and jvp would take 6."""
 
-    def _batch_function(self, x: Tensor, y: Tensor) -> Callable[[Params], Params]:
-        def f(params: Params) -> Tensor:
-            return self.logits(params, x)
+    def _batch_function(self, batch) -> Callable[[Params], Params]:
+        def f(params: Params) -> tuple[Tensor, object]:
+            return self.outputs(params, batch)
 
         def product(tangent: Params) -> Params:
-            def logits_and_jv(params: Params) -> tuple[Tensor, Tensor]:
-                return jvp(f, (params,), (tangent,))
+            def outputs_and_jv(params: Params) -> tuple[Tensor, tuple]:
+                out, jv, target = jvp(f, (params,), (tangent,), has_aux=True)
+                return out, (jv, target)
 
-            out, pullback, jv = vjp(logits_and_jv, self.params, has_aux=True)
-            return pullback(logit_hessian_product(out, jv))[0]
+            out, pullback, (jv, target) = vjp(outputs_and_jv, self.params, has_aux=True)
+            return pullback(self.loss.output_hessian_product(out, target, jv))[0]
 
         return product
 
 
 class PredictionHessian(CurvatureOperator):
-    """R v = Ave_i Σ_c g_ic ∇²f_c(x_i; θ) v with g_i = ∂ℓ_i/∂f = p_i − e_{y_i} held fixed:
-    the paper's "averaged Hessian of predictions" (first term of eq. 4)."""
+    """R v = Ave_i Σ_c g_ic ∇²f_c(x_i; θ) v with g_i = ∂ℓ_i/∂f held fixed (p_i − e_{y_i}
+    for cross-entropy): the paper's "averaged Hessian of predictions" (first term of eq. 4)."""
 
-    def _batch_function(self, x: Tensor, y: Tensor) -> Callable[[Params], Params]:
+    def _batch_function(self, batch) -> Callable[[Params], Params]:
         with torch.no_grad():
-            g = logit_gradient(self.logits(self.params, x), y)
+            g = self.loss.output_gradient(*self.outputs(self.params, batch))
 
-        def weighted_logits(params: Params) -> Tensor:
-            return (self.logits(params, x) * g).sum()
+        def weighted_outputs(params: Params) -> Tensor:
+            return (self.outputs(params, batch)[0] * g).sum()
 
-        return second_order_product(weighted_logits, self.params, self.hvp)
+        return second_order_product(weighted_outputs, self.params, self.hvp)
 
 
 class ClassStructure(CurvatureOperator):
@@ -374,14 +536,28 @@ class ClassStructure(CurvatureOperator):
     The second pass is a forward and a vjp for the between-class parts and a whole G v (the
     jvp again, for t_i) for ``class_within``: a product costs about two G v passes at most
     (a G v is one forward with a jvp and one vjp). Under ``distributed`` S, the counts and
-    the result are all-reduced. ``compile`` and ``hvp`` do not apply.
+    the result are all-reduced. ``compile`` and ``hvp`` do not apply. Cross-entropy on (N, C)
+    logits only (the class means are of its factors); the first pass keeps the targets.
     """
+
+    def _note(self, output: Tensor, target: Tensor) -> Tensor:
+        """The class counts of the batch (they need no pass after the first)."""
+        if target.ndim != 1:
+            raise HspecError(
+                f"component: {self.part!r} needs (N, C) logits and targets (N,), "
+                f"not targets of shape {tuple(target.shape)} (sequences)"
+            )
+        return torch.bincount(target, minlength=output.shape[-1])
 
     def __init__(self, model: nn.Module, batches: Callable[[], Iterable], *, part: str, **kw):
         if kw.get("compile"):
             raise HspecError(f"compile: not supported for the component {part!r}")
         super().__init__(model, batches, **kw)
         self.part = part
+
+    def _pair(self, batch) -> Callable[[Params], tuple[Tensor, Tensor]]:
+        """θ ↦ (logits, targets) of the batch, for ``has_aux`` transforms."""
+        return lambda params: self.outputs(params, batch)
 
     def _columns(self, fn: Callable, V: Tensor, *args: Tensor):
         """fn(tangent, *column args) for each column of V (args: one row per column),
@@ -399,16 +575,14 @@ class ClassStructure(CurvatureOperator):
 
     def _sums(self, V: Tensor, blocks) -> tuple[Tensor, Tensor]:
         """First pass: S (k, C, C) of the columns of V and the class counts (C,)."""
-        sums, counts = None, None
-        for x, y in self._iter_batches():
-            classes = self._num_classes(x)
+        sums = None
+        for batch in self._iter_batches():
+            classes = self._classes
             if sums is None:
                 sums = V.new_zeros(V.shape[1], classes, classes)
-                counts = torch.zeros(classes, dtype=torch.int64, device=self.device)
-            counts += torch.bincount(y, minlength=classes)
 
-            def batch_sums(tangent: Params, x=x, y=y, classes=classes) -> Tensor:
-                out, jv = jvp(lambda p: self.logits(p, x), (self.params,), (tangent,))
+            def batch_sums(tangent: Params, batch=batch, classes=classes) -> Tensor:
+                out, jv, y = jvp(self._pair(batch), (self.params,), (tangent,), has_aux=True)
                 return coefficients(factor_product(out, jv), y, classes)
 
             for columns in blocks:
@@ -416,6 +590,7 @@ class ClassStructure(CurvatureOperator):
         if sums is None:  # C is unknown without a batch (also on a rank with an empty shard)
             where = "this rank's shard of the split" if self.distributed else "the split"
             raise HspecError(f"data: {where} has no examples")
+        counts = sum(self._notes)
         if self.distributed:
             dist.all_reduce(sums)
             dist.all_reduce(counts)
@@ -426,19 +601,20 @@ class ClassStructure(CurvatureOperator):
         out = torch.zeros_like(V)
         within = self.part == "class_within"
         weights = means if within else class_coefficients(self.part, means)
-        for x, y in self._iter_batches():
+        for batch in self._iter_batches():
             if within:
 
-                def product(tangent: Params, m: Tensor, x=x, y=y) -> Params:
-                    def logits_and_jv(params: Params) -> tuple[Tensor, Tensor]:
-                        return jvp(lambda p: self.logits(p, x), (params,), (tangent,))
+                def product(tangent: Params, m: Tensor, batch=batch) -> Params:
+                    def logits_and_jv(params: Params) -> tuple[Tensor, tuple]:
+                        out, jv, y = jvp(self._pair(batch), (params,), (tangent,), has_aux=True)
+                        return out, (jv, y)
 
-                    f, pullback, jv = vjp(logits_and_jv, self.params, has_aux=True)
+                    f, pullback, (jv, y) = vjp(logits_and_jv, self.params, has_aux=True)
                     z = factor_product(f, jv) - m[y]
                     return pullback(factor_transpose_product(f, z))[0]
 
             else:
-                f, pullback = vjp(lambda p, x=x: self.logits(p, x), self.params)
+                f, pullback, y = vjp(self._pair(batch), self.params, has_aux=True)
 
                 def product(tangent: Params, m: Tensor, f=f, y=y, pullback=pullback) -> Params:
                     return pullback(factor_transpose_product(f, m[y]))[0]
@@ -455,33 +631,12 @@ class ClassStructure(CurvatureOperator):
         """The part times V (dim, k): two passes over the data, the columns in vectorized
         blocks of ``block_size`` (memory grows with the block)."""
         blocks = torch.split(torch.arange(V.shape[1], device=V.device), self.block_size)
-        with eval_mode(self.model), float32_matmul(self.device, self.tf32):
+        with self.evaluating():
             sums, counts = self._sums(V, blocks)
             total = int(counts.sum())
             if total == 0:
                 raise HspecError("data: the split has no examples")
             return self._pullbacks(V, class_means(sums, counts), blocks) / total
-
-
-def _check_pair(batch) -> tuple[Tensor, Tensor]:
-    """A batch as (inputs, targets): two tensors, targets 1-D int64, one per input."""
-    if not (
-        isinstance(batch, (tuple, list))
-        and len(batch) == 2
-        and all(isinstance(t, Tensor) for t in batch)
-    ):
-        raise HspecError(
-            f"data: a batch is a {type(batch).__name__}, not an (inputs, "
-            f"targets) pair of tensors; {SUPPORTED_DATA}"
-        )
-    x, y = batch
-    if y.dtype != torch.int64 or y.ndim != 1 or y.shape[0] != x.shape[0]:
-        raise HspecError(
-            "data: targets must be a 1-D int64 tensor of class indices, one "
-            f"per input, got dtype {y.dtype} and shape {tuple(y.shape)} for "
-            f"{x.shape[0]} inputs"
-        )
-    return x, y
 
 
 _OPERATORS = {
@@ -492,48 +647,98 @@ _OPERATORS = {
 }
 
 
-def _batch_source(
-    data, batch_size: int | None, resident: tuple[torch.device, torch.dtype] | None
-) -> Callable[[], Iterable]:
-    """A callable returning a fresh iterable of (inputs, targets) batches; with ``resident``
-    = (device, dtype) a pair of tensors is moved and cast there once, not per product."""
-    if resident is not None and not isinstance(data, (tuple, list)):
+def _is_tensor_pair(data) -> bool:
+    return (
+        isinstance(data, (tuple, list))
+        and len(data) == 2
+        and all(isinstance(t, Tensor) for t in data)
+    )
+
+
+def _is_tensor_dict(data) -> bool:
+    return (
+        isinstance(data, Mapping)
+        and bool(data)
+        and all(isinstance(t, Tensor) and t.ndim >= 1 for t in data.values())
+    )
+
+
+def _split_dict(data: Mapping, size: int) -> list[dict]:
+    """A dict of tensors with one leading size N cut into batches of ``size`` rows."""
+    sizes = {k: t.shape[0] for k, t in data.items()}
+    if len(set(sizes.values())) != 1:
         raise HspecError(
-            "resident: needs data as an (inputs, targets) pair of tensors, "
-            f"got {type(data).__name__}"
+            "data: the tensors of a dict must have one leading size (examples), got "
+            + ", ".join(f"{k}: {n}" for k, n in sizes.items())
         )
-    if isinstance(data, DataLoader):
-        if batch_size is not None:
-            raise HspecError(
-                "batch_size: cannot be given with a DataLoader "
-                "(the DataLoader sets its own batch size)"
-            )
-        return lambda: data
+    n = next(iter(sizes.values()))
+    return [{k: t[i : i + size] for k, t in data.items()} for i in range(0, n, size)]
+
+
+def _batch_source(
+    data,
+    batch_size: int | None,
+    resident: tuple[torch.device, torch.dtype] | None,
+    loss: Loss,
+    forward: Callable | None,
+) -> Callable[[], Iterable]:
+    """A callable returning a fresh iterable of batches; with ``resident`` = (device, dtype)
+    a pair or dict of tensors is moved and cast there once, not per product."""
+    if resident is not None and not (_is_tensor_pair(data) or _is_tensor_dict(data)):
+        raise HspecError(
+            "resident: needs data as an (inputs, targets) pair of tensors or a dict of "
+            f"tensors, got {type(data).__name__}"
+        )
+    if isinstance(data, DataLoader) or (
+        isinstance(data, Iterable)
+        and not isinstance(data, (Dataset, Mapping, Tensor, str))
+        and not _is_tensor_pair(data)
+    ):
+        return _given_batches(data, batch_size, forward)
     size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
     if not isinstance(size, int) or size < 1:
         raise HspecError(f"batch_size: must be a positive integer, got {batch_size!r}")
     if isinstance(data, Dataset):
         loader = DataLoader(data, batch_size=size, shuffle=False)
         return lambda: loader
-    if (
-        isinstance(data, (tuple, list))
-        and len(data) == 2
-        and all(isinstance(t, Tensor) for t in data)
-    ):
+
+    def move(t: Tensor) -> Tensor:
+        if resident is None:
+            return t
+        device, dtype = resident
+        return t.to(device, dtype if t.is_floating_point() else None)
+
+    if _is_tensor_pair(data):
         inputs, targets = data
         if inputs.shape[0] != targets.shape[0]:
             raise HspecError(f"data: {inputs.shape[0]} inputs but {targets.shape[0]} targets")
-        if targets.dtype != torch.int64 or targets.ndim != 1:
-            raise HspecError(
-                "data: targets must be a 1-D int64 tensor of class indices, "
-                f"got dtype {targets.dtype} and shape {tuple(targets.shape)}"
-            )
-        if resident is not None:
-            device, dtype = resident
-            inputs = inputs.to(device, dtype if inputs.is_floating_point() else None)
-            targets = targets.to(device)
+        loss.check_targets(targets)
+        inputs, targets = move(inputs), move(targets)
         return lambda: zip(inputs.split(size), targets.split(size))
+    if _is_tensor_dict(data):
+        batches = _split_dict({k: move(t) for k, t in data.items()}, size)
+        return lambda: batches
     raise HspecError(f"data: got a {type(data).__name__}; {SUPPORTED_DATA}")
+
+
+def _given_batches(data, batch_size: int | None, forward: Callable | None):
+    """A DataLoader or a re-iterable collection of batches, as given."""
+    kind = "a DataLoader" if isinstance(data, DataLoader) else "batches as given"
+    if batch_size is not None:
+        raise HspecError(f"batch_size: cannot be given with {kind} (they set their own size)")
+    if iter(data) is data:
+        raise HspecError(
+            f"data: a {type(data).__name__} can be read only once; the operator reads the "
+            "data at every product: give a list of batches or a DataLoader"
+        )
+    if forward is None and isinstance(data, (list, tuple)):
+        for batch in data:
+            if not (_is_tensor_pair(batch) or isinstance(batch, Mapping)):
+                raise HspecError(
+                    f"data: a batch is a {type(batch).__name__}, not an (inputs, targets) "
+                    f"pair of tensors or a dict; {SUPPORTED_DATA}"
+                )
+    return lambda: data
 
 
 def curvature_operator(
@@ -550,17 +755,40 @@ def curvature_operator(
     tf32: bool = False,
     resident: bool = False,
     compile: bool = False,
+    loss="cross_entropy",
     params=None,
+    forward: Callable | None = None,
 ) -> CurvatureOperator:
     """The averaged curvature matrix of ``model`` on ``data`` as a linear operator.
 
+    H = G + R holds for every loss: with ℓ_i = ℓ(f(x_i; θ), t_i), ∇²ℓ_i = J_iᵀ (∇²_f ℓ_i) J_i
+    + Σ_k (∂ℓ_i/∂f_k) ∇²f_k; G is positive semi-definite when ℓ is convex in the outputs
+    (cross-entropy, mse), not in general for a callable loss.
+
     Args:
-        model: a classifier returning one tensor of logits of shape (batch, C), C ≥ 2;
-            trained with cross-entropy. It is evaluated in eval mode; its training flag is restored.
-        data: an ``(inputs, targets)`` pair of tensors, a torch ``Dataset`` or a
-            ``DataLoader`` yielding such pairs (targets: int64 class indices in [0, C)).
-            Each batch is checked when used: another kind of batch, a target outside
-            [0, C) or logits not of shape (batch, C) raise one error.
+        model: any ``nn.Module``; by default a classifier returning one tensor of logits of
+            shape (batch, C), C ≥ 2 (or an object with ``.logits``, or a dict with
+            ``"logits"``, such as a HuggingFace model's output). It is evaluated in eval
+            mode (its training flag is restored) and must then be deterministic: a first
+            forward pass that differs from a second one on the same batch raises one error
+            naming the random module. ``scaled_dot_product_attention`` runs its math kernel
+            inside products (flash and memory-efficient attention have no double backward).
+        data: an ``(inputs, targets)`` pair of tensors, a dict of tensors with a leading
+            size N (cut into batches of ``batch_size``), a torch ``Dataset`` or a
+            ``DataLoader`` yielding such batches, or a list (any re-iterable) of batches
+            (each used as given, so no ``batch_size``). A dict batch is HuggingFace style:
+            every key but ``"labels"`` goes to the model as a keyword argument, the target
+            is ``batch["labels"]``. Each batch is checked when first used: another kind of
+            batch, a target outside [0, C) or an output not fitting the loss raise one error.
+        loss: ``"cross_entropy"`` (default): logits (N, C) with int64 class indices (N,), or
+            sequence logits (B, T, V) with targets (B, T) in which −100
+            (:data:`~hspec.curvature.loss.IGNORE_INDEX`) marks tokens not counted; the
+            average runs over the counted tokens, each token one example. ``"mse"``:
+            ℓ_i = ((out_i − target_i)**2).sum() over every non-batch entry of example i
+            (``.sum(-1)`` for (N, D) outputs), target of the output's shape, averaged over N.
+            Or a callable ``loss(output, target)`` returning one loss per example, shape
+            (N,) with N = ``output.shape[0]`` (differentiated by torch.func: use torch
+            operations). The class components need cross-entropy on (N, C) logits.
         component: ``"hessian"`` (H), ``"gradient_covariance"`` (G) or
             ``"prediction_hessian"`` (R); H = G + R (paper eq. 4). Or a part of
             G = G0 + G1 + G2 + G_within (Papyan 2019, 2020; :mod:`hspec.curvature.class_structure`):
@@ -603,18 +831,34 @@ def curvature_operator(
             (their names: ``.param_names``). A name or pattern selecting no trainable
             parameter raises one error naming it. Per-layer blocks:
             :func:`hspec.curvature.blocks.layer_blocks`.
+        forward: a callable ``(model, batch) -> (output, target)`` for any batch structure
+            (default :func:`default_forward`). It is called with the model whose
+            parameters ``torch.func.functional_call`` has swapped for the differentiated
+            ones, so it must call ``model`` (the argument or the same object), not a copy;
+            tensors in tuples, lists and dicts of a batch arrive on the device, floating
+            ones in ``dtype``; other objects as they are. The examples of a batch are the
+            loss's (``output.shape[0]``, or the counted tokens).
 
     Returns:
-        A :class:`CurvatureOperator` with ``.dim``, ``.matvec(v)`` and ``.matmat(V)``.
+        A :class:`CurvatureOperator` with ``.dim``, ``.matvec(v)``, ``.matmat(V)`` and
+        ``.param_names``.
     """
     if component not in _OPERATORS:
         raise HspecError(f"component: unknown {component!r}; valid: {', '.join(COMPONENTS)}")
+    loss_terms = make_loss(loss)
+    if component in CLASS_COMPONENTS and not isinstance(loss_terms, CrossEntropy):
+        raise HspecError(
+            f"loss: {loss_terms.name!r} is not supported by the component {component!r}: "
+            "the class structure is that of cross-entropy on (N, C) logits"
+        )
     dtype = check_dtype(torch.float32 if dtype is None else dtype)
     if device is None:
         first = next(model.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
     device = torch.empty(0, device=device).device  # "cuda" -> "cuda:0", as tensors report
-    source = _batch_source(data, batch_size, (device, dtype) if resident else None)
+    source = _batch_source(
+        data, batch_size, (device, dtype) if resident else None, loss_terms, forward
+    )
     return _OPERATORS[component](
         model,
         source,
@@ -626,4 +870,6 @@ def curvature_operator(
         tf32=tf32,
         compile=compile,
         params=params,
+        loss=loss_terms,
+        forward=forward,
     )
