@@ -5,7 +5,8 @@ defaults; :func:`check` then refuses what JSON schema lets through (30.0 for an 
 an infinite or NaN number) and looks at the values together: every dataset a figure uses has a learning-rate grid
 (Table 1), and no sample size per class exceeds the smallest class of that dataset's
 train split; a figure's own network is named under ``models`` and its own datasets
-(factories) take their whole train split (``per_class: [full]``). Each problem raises one :class:`HspecError` naming the key.
+(factories) take their whole train split (``per_class: [full]``). Each problem raises
+one :class:`HspecError` naming the key.
 """
 
 from __future__ import annotations

@@ -35,7 +35,9 @@ PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 def resolve(path: str) -> Callable:
     """The callable named by ``package.module:function``, or one HspecError naming it."""
     if not isinstance(path, str) or not PATH.match(path):
-        raise HspecError(f"factory {path!r}: not an import path of the form package.module:function")
+        raise HspecError(
+            f"factory {path!r}: not an import path of the form package.module:function"
+        )
     module_name, attribute = path.split(":")
     try:
         module = importlib.import_module(module_name)

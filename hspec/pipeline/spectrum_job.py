@@ -63,6 +63,7 @@ def run(args) -> None:
         inputs, targets = inputs[index], targets[index]
         n_per_class = args.n_per_class or int(torch.bincount(targets).max())
     shard = distributed.shard(inputs, targets, rank, world)
+    loss = metadata.get("loss", "cross_entropy")  # no loss recorded: a paper net's
     options = dict(
         batch_size=args.batch_size,
         device=device,
@@ -71,7 +72,7 @@ def run(args) -> None:
         resident=args.resident,
         compile=args.compile,
         **PRECISIONS[args.precision],
-        **loss_option(metadata),
+        loss=loss,
     )
     key = identity(args, indices, targets, rank, world)
     attrs = {
@@ -86,7 +87,7 @@ def run(args) -> None:
         "precision": args.precision,
         "compile": args.compile,
         "resident": args.resident,
-        "loss": metadata.get("loss", "cross_entropy"),
+        "loss": loss,
         "provenance": provenance(key["model"], metadata),
     }
     if blocks is not None:
@@ -134,7 +135,7 @@ def _run_blocks(args, model, shard, blocks, options, key, attrs, rank) -> None:
     its own checkpoint ``OUT.<block>.rank<R>.ckpt``; the blocks group is written once all
     are done (:func:`hspec.pipeline.store.write_blocks`), then the checkpoints removed."""
     results, checkpoints = {}, []
-    for name, op in block_operators(model, shard, args.component, blocks, **options):
+    for name, op in block_operators(model, shard, args.component, blocks or None, **options):
         checkpoints.append(args.out.with_name(f"{args.out.name}.{name}.rank{rank}.ckpt"))
         block_key = {**key, "block": name, "param_names": list(op.param_names)}
         result = _estimate(args, op, checkpoints[-1], block_key)
@@ -166,13 +167,6 @@ def parse_blocks(values) -> dict | None:
             raise HspecError(f"--blocks: block name {name!r} must be [A-Za-z0-9_.-]")
         blocks[name] = pattern
     return blocks
-
-
-def loss_option(metadata: dict) -> dict:
-    """The ``loss`` keyword of the operator for a model trained with another loss than
-    cross-entropy (the operators' default), else none."""
-    loss = metadata.get("loss", "cross_entropy")
-    return {} if loss == "cross_entropy" else {"loss": loss}
 
 
 def check_out(out: Path, kind: str = "spectrum") -> None:
