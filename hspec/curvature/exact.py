@@ -10,7 +10,10 @@ stochastic algorithms can be checked against them:
   batch's outputs (``jacrev``) and the output Hessian of the loss (``torch.func.hessian``),
   R = ∇² of ⟨∂ℓ/∂f, f(θ)⟩, each loss in its textbook form (:func:`reference_loss`:
   ``torch.nn.functional.cross_entropy`` with ``ignore_index=-100``, the squared error, or
-  the user's callable), the count of examples recomputed from the targets.
+  the user's callable), the count of examples recomputed from the targets. LayerNorm runs
+  from its formula (:class:`~hspec.curvature.operators.ComposedLayerNorm`): torch's nested
+  derivatives of layer_norm are wrong in some compositions (``torch.func.hessian`` of a
+  LayerNorm net is ~10% off in torch 2.14; pytorch/pytorch#196700).
 * :func:`gram_spectrum` — the nonzero spectrum of G without a p×p matrix. Writing
   diag p_i − p_i p_iᵀ = B_i B_iᵀ with B_i = diag(√p_i) − p_i √p_iᵀ gives G = V Vᵀ with
   V = [J_1ᵀ B_1, …, J_nᵀ B_n] / √n ∈ R^{p×nC}, and the nonzero eigenvalues of V Vᵀ are
@@ -43,7 +46,13 @@ from hspec.curvature.class_structure import (
     gram_coefficients,
 )
 from hspec.curvature.loss import IGNORE_INDEX, CrossEntropy, SquaredError
-from hspec.curvature.operators import COMPONENTS, CurvatureOperator, Params
+from hspec.curvature.operators import (
+    COMPONENTS,
+    EQ4_COMPONENTS,
+    ComposedLayerNorm,
+    CurvatureOperator,
+    Params,
+)
 from hspec.errors import HspecError
 
 
@@ -110,24 +119,32 @@ def _factors(probs: Tensor) -> Tensor:
 
 
 def dense_matrices(
-    op: CurvatureOperator, components: Iterable[str] = COMPONENTS
+    op: CurvatureOperator, components: Iterable[str] | None = None
 ) -> dict[str, Tensor]:
     """Dense H, G and/or R (keys ``hessian``, ``gradient_covariance``,
     ``prediction_hessian``) and the parts of G (:data:`CLASS_COMPONENTS`, by
     :func:`dense_class_matrices`) of the operator's model, data, loss and parameter block
-    (the module docstring), averaged over the split."""
+    (the module docstring), averaged over the split. By default every component the loss
+    has: the parts of G only for cross-entropy on (N, C) logits (they are its)."""
+    default = components is None
+    if default:
+        components = COMPONENTS if isinstance(op.loss, CrossEntropy) else EQ4_COMPONENTS
     parts = [name for name in components if name in CLASS_COMPONENTS]
+    if parts and not isinstance(op.loss, CrossEntropy):
+        raise HspecError(f"components: {parts[0]!r} needs cross-entropy, not {op.loss.name!r}")
     components = [name for name in components if name not in CLASS_COMPONENTS]
     total = {
         name: torch.zeros(op.dim, op.dim, dtype=op.dtype, device=op.device) for name in components
     }
     count = 0
     reference = reference_loss(op)
-    with op.evaluating():
+    with op.evaluating(), ComposedLayerNorm():
         for batch in op._iter_batches():
             out, target = op.outputs(op.params, batch)
             out = out.detach()
             count += reference_count(op, out, target)
+            if default and target.ndim != 1:
+                parts = []  # sequences: no class structure
             g = grad(lambda f, target=target: reference(f, target))(out)
 
             def loss(params: Params, batch=batch) -> Tensor:

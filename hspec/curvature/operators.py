@@ -60,6 +60,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader, Dataset
 
 from hspec import settings
@@ -180,6 +181,38 @@ def _logits_of(output):
     if isinstance(output, Mapping) and "logits" in output:
         return output["logits"]
     return getattr(output, "logits", output)
+
+
+def composed_layer_norm(
+    input: Tensor,
+    normalized_shape,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    """``torch.nn.functional.layer_norm`` from its formula, (x − mean) / √(var + eps) · w + b
+    over the last ``len(normalized_shape)`` dimensions (population variance)."""
+    dims = tuple(range(-len(tuple(normalized_shape)), 0))
+    centred = input - input.mean(dims, keepdim=True)
+    out = centred * torch.rsqrt(centred.square().mean(dims, keepdim=True) + eps)
+    if weight is not None:
+        out = out * weight
+    return out if bias is None else out + bias
+
+
+class ComposedLayerNorm(TorchFunctionMode):
+    """While active, ``torch.nn.functional.layer_norm`` (so ``nn.LayerNorm``) runs as
+    :func:`composed_layer_norm`, whose derivatives are those of elementary operations.
+    PyTorch's own layer_norm has a forward-mode rule whose derivative is wrong (the
+    second-order terms of the mean and variance are dropped: pytorch/pytorch#196700, and
+    #198017 for the class of bugs), and ``hvp="reverse-over-forward"`` differentiates that
+    rule: measured in torch 2.14, H v of a LayerNorm 99% off. The other modes differentiate
+    layer_norm's backward, which is right."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is nn.functional.layer_norm:
+            return composed_layer_norm(*args, **(kwargs or {}))
+        return func(*args, **(kwargs or {}))
 
 
 class _Forward(nn.Module):
@@ -326,11 +359,14 @@ class CurvatureOperator(SymmetricOperator):
     def evaluating(self) -> Iterator[None]:
         """Eval mode, the float32 matmul policy and the math kernel of
         ``scaled_dot_product_attention`` (flash and memory-efficient attention have no
-        double backward), for the duration."""
+        double backward or forward-mode rule), for the duration; under
+        ``hvp="reverse-over-forward"`` also :class:`ComposedLayerNorm`."""
+        layer_norm = ComposedLayerNorm() if self.hvp == "reverse-over-forward" else None
         with (
             eval_mode(self.model),
             float32_matmul(self.device, self.tf32),
             sdpa_kernel(SDPBackend.MATH),
+            layer_norm or contextlib.nullcontext(),
         ):
             yield
 
