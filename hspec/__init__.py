@@ -6,6 +6,7 @@ averaged Hessian of predictions) and the paper's algorithms — FASTLANCZOS,
 NORMALIZATION, LOWRANKDEFLATION, LANCZOSAPPROXSPEC (Algs. 1–5) and KPM.
 """
 
+from hspec.curvature.block_spectra import block_spectra
 from hspec.curvature.blocks import layer_blocks
 from hspec.curvature.check import check
 from hspec.curvature.operators import COMPONENTS, CurvatureOperator, curvature_operator
@@ -20,6 +21,7 @@ __all__ = [
     "HspecError",
     "SpectralDensity",
     "__version__",
+    "block_spectra",
     "check",
     "curvature_operator",
     "layer_blocks",

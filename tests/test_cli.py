@@ -395,3 +395,47 @@ def test_spectrum_writes_a_zarr_group_and_cleans_its_checkpoint(tmp_path: Path) 
         == 2
     )
     assert not (tmp_path / "x.zarr").exists()
+
+
+SMALL_SPECTRUM = ["--steps", "12", "--bound-steps", "8", "--points", "64", "--device", "cpu"]
+
+
+def test_spectrum_of_blocks_one_group_per_model_and_one_block_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """--blocks: one subgroup per layer of the mlp (Linear layers 2, 4, 6), the parameter
+    names partitioning the model's; --params REGEX: that block alone, the same spectrum as
+    its subgroup (same seed, same operator); `hspec describe` reads both."""
+    from hspec.pipeline.store import read_blocks, read_spectrum
+
+    run = tmp_path / "run"
+    train = ["train", "--dataset", "digits", "--arch", "mlp", "--lr", "0.05", "--epochs", "1"]
+    assert cli.main(train + ["--device", "cpu", "--quiet", "--out", str(run)]) == 0
+    common = ["spectrum", "--model", str(run / "model.pt"), "--dataset", "digits"]
+    common += ["--split", "test", "--precision", "float64", "--quiet", *SMALL_SPECTRUM]
+    out = tmp_path / "blocks.zarr"
+    assert cli.main(common + ["--blocks", "--out", str(out)]) == 0
+    spectra, attrs = read_blocks(out)
+    assert list(spectra) == attrs["blocks"] == ["2", "4", "6"]
+    names = [n for block in spectra.values() for n in block[1]["param_names"]]
+    model, _ = run_files.load_model(run / "model.pt")
+    assert names == [n for n, _ in model.named_parameters()]
+    for name, (_, block_attrs) in spectra.items():
+        size = sum(p.numel() for n, p in model.named_parameters() if n.startswith(f"{name}."))
+        assert block_attrs["n_params"] == size and block_attrs["block"] == name
+    assert not list(tmp_path.glob("*.ckpt"))
+    one = tmp_path / "last.zarr"
+    assert cli.main(common + ["--params", r"6\..*", "--out", str(one)]) == 0
+    arrays, one_attrs = read_spectrum(one)
+    assert one_attrs["block"] == r"6\..*" and one_attrs["param_names"] == ["6.weight", "6.bias"]
+    assert np.allclose(arrays["nodes"], spectra["6"][0]["nodes"], rtol=1e-10, atol=1e-12)
+    capsys.readouterr()
+    assert cli.main(["describe", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"{out}: 3 blocks: 2, 4, 6\n[block 2]\n") and "param_names" in text
+    # bad input: one line, status 2, nothing written
+    assert cli.main(common + ["--blocks", "last", "--out", str(tmp_path / "x.zarr")]) == 2
+    assert cli.main(common + ["--params", "head.*", "--out", str(tmp_path / "x.zarr")]) == 2
+    assert "matches no trainable parameter" in capsys.readouterr().err
+    assert not (tmp_path / "x.zarr").exists()
+    assert cli.main(common + ["--out", str(out)]) == 2  # a blocks group is not a spectrum

@@ -28,7 +28,7 @@ def validated(config):
     check(config)
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "config/demo.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "config/demo.yaml", "config/transformer.yaml"])
 def test_shipped_configs_are_valid(name):
     validated(load(name))
 
@@ -39,8 +39,10 @@ def test_shipped_configs_are_valid(name):
         (lambda c: c.update(epochs=3), "epochs"),  # unknown key
         (lambda c: c["spectrum"].update(steps="many"), "many"),  # wrong type
         (lambda c: c["spectrum"].update(k=1.0), "1.0"),  # k must exceed 1
-        (lambda c: c["figures"]["fig1"].update(arch="alexnet"), "alexnet"),
+        (lambda c: c["figures"]["fig1"].update(arch="AlexNet"), "AlexNet"),
         (lambda c: c.update(device="tpu"), "tpu"),
+        (lambda c: c.update(models={"own": "no path"}), "no path"),
+        (lambda c: c["datasets"].update(tokens={"factory": "m:f", "lrs": [0.1]}), "epochs"),
     ],
 )
 def test_schema_errors_name_the_value(edit, culprit):
@@ -88,6 +90,33 @@ def test_what_the_cli_rejects_the_config_rejects(edit, culprit):
     config = load("config/demo.yaml")
     edit(config)
     with pytest.raises((WorkflowError, HspecError), match=culprit):
+        validated(config)
+
+
+@pytest.mark.parametrize(
+    "edit, culprit",
+    [
+        (
+            lambda c: c["figures"]["fig1"].update(arch="alexnet"),
+            r"figures\.fig1\.arch 'alexnet' is neither one of vgg11, .* nor a name under models",
+        ),
+        (
+            lambda c: c["figures"]["fig1"].update(datasets=["tokens"]),
+            r"figures\.fig1 uses dataset 'tokens', which has no entry under datasets",
+        ),
+        (
+            lambda c: (
+                c["datasets"].update(tokens={"factory": "m:f", "lrs": [0.1], "epochs": 2}),
+                c["figures"]["fig3"].update(datasets=["tokens"]),
+            ),
+            r"figures\.fig3\.per_class must be \[full\] for your own dataset 'tokens'",
+        ),
+    ],
+)
+def test_own_models_and_datasets_are_named_where_they_are_used(edit, culprit):
+    config = load("config/demo.yaml")
+    edit(config)
+    with pytest.raises(HspecError, match=culprit):
         validated(config)
 
 

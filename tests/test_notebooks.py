@@ -24,7 +24,7 @@ import yaml
 
 import hspec
 from hspec.figures import captions, specs
-from hspec.pipeline.store import write_spectrum
+from hspec.pipeline.store import write_blocks, write_spectrum
 
 papermill = pytest.importorskip("papermill")
 
@@ -35,6 +35,7 @@ NOTEBOOKS = [
     "fig3_deflation",
     "fig4_components",
     "fig5_sample_size",
+    "fig7_blocks",
 ]
 SPIKES = [20.0, 25.0, 30.0, 35.0, 40.0, 45.0, 50.0, 55.0, 60.0, 65.0]  # 10 = C (digits)
 TAIL_EXPONENT = 1.6
@@ -184,8 +185,35 @@ def spectra(tmp_path_factory):
                 per_class=key,
                 n_samples=600 if key == "full" else None,
             )
+    # Fig. 7: a matrix and its two diagonal blocks (the first 200 and the last 200 rows)
+    whole = spiked(400, SPIKES[:4], 20)
+    made["blocks-whole"] = store(root / "blocks-whole.zarr", whole, per_class="full", n_vec=8)
+    made["blocks"] = store_blocks(
+        root / "blocks.zarr", {"first": whole[:200, :200], "second": whole[200:, 200:]}
+    )
     torch.set_num_threads(threads)
     return made
+
+
+def store_blocks(path, matrices):
+    """A blocks group (as `hspec spectrum --blocks` writes) of the spectra of ``matrices``."""
+    attrs = {
+        "dataset": "digits",
+        "arch": "mlp",
+        "split": "train",
+        "component": "hessian",
+        "n_per_class": "full",
+        "n_samples": 1437,
+    }
+    results = {}
+    for name, matrix in matrices.items():
+        op = torch.tensor(np.ascontiguousarray(matrix))
+        result = hspec.spectral_density(
+            lambda v, op=op: op @ v, len(op), dtype=torch.float64, steps=64, n_vec=8
+        )
+        results[name] = (result, {**attrs, "block": name, "param_names": [f"{name}.weight"]})
+    write_blocks(path, results, attrs)
+    return str(path)
 
 
 def execute(name, tmp_path, parameters, notebooks=ROOT / "notebooks", cwd=ROOT):
@@ -246,21 +274,23 @@ def test_notebook_is_committed_clean_with_the_demo_defaults(fig, name, monkeypat
     monkeypatch.chdir(ROOT / "notebooks")  # where Jupyter runs a notebook
     defaults = {}
     exec(parameters_cell(notebook).source, defaults)  # noqa: S102 - the notebook's own cell
-    # the one figure -> spectra map, applied to config/demo.yaml, relative to notebooks/
+    # the one figure -> spectra map, applied to config/demo.yaml (fig7: the example's,
+    # config/transformer.yaml), relative to notebooks/
+    config = yaml.safe_load((ROOT / specs.DEFAULT_CONFIGS.get(fig, "config/demo.yaml")).read_text())
+    results = f"../{config['results']}"
+    spec = config["figures"][fig]
     expected = {
-        **specs.figure_parameters(fig, DEMO["figures"][fig], "../results/demo"),
-        **specs.figure_files(fig, "../results/demo"),
+        **specs.figure_parameters(fig, spec, results, config.get("blocks")),
+        **specs.figure_files(fig, results),
     }
     assert {key: defaults[key] for key in expected} == expected
     paths = specs.spectrum_paths(
         {k: v for k, v in expected.items() if k not in ("figure", "numbers")}
     )
-    # what the demo writes: the mlp, at the demo's sizes
-    sizes = {f"n{n}" for n in DEMO["figures"][fig]["per_class"]}
-    assert paths and all(
-        p.startswith("../results/demo/spectra/mlp/digits/") and p.split("/")[6] in sizes
-        for p in paths
-    ), paths
+    # what the config writes: its network and dataset, at its sizes
+    sizes = {f"n{n}" for n in spec["per_class"]}
+    model = f"{results}/spectra/{spec['arch']}/{spec['datasets'][0]}/"
+    assert paths and all(p.startswith(model) and p.split("/")[6] in sizes for p in paths), paths
     assert defaults["num_classes"] is None
     for cell in notebook.cells:
         if cell.cell_type == "code":
@@ -464,8 +494,37 @@ def test_a_truncated_group_is_named_in_one_clear_error(spectra, tmp_path):
     assert f"{broken}: not a readable spectrum result" in error.value.evalue
 
 
+@pytest.mark.slow  # executes a notebook
+def test_blocks_figure_checks_partition_interlacing_and_traces(spectra, tmp_path):
+    executed = execute(
+        "fig7_blocks",
+        tmp_path,
+        {
+            "panels": {"digits": {"blocks": spectra["blocks"], "whole": spectra["blocks-whole"]}},
+            **outputs(tmp_path, 7),
+        },
+    )
+    panel = check_outputs(tmp_path, 7, executed)["panels"]["digits"]
+    assert list(panel["blocks"]) == ["first", "second"]
+    assert panel["params_partition"] is True and panel["all_interlaced"] is True
+    whole = spiked(400, SPIKES[:4], 20)
+    exact = {"first": whole[:200, :200], "second": whole[200:, 200:]}
+    for name, block in panel["blocks"].items():
+        eigenvalues = np.linalg.eigvalsh(exact[name])
+        assert block["n_params"] == 200 and block["param_names"] == [f"{name}.weight"]
+        assert block["extremes"][1] == pytest.approx(eigenvalues[-1], rel=1e-6)
+        # a stochastic trace estimate (8 start vectors) of tr A_BB: within 20 %
+        assert block["trace"] == pytest.approx(np.trace(exact[name]), rel=0.2)
+    assert panel["whole"]["extremes"][1] == pytest.approx(np.linalg.eigvalsh(whole)[-1], rel=1e-6)
+    assert panel["trace_relative_difference"] < 0.2
+    printed = "".join(o.get("text", "") for cell in executed.cells for o in cell.get("outputs", []))
+    assert "blocks partition the parameters: True" in printed
+
+
 def planted(path, spectra):
     """The synthetic spectrum standing in for the demo's spectrum at ``path``."""
+    if "/transformer/" in path:  # fig7's defaults: the example's blocks and whole spectrum
+        return spectra["blocks" if path.endswith("-blocks.zarr") else "blocks-whole"]
     n, split, component, variant = re.search(
         r"/n(\w+)/(train|test)-(\w+)-(plain|deflated|log)\.zarr$", path
     ).groups()
@@ -484,8 +543,7 @@ def demo_layout(spectra, tmp_path_factory):
     spectra at exactly the notebooks' default paths, as ``make demo`` would leave them."""
     root = tmp_path_factory.mktemp("repo")
     shutil.copytree(ROOT / "notebooks", root / "notebooks")
-    (root / "config").mkdir()
-    shutil.copy(ROOT / "config" / "demo.yaml", root / "config" / "demo.yaml")
+    shutil.copytree(ROOT / "config", root / "config")
     for fig in specs.NOTEBOOKS:
         defaults = specs.notebook_defaults(fig, root / "notebooks")
         for path in specs.spectrum_paths(
@@ -502,7 +560,10 @@ def demo_layout(spectra, tmp_path_factory):
 def test_notebook_runs_as_it_is_on_the_demo_layout(demo_layout, tmp_path, fig, name):
     notebooks = demo_layout / "notebooks"
     executed = execute(name, tmp_path, None, notebooks=notebooks, cwd=notebooks)
-    figures = demo_layout / "results" / "demo" / "figures" / fig
+    config = yaml.safe_load(
+        (demo_layout / specs.DEFAULT_CONFIGS.get(fig, "config/demo.yaml")).read_text()
+    )
+    figures = demo_layout / config["results"] / "figures" / fig
     numbers = check_written(figures / fig, figures / "numbers.json", executed)
     assert numbers["figure"] == fig
 

@@ -801,3 +801,83 @@ def test_fig4_numbers_carry_the_symmetry_of_the_tail(stored):
     assert any(
         line.startswith("  symmetry of panels/d: asymmetry") for line in fn.summary_lines(numbers)
     )
+
+
+# ------------------------------------------------------------------- per-block spectra
+
+
+@pytest.fixture(scope="module")
+def blocks(tmp_path_factory):
+    """A blocks group of the two diagonal blocks (rows 0-149, 150-299) of the spiked
+    matrix, and the whole matrix's spectrum, with the exact eigenvalues of each."""
+    from hspec.pipeline.store import write_blocks
+
+    root = tmp_path_factory.mktemp("blocks")
+    matrix = spiked()
+    attrs = {
+        "dataset": "digits",
+        "arch": "mlp",
+        "split": "train",
+        "component": "hessian",
+        "n_per_class": "full",
+        "n_samples": 200,
+    }
+    parts = {"first": matrix[:150, :150], "second": matrix[150:, 150:]}
+
+    def estimate(m):
+        op = torch.tensor(np.ascontiguousarray(m))
+        return hspec.spectral_density(
+            lambda v: op @ v, len(op), dtype=torch.float64, steps=48, n_vec=16
+        )
+
+    write_blocks(
+        root / "b.zarr",
+        {name: (estimate(m), {**attrs, "param_names": [name]}) for name, m in parts.items()},
+        attrs,
+    )
+    write_spectrum(root / "whole.zarr", estimate(matrix), attrs)
+    paths = {"blocks": str(root / "b.zarr"), "whole": str(root / "whole.zarr")}
+    exact = {name: np.linalg.eigvalsh(m) for name, m in {**parts, "whole": matrix}.items()}
+    return fs.load_all({"digits": paths}), {"digits": paths}, exact
+
+
+def test_blocks_numbers_check_the_partition_interlacing_and_traces(blocks):
+    loaded, paths, exact = blocks
+    panel = fn.blocks_numbers(loaded, paths)["panels"]["digits"]
+    assert panel["params_partition"] is True and panel["all_interlaced"] is True
+    for name in ("first", "second"):
+        block = panel["blocks"][name]
+        assert block["extremes"][1] == pytest.approx(exact[name][-1], rel=1e-8)
+        assert block["extremes"][1] < exact["whole"][-1]  # the spikes are spread over both
+        assert block["trace"] == pytest.approx(exact[name].sum(), rel=0.2)
+    assert panel["whole"]["extremes"][1] == pytest.approx(exact["whole"][-1], rel=1e-8)
+    assert panel["trace_of_blocks"] == pytest.approx(np.trace(spiked()), rel=0.2)
+    lines = fn.blocks_summary_lines(fn.blocks_numbers(loaded, paths))
+    assert lines[0] == "[digits]" and "blocks partition the parameters: True" in lines
+    # a block outside the whole spectrum's range breaks interlacing
+    spectra, root = loaded["digits"]["blocks"]
+    arrays, attrs = spectra["first"]
+    moved = {**spectra, "first": ({**arrays, "nodes": arrays["nodes"] + 100.0}, attrs)}
+    broken = fn.blocks_panel((moved, root), loaded["digits"]["whole"], paths["digits"])
+    assert broken["blocks"]["first"]["interlaced"] is False and broken["all_interlaced"] is False
+
+
+def test_blocks_figure_draws_every_block_over_the_whole(blocks):
+    loaded, paths, _ = blocks
+    fig = hd.blocks_figure(loaded, fn.blocks_numbers(loaded, paths))
+    density, extremes = fig.axes[:2]
+    assert [line.get_label() for line in density.get_lines()] == [
+        "whole model",
+        "first (150)",
+        "second (150)",
+    ]
+    assert len(extremes.patches) == 2 and density.get_yscale() == "log"
+
+
+def test_fig7_parameters_follow_the_blocks_settings():
+    spec = {"arch": "transformer", "datasets": ["tokens"], "per_class": ["full"]}
+    panel = fs.figure_parameters("fig7", spec, "r", {"split": "test"})["panels"]["tokens"]
+    assert panel == {
+        "blocks": "r/spectra/transformer/tokens/nfull/test-hessian-blocks.zarr",
+        "whole": "r/spectra/transformer/tokens/nfull/test-hessian-plain.zarr",
+    }

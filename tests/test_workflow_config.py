@@ -109,7 +109,17 @@ def test_the_defaults_are_the_papers():
         spectrum["n_vec"],
         spectrum["log_steps"],
     ) == (64, 0.05, 256, 1024, 1, 2048)
-    assert list(settings.defaults()["figures"]) == ["fig1", "fig2", "fig3", "fig4", "fig5", "fig6"]
+    # the paper's five, Fig. 6 (on Fig. 5's spectra) and fig7 (per-block spectra of Fig. 4's model)
+    assert list(settings.defaults()["figures"]) == [
+        "fig1",
+        "fig2",
+        "fig3",
+        "fig4",
+        "fig5",
+        "fig6",
+        "fig7",
+    ]
+    assert settings.defaults()["figures"]["fig7"] == settings.defaults()["figures"]["fig4"]
 
 
 SPECTRUM_ARGS = [

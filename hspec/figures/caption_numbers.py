@@ -1173,3 +1173,93 @@ def measured_lines(numbers: Mapping) -> list[str]:
                     + str([[key, None if e is None else round(e, 3)] for key, _, e, _ in rows])
                 )
     return lines
+
+
+# ------------------------------------------------------------------ per-block spectra
+
+# the slack of the interlacing check, relative to the whole spectrum's width: the extreme
+# eigenvalues of the stored spectra are Lanczos estimates, not exact
+INTERLACING_SLACK = 1e-2
+
+
+def trace(arrays: Mapping, attrs: Mapping) -> float:
+    """The trace the spectrum implies: n_params × Σ mass·λ over :func:`atoms` (the
+    Lanczos quadrature's estimate of tr A, a stochastic trace estimate)."""
+    values, masses = atoms(arrays, attrs)
+    return float(attrs["n_params"] * np.sum(values * masses))
+
+
+def extremes(arrays: Mapping, attrs: Mapping) -> tuple[float, float]:
+    """The smallest and largest eigenvalue estimates (Ritz values and deflated outliers
+    heavier than ``MIN_WEIGHT``/n_params)."""
+    values, masses = atoms(arrays, attrs)
+    values = values[masses >= MIN_WEIGHT / attrs["n_params"]]
+    return float(values.min()), float(values.max())
+
+
+def blocks_panel(blocks: tuple, whole: tuple, paths: Mapping, classes=None) -> dict:
+    """Fig. 7, one model: the numbers of every block's spectrum and of the whole
+    model's, with two checks the maths guarantees for diagonal blocks A_BB of A:
+
+    * the blocks partition the parameters: Σ_B n_B = n (``params_partition``), so
+      Σ_B tr A_BB = tr A (the traces of the stochastic estimates, compared);
+    * Cauchy interlacing: λ_min(A) ≤ λ_min(A_BB) and λ_max(A_BB) ≤ λ_max(A), checked on
+      the extreme Ritz values with a slack of ``INTERLACING_SLACK`` × A's width."""
+    spectra, _ = blocks
+    whole_numbers = spectrum_numbers(*whole, paths["whole"], classes)
+    low, high = extremes(*whole)
+    slack = INTERLACING_SLACK * (high - low)
+    results = {}
+    for name, (arrays, attrs) in spectra.items():
+        lo, hi = extremes(arrays, attrs)
+        results[name] = {
+            **spectrum_numbers(arrays, attrs, f"{paths['blocks']}/{name}", classes),
+            "trace": trace(arrays, attrs),
+            "extremes": [lo, hi],
+            "interlaced": bool(low - slack <= lo and hi <= high + slack),
+            "param_names": list(attrs.get("param_names") or []),
+        }
+    block_trace = sum(r["trace"] for r in results.values())
+    whole_trace = trace(*whole)
+    return {
+        "whole": {**whole_numbers, "trace": whole_trace, "extremes": [low, high]},
+        "blocks": results,
+        "params_partition": sum(r["n_params"] for r in results.values())
+        == whole_numbers["n_params"],
+        "trace_of_blocks": block_trace,
+        "trace_relative_difference": abs(block_trace - whole_trace) / max(abs(whole_trace), 1e-300),
+        "all_interlaced": all(r["interlaced"] for r in results.values()),
+    }
+
+
+def blocks_numbers(loaded: Mapping, paths: Mapping, classes=None) -> dict:
+    """Fig. 7: :func:`blocks_panel` per model; ``loaded`` and ``paths`` map a panel label
+    to ``{"blocks": ..., "whole": ...}``."""
+    return {
+        "figure": "fig7",
+        "panels": {
+            label: blocks_panel(
+                loaded[label]["blocks"], loaded[label]["whole"], paths[label], classes
+            )
+            for label in loaded
+        },
+    }
+
+
+def blocks_summary_lines(numbers: Mapping) -> list[str]:
+    """What Fig. 7's numbers say, in words (what its notebook prints)."""
+    lines = []
+    for label, panel in numbers["panels"].items():
+        lines += [f"[{label}]", summary("whole model", panel["whole"])]
+        for name, block in panel["blocks"].items():
+            lines.append(
+                summary(f"block {name} ({block['n_params']} parameters)", block)
+                + f"; largest {block['extremes'][1]:.4g}; interlaced: {block['interlaced']}"
+            )
+        lines += [
+            f"blocks partition the parameters: {panel['params_partition']}",
+            f"trace: whole {panel['whole']['trace']:.4g}, sum over blocks "
+            f"{panel['trace_of_blocks']:.4g} (relative difference "
+            f"{panel['trace_relative_difference']:.2e}; both stochastic estimates)",
+        ]
+    return lines

@@ -734,3 +734,53 @@ def class_structure_figure(loaded: Mapping, numbers: Mapping):
         legend(error, fontsize="small")
     fig.suptitle("Where the outliers come from: the class/cross-class structure of $G$")
     return fig
+
+
+def blocks_figure(loaded: Mapping, numbers: Mapping):
+    """Fig. 7: per model (a row), the densities of the whole model (black) and of every
+    block on one log-y axes, and the blocks' extreme eigenvalue estimates against the
+    whole model's (dashed lines)."""
+    n = len(loaded)
+    fig = _new_figure(figsize=(11, 3.8 * n))
+    axes = fig.subplots(n, 2, squeeze=False, width_ratios=(2, 1))
+    for row, (label, panel) in zip(axes, loaded.items()):
+        spectra, _ = panel["blocks"]
+        whole_arrays, whole_attrs = panel["whole"]
+        colors = sns.color_palette("colorblind", len(spectra)).as_hex()
+        plot_density(
+            row[0],
+            whole_arrays,
+            whole_attrs,
+            color="black",
+            label="whole model",
+            title=f"{describe(whole_attrs)}: blocks",
+            stems=False,
+            mark_separated=False,
+        )
+        for color, (name, (arrays, attrs)) in zip(colors, spectra.items()):
+            plot_density(
+                row[0],
+                arrays,
+                attrs,
+                color=color,
+                label=f"{name} ({attrs['n_params']})",
+                title=False,
+                stems=False,
+                mark_separated=False,
+                set_limits=False,
+                linewidth=0.9,
+            )
+        legend(row[0], loc="upper right")
+        numbers_row = numbers["panels"][label]
+        names = list(numbers_row["blocks"])
+        lows = [numbers_row["blocks"][b]["extremes"][0] for b in names]
+        highs = [numbers_row["blocks"][b]["extremes"][1] for b in names]
+        y = np.arange(len(names))
+        row[1].barh(y, np.subtract(highs, lows), left=lows, color=colors)
+        for value in numbers_row["whole"]["extremes"]:
+            row[1].axvline(value, color="black", linestyle="--", linewidth=0.8)
+        row[1].set_yticks(y, names)
+        row[1].invert_yaxis()
+        row[1].set_xlabel("eigenvalue $\\lambda$: block extremes")
+        row[1].set_title("interlacing: blocks within the whole (dashed)")
+    return fig

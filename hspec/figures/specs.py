@@ -19,8 +19,9 @@ from pathlib import Path
 
 import yaml
 
+from hspec import settings
 from hspec.errors import HspecError
-from hspec.pipeline.store import read_spectrum
+from hspec.pipeline.store import is_blocks, read_blocks, read_spectrum
 
 NOTEBOOKS = {
     "fig1": "fig1_train_hessian",
@@ -29,7 +30,11 @@ NOTEBOOKS = {
     "fig4": "fig4_components",
     "fig5": "fig5_sample_size",
     "fig6": "fig6_class_structure",
+    "fig7": "fig7_blocks",
 }
+# the config a notebook's defaults come from: the demo's, except for a figure the demo
+# does not make (the per-block spectra: too slow for the demo's 5 minutes)
+DEFAULT_CONFIGS = {"fig7": "config/transformer.yaml"}
 COMPONENTS = ("hessian", "gradient_covariance", "prediction_hessian")
 # Fig. 4 (a), (c): H and G deflated, R plain (R has no outliers to deflate)
 FIG4_VARIANTS = {
@@ -44,6 +49,11 @@ def spectrum_path(results, arch, dataset, n, split, component, variant) -> str:
     return f"{results}/spectra/{arch}/{dataset}/n{n}/{split}-{component}-{variant}.zarr"
 
 
+def blocks_path(results, arch, dataset, n, split, component) -> str:
+    """Where the workflow stores one model's per-block spectra (``rule block_spectra``)."""
+    return f"{results}/spectra/{arch}/{dataset}/n{n}/{split}-{component}-blocks.zarr"
+
+
 def figure_files(fig: str, results) -> dict:
     """The notebook's outputs: ``figure`` (a stem: .png and .pdf) and ``numbers``."""
     return {
@@ -56,9 +66,10 @@ def _label(dataset, n, sizes) -> str:
     return dataset if len(sizes) == 1 else f"{dataset} n={n}"
 
 
-def figure_parameters(fig: str, spec: Mapping, results) -> dict:
+def figure_parameters(fig: str, spec: Mapping, results, blocks: Mapping | None = None) -> dict:
     """The spectra of figure ``fig`` for its config entry ``spec`` (arch, datasets,
-    per_class), under the results folder ``results``:
+    per_class), under the results folder ``results`` (``blocks``: the config's
+    ``blocks`` settings, for fig7; default: the schema's):
 
     * fig1, fig2: ``{"spectra": {label: path}}``, the train (fig1) or test (fig2)
       Hessian, plain, one panel per dataset and size; fig2 also ``{"train_spectra":
@@ -69,6 +80,9 @@ def figure_parameters(fig: str, spec: Mapping, results) -> dict:
     * fig5: ``{"panels": {dataset: {"train": {size: path}, "test": {size: path}}}}``,
       the covariance of gradients, plain, one curve per size;
     * fig6: as fig5 (the same spectra: their stored class-structure attribution).
+    * fig7: ``{"panels": {label: {"blocks": path, "whole": path}}}``, the per-block
+      spectra (a blocks group) and the whole model's plain spectrum, of the split and
+      component of ``blocks``.
 
     Labels are the dataset, with `` n=size`` appended when there are several sizes;
     sizes are strings (papermill passes parameters as JSON, whose keys are strings).
@@ -96,6 +110,18 @@ def figure_parameters(fig: str, spec: Mapping, results) -> dict:
         return {
             "panels": {
                 label: {v: path(d, n, "train", "hessian", v) for v in ("deflated", "plain")}
+                for label, d, n in entries
+            }
+        }
+    if fig == "fig7":
+        chosen = {**settings.defaults()["blocks"], **(blocks or {})}
+        split, component = chosen["split"], chosen["component"]
+        return {
+            "panels": {
+                label: {
+                    "blocks": blocks_path(results, arch, d, n, split, component),
+                    "whole": path(d, n, split, component, "plain"),
+                }
                 for label, d, n in entries
             }
         }
@@ -127,10 +153,12 @@ def spectrum_paths(parameters) -> list[str]:
     return [parameters]
 
 
-def papermill_yaml(fig: str, spec: Mapping, results) -> str:
+def papermill_yaml(fig: str, spec: Mapping, results, blocks: Mapping | None = None) -> str:
     """papermill ``-y``: the parameters plus the outputs, as JSON (which is YAML), in
     the config's order (papermill keeps it: the panels come in that order)."""
-    return json.dumps({**figure_parameters(fig, spec, results), **figure_files(fig, results)})
+    return json.dumps(
+        {**figure_parameters(fig, spec, results, blocks), **figure_files(fig, results)}
+    )
 
 
 #: the folder above the package: the checkout, for an editable install
@@ -154,13 +182,17 @@ def find_root(start) -> Path:
 def notebook_defaults(fig: str, start=None) -> dict:
     """The notebook's default parameters: :func:`figure_parameters` and
     :func:`figure_files` for the demo (``config/demo.yaml`` of the repository above
-    ``start``, the working directory by default), with paths relative to ``start``:
-    ``../results/demo/...`` where Jupyter runs a notebook (``notebooks/``)."""
+    ``start``, the working directory by default; for a figure of ``DEFAULT_CONFIGS``,
+    that config), with paths relative to ``start``: ``../results/demo/...`` where
+    Jupyter runs a notebook (``notebooks/``)."""
     start = Path.cwd() if start is None else Path(start)
     root = find_root(start)
-    demo = yaml.safe_load((root / "config" / "demo.yaml").read_text())
-    results = os.path.relpath(root / demo["results"], start.resolve())
-    return {**figure_parameters(fig, demo["figures"][fig], results), **figure_files(fig, results)}
+    config = yaml.safe_load((root / DEFAULT_CONFIGS.get(fig, "config/demo.yaml")).read_text())
+    results = os.path.relpath(root / config["results"], start.resolve())
+    return {
+        **figure_parameters(fig, config["figures"][fig], results, config.get("blocks")),
+        **figure_files(fig, results),
+    }
 
 
 # ----------------------------------------------------------------------------- loading
@@ -183,10 +215,13 @@ def writer_hint(path) -> str:
 
 
 def load(path) -> tuple[dict, dict]:
-    """(arrays, attrs) of a stored spectrum (:func:`hspec.pipeline.store.read_spectrum`); a
+    """(arrays, attrs) of a stored spectrum (:func:`hspec.pipeline.store.read_spectrum`),
+    or ({block: (arrays, attrs)}, attrs) of a blocks group (:func:`read_blocks`); a
     missing one is one :class:`HspecError` naming the ``snakemake`` target to run."""
     if not Path(path).exists():
         raise HspecError(f"{path}: no such spectrum; {writer_hint(path)}")
+    if is_blocks(Path(path)):
+        return read_blocks(Path(path))
     return read_spectrum(Path(path))
 
 

@@ -27,6 +27,7 @@ from hspec.pipeline import (
     check_job,
     data,
     devices,
+    factories,
     locking,
     models,
     run_files,
@@ -58,6 +59,13 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
         "--download",
         action="store_true",
         help="let torchvision download missing dataset files (default: off: missing files are an error)",
+    )
+    parser.add_argument(
+        "--dataset-factory",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="your own dataset: a function (split) -> (inputs, targets) tensors, named by "
+        "import path; --dataset is then its name (default: none, a built-in dataset)",
     )
 
 
@@ -141,6 +149,15 @@ def _add_download(subparsers: argparse._SubParsersAction) -> None:
 
 def _download(args: argparse.Namespace) -> None:
     summary: dict[str, object] = {"dataset": args.dataset, "data_dir": str(args.data_dir)}
+    if args.dataset_factory:
+        summary["factory"] = args.dataset_factory
+        for split in data.SPLITS:
+            inputs, targets = factories.load_split(args.dataset_factory, split)
+            summary["input_shape"] = list(inputs.shape[1:])
+            summary[split] = {"examples": len(targets), "target_shape": list(targets.shape[1:])}
+        write_json(args.out, summary)
+        print(f"{args.dataset} (factory {args.dataset_factory}) is in place; wrote {args.out}")
+        return
     for split in data.SPLITS:
         inputs, targets = data.load_split(args.dataset, split, args.data_dir, args.download)
         summary["input_shape"] = list(inputs.shape[1:])
@@ -162,7 +179,11 @@ def _add_subsample(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _subsample(args: argparse.Namespace) -> None:
-    _, targets = data.load_split(args.dataset, "train", args.data_dir, args.download)
+    _, targets = data.load_dataset(
+        args.dataset, "train", args.data_dir, args.download, args.dataset_factory
+    )
+    if targets.ndim != 1:
+        raise HspecError(f"{args.dataset}: per-class subsampling needs one class per example")
     indices = data.subsample(targets, args.per_class, args.seed)
     data.save_indices(args.out, indices)
     print(
@@ -177,6 +198,20 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         metavar="NAME",
         help=f"network (required), one of: {', '.join(models.ARCHS)}",
+    )
+    parser.add_argument(
+        "--model-factory",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="your own network: a function () -> torch.nn.Module, named by import path; "
+        "--arch is then its name (default: none, a built-in network)",
+    )
+    parser.add_argument(
+        "--loss",
+        choices=training.LOSSES,
+        default="cross_entropy",
+        help="training loss: cross_entropy over classes (N, C) or tokens (N, T, V), ignore "
+        "index -100; mse: squares summed per example (default: %(default)s)",
     )
     parser.add_argument(
         "--indices",
@@ -239,10 +274,19 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    stats = data.spec(args.dataset)
-    models.validate(args.arch)
+    if not args.model_factory:
+        models.validate(args.arch)
     device = devices.resolve(args.device)
-    train_x, train_y = data.load_split(args.dataset, "train", args.data_dir, args.download)
+    train_x, train_y = data.load_dataset(
+        args.dataset, "train", args.data_dir, args.download, args.dataset_factory
+    )
+    if args.dataset_factory:
+        channels = train_x.shape[1] if train_x.ndim > 2 else 1
+        classes = factories.num_classes(train_y, args.loss)
+    else:
+        channels, classes = data.in_channels(args.dataset), data.num_classes(args.dataset)
+    if args.epochs is None and args.dataset not in training.EPOCHS:
+        raise HspecError(f"--epochs: required for dataset {args.dataset!r} (no default)")
     indices = None
     if args.indices is not None:
         indices = data.load_indices(args.indices, size=len(train_y))
@@ -250,8 +294,8 @@ def _train(args: argparse.Namespace) -> None:
     config = training.TrainConfig(
         arch=args.arch,
         dataset=args.dataset,
-        in_channels=stats.in_channels,
-        num_classes=stats.num_classes,
+        in_channels=channels,
+        num_classes=classes,
         lr=args.lr,
         epochs=training.EPOCHS[args.dataset] if args.epochs is None else args.epochs,
         seed=args.seed,
@@ -259,8 +303,13 @@ def _train(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         momentum=args.momentum,
         weight_decay=args.weight_decay,
+        loss=args.loss,
+        model_factory=args.model_factory or "",
+        dataset_factory=args.dataset_factory or "",
     )
-    test_set = data.load_split(args.dataset, "test", args.data_dir, args.download)
+    test_set = data.load_dataset(
+        args.dataset, "test", args.data_dir, args.download, args.dataset_factory
+    )
     history = training.train(
         config, (train_x, train_y), test_set, args.out, device, False if args.quiet else None
     )
@@ -316,6 +365,16 @@ SPECTRUM_NUMBERS = (
         "seconds between saves of the resumable state, OUT.rankR.ckpt",
     ),
 )
+
+
+def _deflate(value: str) -> int | str:
+    """--deflate: a count, or 'classes' (the model's number of classes)."""
+    if value == "classes":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer or 'classes': {value!r}") from None
 
 
 def _add_spectrum(subparsers: argparse._SubParsersAction) -> None:
@@ -391,6 +450,24 @@ def _add_estimate_options(parser, numbers) -> dict:
     parser.add_argument(
         "--component", choices=COMPONENTS, default="hessian", help="operator (default: %(default)s)"
     )
+    blocks = parser.add_mutually_exclusive_group()
+    blocks.add_argument(
+        "--params",
+        default=None,
+        metavar="REGEX",
+        help="the block of the parameters whose names (named_parameters()) match REGEX: the "
+        "spectrum of that diagonal block alone, every other parameter fixed "
+        "(default: all parameters)",
+    )
+    blocks.add_argument(
+        "--blocks",
+        nargs="*",
+        default=None,
+        metavar="NAME=REGEX",
+        help="one spectrum per block, written as one group with a subgroup per block: per "
+        "layer without values (hspec.curvature.blocks.layer_blocks), else the named blocks "
+        "(default: off)",
+    )
     parser.add_argument(
         "--settings",
         action=settings.SettingsFile,
@@ -409,9 +486,10 @@ def _add_estimate_options(parser, numbers) -> dict:
     )
     parser.add_argument(
         "--deflate",
-        type=int,
+        type=_deflate,
         default=0,
-        help="outliers removed first by LOWRANKDEFLATION, e.g. the number of classes (default: %(default)s)",
+        help="outliers removed first by LOWRANKDEFLATION, e.g. the number of classes; "
+        "'classes': the model's number of classes (default: %(default)s)",
     )
     for flag, kind, text in numbers:
         key = flag.removeprefix("--").replace("-", "_")
@@ -496,12 +574,26 @@ DESCRIBED = (
     "hvp_count",
     "seconds",
     "model",
+    "loss",
+    "block",
+    "param_names",
 )
 
 
 def _describe(args: argparse.Namespace) -> None:
-    arrays, attrs = store.read_spectrum(args.path)
-    lines = [f"{args.path}: spectrum"]
+    if store.is_blocks(args.path):
+        spectra, attrs = store.read_blocks(args.path)
+        lines = [f"{args.path}: {len(spectra)} blocks: {', '.join(spectra)}"]
+        for name, (arrays, block_attrs) in spectra.items():
+            lines += [f"[block {name}]"] + _spectrum_lines(args.path / name, arrays, block_attrs)
+        print("\n".join(lines))
+        return
+    print("\n".join(_spectrum_lines(args.path, *store.read_spectrum(args.path))))
+
+
+def _spectrum_lines(path: Path, arrays: dict, attrs: dict) -> list[str]:
+    """What `hspec describe` prints of one spectrum group."""
+    lines = [f"{path}: spectrum"]
     lines += [f"  {key}: {attrs[key]}" for key in DESCRIBED if key in attrs]
     lines.append("  settings: " + ", ".join(f"{k}={v}" for k, v in attrs["settings"].items()))
     residuals = arrays.get("residuals")
@@ -527,7 +619,7 @@ def _describe(args: argparse.Namespace) -> None:
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items())
         lines.append(f"  provenance.{key}: {value}")
-    print("\n".join(lines))
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from hspec.atomic import atomic_write
 from hspec.errors import HspecError
+from hspec.pipeline import factories
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,20 @@ def load_split(
     if name in ("mnist", "fashionmnist"):
         pixels = torch.nn.functional.pad(pixels, (2, 2, 2, 2))
     return _normalize(pixels, stats), targets
+
+
+def load_dataset(
+    name: str,
+    split: str,
+    root: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    factory: str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`load_split`, or, when ``factory`` names a dataset factory
+    (``package.module:function``, :mod:`hspec.pipeline.factories`), its split."""
+    if factory:
+        return factories.load_split(factory, split)
+    return load_split(name, split, root, download)
 
 
 def _normalize(pixels: Tensor, stats: DatasetSpec) -> Tensor:

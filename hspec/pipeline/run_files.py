@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from hspec.errors import HspecError
-from hspec.pipeline import models, store
+from hspec.pipeline import factories, models, store
 
 MODEL_FILE = "model.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -68,6 +68,8 @@ def read_file(path: Path, keys: Iterable[str]) -> dict[str, Any]:
 def _build(path: Path, metadata: Mapping[str, Any]) -> nn.Module:
     """The network that `metadata` describes, or a clear error naming `path`."""
     try:
+        if metadata.get("model_factory"):
+            return factories.create_model(metadata["model_factory"])
         return models.create(metadata["arch"], metadata["in_channels"], metadata["num_classes"])
     except (KeyError, TypeError, HspecError) as error:
         raise HspecError(f"checkpoint {str(path)!r} has unusable metadata: {error!r}") from error

@@ -15,14 +15,18 @@ from hspec.pipeline.run_files import read_history
 def select(run_dirs: Iterable[str | os.PathLike[str]]) -> dict[str, Any]:
     """Pick the best of finished runs that differ only in their initial learning rate (Section 3.1).
 
-    Best = highest final test accuracy; ties go to the lower learning rate, then to the run
-    listed first. Returns {"best", "lr", "test_accuracy", "rule", "runs"}.
+    Best = highest final test accuracy (runs of ``loss: mse``, which have no accuracy: the
+    lowest final test loss); ties go to the lower learning rate, then to the run listed
+    first. Returns {"best", "lr", "test_accuracy", "rule", "runs"}.
     """
     runs = [_final_result(run_dir) for run_dir in run_dirs]
     if not runs:
         raise HspecError("no runs to select from")
     _check_same_recipe(runs)
-    best = min(runs, key=lambda run: (-run["test_accuracy"], run["lr"]))
+    if runs[0]["metadata"].get("loss") == "mse":
+        best = min(runs, key=lambda run: (run["test_loss"], run["lr"]))
+    else:
+        best = min(runs, key=lambda run: (-run["test_accuracy"], run["lr"]))
     return {
         "best": best["run"],
         "lr": best["lr"],
@@ -45,6 +49,7 @@ def _final_result(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
             "run": str(run_dir),
             "lr": metadata["lr"],
             "test_accuracy": history[-1]["test_accuracy"],
+            "test_loss": history[-1]["test_loss"],
             "metadata": metadata,
         }
     except (KeyError, TypeError, IndexError) as error:

@@ -14,6 +14,7 @@ import torch
 
 from hspec.curvature import distributed
 from hspec.curvature.attribution import spectrum_attribution
+from hspec.curvature.block_spectra import block_operators
 from hspec.curvature.operators import PRECISIONS, curvature_operator
 from hspec.errors import HspecError
 from hspec.numerics.spectrum import spectral_density
@@ -29,21 +30,28 @@ def run(args) -> None:
     checkpoint next to OUT keyed by :func:`identity`; rank 0 writes the Zarr group; the
     checkpoint is removed once the result is stored. The group's ``provenance`` adds to
     the result's (:func:`provenance`) the model file's sha256 and its training settings.
-    A spectrum of H or G on one process also stores its class-structure attribution
+
+    ``--params REGEX``: the operator of that block alone (its attrs record ``block`` and
+    ``param_names``). ``--blocks [NAME=REGEX ...]``: one spectrum per block (per layer
+    without values), written as one blocks group (:func:`_run_blocks`). The loss is the
+    model's (its metadata's ``loss``), a dataset factory's split comes from the factory.
+    A spectrum of H or G of a classifier under cross-entropy on one process, of the whole
+    model, also stores its class-structure attribution
     (:func:`hspec.curvature.attribution.spectrum_attribution`: the outliers against the
     eigenvalues of G1 and G0 + G1 + G2, the trace shares), printed with the result."""
-    check_out(args.out)
+    blocks = parse_blocks(args.blocks)
+    check_out(args.out, "spectrum" if blocks is None else "blocks")
     rank, world = distributed.init_from_env(args.device if args.device != "auto" else None)
     device = distributed.local_device(str(devices.resolve(args.device)))
     model, metadata, inputs, targets, indices = load(args, device)
+    if args.deflate == "classes":
+        args.deflate = int(metadata["num_classes"])
     n_per_class = args.n_per_class or (
         int(torch.bincount(targets).max()) if indices is not None else "full"
     )
-    n_samples = len(targets)
-    op = curvature_operator(
-        model,
-        distributed.shard(inputs, targets, rank, world),
-        args.component,
+    shard = distributed.shard(inputs, targets, rank, world)
+    loss = metadata.get("loss", "cross_entropy")  # no loss recorded: a paper net's
+    options = dict(
         batch_size=args.batch_size,
         device=device,
         distributed=world > 1,
@@ -51,10 +59,89 @@ def run(args) -> None:
         resident=args.resident,
         compile=args.compile,
         **PRECISIONS[args.precision],
+        loss=loss,
     )
-    checkpoint = args.out.with_name(args.out.name + f".rank{rank}.ckpt")
     key = identity(args, indices, targets, rank, world)
-    result = spectral_density(
+    attrs = {
+        "component": args.component,
+        "split": args.split,
+        "dataset": args.dataset,
+        "arch": metadata["arch"],
+        "n_per_class": _per_class_value(n_per_class),
+        "n_samples": len(targets),
+        "model": str(args.model),
+        "world_size": world,
+        "precision": args.precision,
+        "compile": args.compile,
+        "resident": args.resident,
+        "loss": loss,
+        "provenance": provenance(key["model"], metadata),
+    }
+    if blocks is not None:
+        _run_blocks(args, model, shard, blocks, options, key, attrs, rank)
+        return
+    if args.params:
+        options["params"] = args.params
+    op = curvature_operator(model, shard, args.component, **options)
+    checkpoint = args.out.with_name(args.out.name + f".rank{rank}.ckpt")
+    result = _estimate(args, op, checkpoint, key)
+    attribution = None
+    attributed = args.component in ATTRIBUTED and loss == "cross_entropy" and targets.ndim == 1
+    if attributed and world == 1 and not args.params:
+        attribution = spectrum_attribution(
+            result,
+            op,
+            model,
+            (inputs, targets),
+            batch_size=args.batch_size,
+            device=device,
+            dtype=PRECISIONS[args.precision]["dtype"],
+            seed=args.seed,
+        )
+    if rank == 0:
+        block = {"block": args.params, "param_names": op.param_names} if args.params else {}
+        store.write_spectrum(args.out, result, {**attrs, "hvp": op.hvp, **block}, attribution)
+        print(
+            f"wrote {args.out}: range [{result.lambda_min:.4g}, {result.lambda_max:.4g}], "
+            f"{len(result.outliers)} outliers, {result.hvp_count} products in {result.seconds:.1f} s"
+        )
+        if attribution is not None:
+            print(attribution_line(attribution))
+    checkpoint.unlink(missing_ok=True)
+
+
+def load(args, device):
+    """The model of ``--model`` on ``device`` (its classes and channels must fit
+    ``--dataset``, or it must come with ``--dataset-factory``) and the ``--split`` (from the
+    factory if one is given), restricted to ``--indices``: (model, metadata, inputs,
+    targets, indices or None)."""
+    factory = getattr(args, "dataset_factory", None)
+    if factory:
+        expect = {"dataset": args.dataset, "dataset_factory": factory}
+    else:
+        stats = data.spec(args.dataset)
+        expect = {
+            "dataset": args.dataset,
+            "num_classes": stats.num_classes,
+            "in_channels": stats.in_channels,
+        }
+    model, metadata = run_files.load_model(args.model, device=device, expect=expect)
+    inputs, targets = data.load_dataset(
+        args.dataset, args.split, args.data_dir, args.download, factory
+    )
+    indices = None
+    if args.indices is not None:
+        if args.split != "train":
+            raise HspecError("--indices: only the train split is subsampled")
+        indices = data.load_indices(args.indices, size=len(targets))
+        index = torch.from_numpy(indices)
+        inputs, targets = inputs[index], targets[index]
+    return model, metadata, inputs, targets, indices
+
+
+def _estimate(args, op, checkpoint: Path, key: dict):
+    """:func:`spectral_density` of ``op`` with the job's options, resumable from ``checkpoint``."""
+    return spectral_density(
         op,
         method=args.method,
         deflate=args.deflate,
@@ -73,77 +160,51 @@ def run(args) -> None:
         checkpoint_interval=args.checkpoint_interval,
         checkpoint_key=key,
     )
-    attribution = None
-    if args.component in ATTRIBUTED and world == 1:
-        attribution = spectrum_attribution(
-            result,
-            op,
-            model,
-            (inputs, targets),
-            batch_size=args.batch_size,
-            device=device,
-            dtype=PRECISIONS[args.precision]["dtype"],
-            seed=args.seed,
+
+
+def _run_blocks(args, model, shard, blocks, options, key, attrs, rank) -> None:
+    """``--blocks``: one spectrum per block (:func:`block_operators`), each resumable from
+    its own checkpoint ``OUT.<block>.rank<R>.ckpt``; the blocks group is written once all
+    are done (:func:`hspec.pipeline.store.write_blocks`), then the checkpoints removed."""
+    results, checkpoints = {}, []
+    for name, op in block_operators(model, shard, args.component, blocks or None, **options):
+        checkpoints.append(args.out.with_name(f"{args.out.name}.{name}.rank{rank}.ckpt"))
+        block_key = {**key, "block": name, "param_names": list(op.param_names)}
+        result = _estimate(args, op, checkpoints[-1], block_key)
+        block = {"block": name, "param_names": op.param_names, "hvp": op.hvp}
+        results[name] = (result, {**attrs, **block})
+        print(
+            f"block {name}: {result.dim} parameters, range [{result.lambda_min:.4g}, "
+            f"{result.lambda_max:.4g}], {result.hvp_count} products in {result.seconds:.1f} s"
         )
     if rank == 0:
-        store.write_spectrum(
-            args.out,
-            result,
-            {
-                "component": args.component,
-                "split": args.split,
-                "dataset": args.dataset,
-                "arch": metadata["arch"],
-                "n_per_class": _per_class_value(n_per_class),
-                "n_samples": n_samples,
-                "model": str(args.model),
-                "world_size": world,
-                "precision": args.precision,
-                "hvp": op.hvp,
-                "compile": args.compile,
-                "resident": args.resident,
-                "provenance": provenance(key["model"], metadata),
-            },
-            attribution,
-        )
-        print(
-            f"wrote {args.out}: range [{result.lambda_min:.4g}, {result.lambda_max:.4g}], "
-            f"{len(result.outliers)} outliers, {result.hvp_count} products in {result.seconds:.1f} s"
-        )
-        if attribution is not None:
-            print(attribution_line(attribution))
-    checkpoint.unlink(missing_ok=True)
+        names = {name: block["param_names"] for name, (_, block) in results.items()}
+        store.write_blocks(args.out, results, {**attrs, "param_names": names})
+        print(f"wrote {args.out}: {len(results)} blocks")
+    for checkpoint in checkpoints:
+        checkpoint.unlink(missing_ok=True)
 
 
-def load(args, device):
-    """The model of ``--model`` on ``device`` (its classes and channels must fit
-    ``--dataset``) and the ``--split``, restricted to ``--indices``: (model, metadata,
-    inputs, targets, indices or None)."""
-    stats = data.spec(args.dataset)
-    model, metadata = run_files.load_model(
-        args.model,
-        device=device,
-        expect={
-            "dataset": args.dataset,
-            "num_classes": stats.num_classes,
-            "in_channels": stats.in_channels,
-        },
-    )
-    inputs, targets = data.load_split(args.dataset, args.split, args.data_dir, args.download)
-    indices = None
-    if args.indices is not None:
-        if args.split != "train":
-            raise HspecError("--indices: only the train split is subsampled")
-        indices = data.load_indices(args.indices, size=len(targets))
-        index = torch.from_numpy(indices)
-        inputs, targets = inputs[index], targets[index]
-    return model, metadata, inputs, targets, indices
+def parse_blocks(values) -> dict | None:
+    """``--blocks [NAME=REGEX ...]``: None without the option, {} for one block per layer
+    (the option alone), else {NAME: REGEX}; a value without ``=`` is one HspecError."""
+    if values is None:
+        return None
+    blocks = {}
+    for value in values:
+        name, sep, pattern = value.partition("=")
+        if not sep or not name or not pattern:
+            raise HspecError(f"--blocks: {value!r} is not NAME=REGEX")
+        if not store.BLOCK_NAME.match(name):
+            raise HspecError(f"--blocks: block name {name!r} must be [A-Za-z0-9_.-]")
+        blocks[name] = pattern
+    return blocks
 
 
-def check_out(out: Path) -> None:
-    """Before any computation: refuse an --out that hspec did not write, and create its
-    parent directory (where the checkpoint goes too)."""
-    store.check_overwritable(out, "spectrum")
+def check_out(out: Path, kind: str = "spectrum") -> None:
+    """Before any computation: refuse an --out that hspec did not write (a ``kind``
+    group), and create its parent directory (where the checkpoint goes too)."""
+    store.check_overwritable(out, kind)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -170,6 +231,7 @@ def identity(args, indices, targets: torch.Tensor, rank: int, world: int) -> dic
         "precision": args.precision,
         "rank": rank,
         "world_size": world,
+        **({"params": args.params} if args.params else {}),
     }
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -293,3 +294,48 @@ def read_history(path: Path) -> tuple[dict[str, np.ndarray], dict]:
             + ")"
         )
     return arrays, attrs
+
+
+BLOCK_NAME = re.compile(r"^[\w.-]+$")
+
+
+def write_blocks(path: Path, spectra: Mapping[str, tuple], attrs: Mapping) -> None:
+    """Store one spectrum per parameter block as a *blocks* group: a subgroup per block
+    name (``spectra``: name -> (:class:`hspec.SpectralDensity`, its attrs), each written by
+    :func:`write_spectrum`) under a root whose attributes are ``attrs`` plus ``blocks``
+    (the names, in order). Atomic as a whole: the root is marked complete last."""
+    path = Path(path)
+    check_overwritable(path, "blocks")
+    bad = [name for name in spectra if not BLOCK_NAME.match(name)]
+    if bad or not spectra:
+        raise HspecError(f"{path}: block names must be non-empty [A-Za-z0-9_.-], got {bad}")
+    try:
+        with atomic_directory(path) as tmp:
+            group = zarr.open_group(tmp, mode="w", zarr_format=3)
+            for name, (result, block_attrs) in spectra.items():
+                write_spectrum(tmp / name, result, block_attrs)
+            group.attrs.update(jsonable({**attrs, "kind": "blocks", "blocks": list(spectra)}))
+            group.attrs["complete"] = True
+    except OSError as error:
+        raise HspecError(f"{path}: cannot write the blocks group ({error})") from error
+
+
+def is_blocks(path: Path) -> bool:
+    """Whether ``path`` holds a blocks group (:func:`write_blocks`), complete or not."""
+    return _kind(Path(path)) == "blocks"
+
+
+def read_blocks(path: Path) -> tuple[dict[str, tuple[dict, dict]], dict]:
+    """({block name: (arrays, attrs) of its spectrum}, root attrs) of a blocks group,
+    every subgroup checked as :func:`read_spectrum` does."""
+    path = Path(path)
+    try:
+        attrs = dict(zarr.open_group(path, mode="r", zarr_format=3).attrs)
+    except Exception as error:  # a missing or foreign group
+        raise HspecError(f"{path}: not a readable blocks result ({error})") from error
+    if attrs.get("kind") != "blocks" or attrs.get("complete") is not True:
+        raise HspecError(
+            f"{path}: not a readable blocks result (not a complete blocks group); delete it "
+            "and rerun the step that writes it"
+        )
+    return {name: read_spectrum(path / name) for name in attrs["blocks"]}, attrs

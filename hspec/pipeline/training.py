@@ -49,7 +49,7 @@ from tqdm import tqdm
 from hspec import settings
 from hspec.atomic import atomic_write
 from hspec.errors import HspecError
-from hspec.pipeline import locking, models, store
+from hspec.pipeline import factories, locking, models, store
 from hspec.pipeline.run_files import (
     CHECKPOINT_FILE,
     HISTORY_FILE,
@@ -71,6 +71,13 @@ LR_GRID: dict[str, tuple[float, ...]] = settings.LR_GRID
 EPOCHS: dict[str, int] = settings.EPOCHS
 
 EVAL_BATCH_SIZE = 1024
+# losses of training (and of the spectra of a trained model): cross-entropy over classes
+# (N, C) or tokens (N, T, V) with ignore index -100; mse, the mean over examples of the
+# sum of squares over output entries
+LOSSES = ("cross_entropy", "mse")
+IGNORE_INDEX = -100
+# the fields a run of a paper's net leaves out of its metadata (files of earlier versions resume)
+OWN_MODEL_FIELDS = {"loss": "cross_entropy", "model_factory": "", "dataset_factory": ""}
 
 
 @dataclass(frozen=True)
@@ -92,9 +99,15 @@ class TrainConfig:
     batch_size: int = BATCH_SIZE
     momentum: float = MOMENTUM
     weight_decay: float = WEIGHT_DECAY
+    loss: str = "cross_entropy"
+    model_factory: str = ""
+    dataset_factory: str = ""
 
     def __post_init__(self) -> None:
-        models.validate(self.arch)
+        if not self.model_factory:
+            models.validate(self.arch)
+        if self.loss not in LOSSES:
+            raise HspecError(f"unknown loss {self.loss!r}; valid losses: {', '.join(LOSSES)}")
         for field in ("epochs", "batch_size", "in_channels", "num_classes"):
             if not getattr(self, field) > 0:
                 raise HspecError(f"{field} must be positive, got {getattr(self, field)}")
@@ -104,6 +117,16 @@ class TrainConfig:
             raise HspecError(f"momentum must be in [0, 1), got {self.momentum}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise HspecError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+
+
+def run_metadata(config: TrainConfig) -> dict[str, Any]:
+    """The run's metadata: the config as a dict, without the own-model fields (loss,
+    factories) that are at their defaults, so a paper net's files keep their metadata."""
+    return {
+        key: value
+        for key, value in asdict(config).items()
+        if key not in OWN_MODEL_FIELDS or value != OWN_MODEL_FIELDS[key]
+    }
 
 
 def learning_rate(initial: float, epoch: int, epochs: int) -> float:
@@ -132,7 +155,7 @@ def train(
     with locking.hold(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
         _remove_partial_writes(out_dir)
-        metadata = asdict(config)
+        metadata = run_metadata(config)
         finished = _finished(out_dir, metadata)
         if finished is not None:
             return finished
@@ -170,10 +193,14 @@ def _run(
         lr = learning_rate(config.lr, epoch, config.epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        losses = _train_epoch(model, optimizer, train_x, train_y, config.batch_size, generator)
+        losses = _train_epoch(
+            model, optimizer, train_x, train_y, config.batch_size, generator, config.loss
+        )
         record = {"epoch": epoch + 1, "lr": lr}
         for split, (inputs, targets) in (("train", (train_x, train_y)), ("test", (test_x, test_y))):
-            record[f"{split}_loss"], record[f"{split}_accuracy"] = evaluate(model, inputs, targets)
+            record[f"{split}_loss"], record[f"{split}_accuracy"] = evaluate(
+                model, inputs, targets, config.loss
+            )
         _check_finite(out_dir, epoch + 1, losses, record)
         history.append(record)
         epochs.set_postfix(
@@ -261,6 +288,8 @@ def _init_model(config: TrainConfig) -> nn.Module:
     """The network with its initial weights drawn from `config.seed`, leaving the global RNG untouched."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
+        if config.model_factory:
+            return factories.create_model(config.model_factory)
         return models.create(config.arch, config.in_channels, config.num_classes)
 
 
@@ -299,6 +328,7 @@ def _train_epoch(
     targets: Tensor,
     batch_size: int,
     generator: torch.Generator,
+    loss_name: str = "cross_entropy",
 ) -> Tensor:
     """One pass over the examples in an order drawn from `generator`, one SGD step per batch;
     return the batch losses (kept on the device: no synchronization per batch)."""
@@ -307,20 +337,42 @@ def _train_epoch(
     losses = []
     for batch in order.split(batch_size):
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(inputs[batch]), targets[batch])
+        loss = batch_loss(model(inputs[batch]), targets[batch], loss_name)
         loss.backward()
         optimizer.step()
         losses.append(loss.detach())
     return torch.stack(losses)
 
 
+def batch_loss(outputs: Tensor, targets: Tensor, loss: str, reduction: str = "mean") -> Tensor:
+    """The training loss of a batch: cross-entropy of (N, C) logits against (N,) classes
+    or of (N, T, V) logits against (N, T) tokens (ignore index -100; the mean runs over
+    the counted tokens), or mse, ((outputs - targets)**2) summed over each example's
+    entries; the mean over examples (``reduction="sum"``: their sum)."""
+    if loss == "mse":
+        per_example = ((outputs - targets) ** 2).flatten(1).sum(1)
+        return per_example.mean() if reduction == "mean" else per_example.sum()
+    return F.cross_entropy(
+        outputs.flatten(0, -2), targets.flatten(), ignore_index=IGNORE_INDEX, reduction=reduction
+    )
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, inputs: Tensor, targets: Tensor) -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy of `model` in eval mode over all examples."""
+def evaluate(
+    model: nn.Module, inputs: Tensor, targets: Tensor, loss: str = "cross_entropy"
+) -> tuple[float, float]:
+    """Mean loss and accuracy of `model` in eval mode over all examples (cross-entropy:
+    over the counted tokens, accuracy the share whose argmax is the target; mse: over the
+    examples, accuracy 0, selection then goes by the test loss)."""
     model.eval()
-    loss, correct = 0.0, 0
+    total, correct, counted = 0.0, 0, 0
     for x, y in zip(inputs.split(EVAL_BATCH_SIZE), targets.split(EVAL_BATCH_SIZE)):
-        logits = model(x)
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += int((logits.argmax(dim=1) == y).sum())
-    return loss / len(targets), correct / len(targets)
+        outputs = model(x)
+        total += batch_loss(outputs, y, loss, reduction="sum").item()
+        if loss == "mse":
+            counted += len(y)
+            continue
+        kept = y != IGNORE_INDEX
+        correct += int((outputs.argmax(dim=-1) == y)[kept].sum())
+        counted += int(kept.sum())
+    return total / counted, correct / counted

@@ -5,8 +5,8 @@ from pathlib import Path
 from hspec.figures import captions, specs
 from hspec.atomic import atomic_write
 from hspec.pipeline.config import check
-from hspec.pipeline.data import num_classes
-from hspec.settings import SPECTRUM_OPTIONS
+from hspec.pipeline.data import DATASETS, num_classes
+from hspec.settings import SPECTRUM_OPTIONS, schema
 
 RESULTS = config["results"]
 SPECTRUM = config["spectrum"]
@@ -23,7 +23,7 @@ wildcard_constraints:
     split="train|test",
     component="hessian|gradient_covariance|prediction_hessian",
     variant="plain|deflated|log",
-    fig="fig[1-6]",
+    fig="fig[1-7]",
 
 
 check(config)
@@ -61,7 +61,7 @@ def all_figure_targets():
 
 def figure_parameters(fig):
     """The notebook's parameters: hspec.figures.specs.figure_parameters, the one map."""
-    return specs.figure_parameters(fig, config["figures"][fig], RESULTS)
+    return specs.figure_parameters(fig, config["figures"][fig], RESULTS, config["blocks"])
 
 
 def figure_inputs(wildcards):
@@ -71,12 +71,42 @@ def figure_inputs(wildcards):
 
 def figure_yaml(wildcards):
     """papermill -y: the parameters plus where to write the figure and its numbers."""
-    return specs.papermill_yaml(wildcards.fig, config["figures"][wildcards.fig], RESULTS)
+    return specs.papermill_yaml(
+        wildcards.fig, config["figures"][wildcards.fig], RESULTS, config["blocks"]
+    )
 
 
 def figure_caption(wildcards):
     """The figure's caption (hspec.figures.captions), for the report."""
     return f"**{captions.title(wildcards.fig)}**\n\n{captions.caption(wildcards.fig)}"
+
+
+# --- your own networks and datasets (factories named by import path) ---------------------
+OWN_LOSS = schema()["$defs"]["own_dataset"]["properties"]["loss"]["default"]
+
+
+def dataset_factory(dataset):
+    """--dataset-factory PATH for your own dataset, as a list of arguments (else none)."""
+    entry = config["datasets"][dataset]
+    return ["--dataset-factory", entry["factory"]] if "factory" in entry else []
+
+
+def train_options(wildcards):
+    """--model-factory and --loss for your own network and dataset, as a list of arguments."""
+    options = dataset_factory(wildcards.dataset)
+    if wildcards.arch in config["models"]:
+        options += ["--model-factory", config["models"][wildcards.arch]]
+    if wildcards.dataset not in DATASETS:
+        options += ["--loss", config["datasets"][wildcards.dataset].get("loss", OWN_LOSS)]
+    return options
+
+
+def deflation(wildcards):
+    """--deflate of a spectrum: C for the deflated variant (your own dataset: the model's
+    number of classes, read from it), else 0."""
+    if wildcards.variant != "deflated":
+        return 0
+    return num_classes(wildcards.dataset) if wildcards.dataset in DATASETS else "classes"
 
 
 def train_inputs(wildcards):
@@ -100,14 +130,15 @@ def lr_runs(wildcards):
     ]
 
 
-def spectrum_inputs(wildcards):
+def spectrum_inputs(wildcards, variant=None):
+    """A spectrum job's inputs; ``variant``: whose settings (default: the wildcard's)."""
     inputs = {
         "model": model_path(wildcards.arch, wildcards.dataset, wildcards.n),
         "data": f"{RESULTS}/data/{wildcards.dataset}.json",
     }
     if wildcards.split == "train" and wildcards.n != "full":
         inputs["indices"] = indices_path(wildcards.dataset, wildcards.n)
-    inputs["settings"] = spectrum_settings_path(wildcards.variant)
+    inputs["settings"] = spectrum_settings_path(variant or wildcards.variant)
     return inputs
 
 
@@ -144,10 +175,22 @@ def write_spectrum_settings():
             atomic_write(path, lambda file: file.write(content.encode()))
 
 
-def selected_models():
-    """(arch, dataset, n) of every model the configured figures use, in order."""
+def block_spectra_path(arch, dataset, n, split, component):
+    return specs.blocks_path(RESULTS, arch, dataset, n, split, component)
+
+
+def block_options(wildcards):
+    """--blocks [NAME=REGEX ...] from the config's blocks.params (none: per layer)."""
+    return ["--blocks"] + [f"{name}={regex}" for name, regex in config["blocks"]["params"].items()]
+
+
+def selected_models(figures=None):
+    """(arch, dataset, n) of every model the configured figures (or those of ``figures``)
+    use, in order."""
     models = {}
-    for spec in config["figures"].values():
+    for fig, spec in config["figures"].items():
+        if figures is not None and fig not in figures:
+            continue
         for dataset in spec["datasets"]:
             for n in spec["per_class"]:
                 models[(spec["arch"], dataset, str(n))] = None
@@ -164,11 +207,16 @@ SPECTRA_GRID = [
 
 
 def all_spectra():
-    """Every spectrum of the eq. 11 grid for every model the figures select."""
+    """Every spectrum of the eq. 11 grid for every model the figures select, and the
+    per-block spectra of the models of fig7."""
+    blocks = config["blocks"]
     return [
         spectrum_path(arch, dataset, n, *cell)
         for arch, dataset, n in selected_models()
         for cell in SPECTRA_GRID
+    ] + [
+        block_spectra_path(arch, dataset, n, blocks["split"], blocks["component"])
+        for arch, dataset, n in selected_models(("fig7",))
     ]
 
 

@@ -16,9 +16,10 @@ rule download:
     params:
         data_dir=config["data_dir"],
         download="--download" if config["download"] else "",
+        factory=lambda w: dataset_factory(w.dataset),
     shell:
         "hspec download --dataset {wildcards.dataset:q} --data-dir {params.data_dir:q} "
-        "{params.download:q} --out {output:q} > {log:q} 2>&1"
+        "{params.download:q} {params.factory:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule subsample:

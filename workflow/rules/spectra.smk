@@ -25,12 +25,44 @@ rule spectrum:
     params:
         data_dir=config["data_dir"],
         indices=spectrum_indices,
-        deflate=lambda w: num_classes(w.dataset) if w.variant == "deflated" else 0,
+        deflate=deflation,
+        factory=lambda w: dataset_factory(w.dataset),
     shell:
         "hspec spectrum --settings {input.settings:q} --model {input.model:q} "
-        "--dataset {wildcards.dataset:q} --data-dir {params.data_dir:q} "
+        "--dataset {wildcards.dataset:q} --data-dir {params.data_dir:q} {params.factory:q} "
         "--split {wildcards.split:q} {params.indices:q} --n-per-class {wildcards.n:q} "
         "--component {wildcards.component:q} --deflate {params.deflate:q} "
+        "--quiet --out {output:q} > {log:q} 2>&1"
+
+
+# Per-block spectra (`blocks:`, figure fig7): one job per model, writing one group with a
+# subgroup per block (per layer, or the named blocks of blocks.params), plain settings.
+rule block_spectra:
+    input:
+        unpack(lambda w: spectrum_inputs(w, "plain")),
+    output:
+        directory(
+            f"{RESULTS}/spectra/{{arch}}/{{dataset}}/n{{n}}/{{split}}-{{component}}-blocks.zarr"
+        ),
+    log:
+        f"{RESULTS}/logs/spectrum/{{arch}}-{{dataset}}-n{{n}}-{{split}}-{{component}}-blocks.log",
+    conda:
+        "../envs/hspec.yaml"
+    threads: SPECTRUM["threads"]
+    resources:
+        mem_mb=SPECTRUM["mem_mb"],
+        runtime=SPECTRUM["runtime"],
+        gpu=GPU,
+    params:
+        data_dir=config["data_dir"],
+        indices=spectrum_indices,
+        factory=lambda w: dataset_factory(w.dataset),
+        blocks=block_options,
+    shell:
+        "hspec spectrum --settings {input.settings:q} --model {input.model:q} "
+        "--dataset {wildcards.dataset:q} --data-dir {params.data_dir:q} {params.factory:q} "
+        "--split {wildcards.split:q} {params.indices:q} --n-per-class {wildcards.n:q} "
+        "--component {wildcards.component:q} {params.blocks:q} "
         "--quiet --out {output:q} > {log:q} 2>&1"
 
 

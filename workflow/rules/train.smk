@@ -27,12 +27,13 @@ rule train:
         momentum=config["training"]["momentum"],
         weight_decay=config["training"]["weight_decay"],
         out=lambda w, output: os.path.dirname(output.model),
+        own=train_options,
     shell:
         "hspec train --dataset {wildcards.dataset:q} --data-dir {params.data_dir:q} "
         "--arch {wildcards.arch:q} {params.indices:q} --lr {wildcards.lr:q} "
         "--epochs {params.epochs:q} --seed {params.seed:q} --batch-size {params.batch_size:q} "
         "--momentum {params.momentum:q} --weight-decay {params.weight_decay:q} "
-        "--device {params.device:q} --quiet --out {params.out:q} > {log:q} 2>&1"
+        "--device {params.device:q} {params.own:q} --quiet --out {params.out:q} > {log:q} 2>&1"
 
 
 rule select:
