@@ -52,7 +52,7 @@ from hspec.curvature.class_structure import (
     gram_coefficients,
 )
 from hspec.curvature.exact import eigenvalues
-from hspec.curvature.operators import CurvatureOperator, curvature_operator, eval_mode
+from hspec.curvature.operators import CurvatureOperator, curvature_operator
 from hspec.errors import HspecError
 from hspec.numerics.outliers import top_eigenpairs
 
@@ -72,22 +72,42 @@ MATCHED = ("class_g1", "class_g0_g1_g2")
 LANCZOS_PARTS = ("class_g0", "class_g1", "class_g0_g1_g2")
 
 
+def num_classes(op: CurvatureOperator) -> int:
+    """C, the logits' width, from the first batch (checked as every first pass checks it)."""
+    next(iter(op._iter_batches()), None)
+    if op._classes is None:
+        raise HspecError("data: the split has no examples")
+    return op._classes
+
+
+def _pairs(op: CurvatureOperator):
+    """The operator's batches as (inputs, targets) pairs of tensors: the class means slice
+    a batch by class, which needs the plain classifier batches of the paper's pipeline."""
+    for batch in op._iter_batches():
+        if not (isinstance(batch, tuple) and len(batch) == 2 and op._culprit == "model"):
+            raise HspecError(
+                "data: the class-mean attribution needs (inputs, targets) batches of a "
+                "classifier (no forward=)"
+            )
+        yield batch
+
+
 def class_mean_matrix(op: CurvatureOperator, chunk: int | None = None) -> tuple[Tensor, Tensor]:
     """D with rows δ_{c,c'} (row c·C + c'), shape (C², p), and the class counts n_c (C,):
     per batch and class c, one forward of the examples of class c and the pullbacks of the
     C cotangents a_{i,c'} (rows of A_i), vmapped in chunks of ``chunk`` (default C). Each
     example is pulled back C times in all: C backward passes over the split."""
     sums, counts = None, None
-    with eval_mode(op.model):
-        for x, y in op._iter_batches():
-            classes = op._num_classes(x)
+    with op.evaluating():
+        for x, y in _pairs(op):
+            classes = op._classes
             if sums is None:
                 sums = torch.zeros(classes, classes, op.dim, dtype=op.dtype, device=op.device)
                 counts = torch.zeros(classes, dtype=torch.int64, device=op.device)
             counts += torch.bincount(y, minlength=classes)
             for c in torch.unique(y).tolist():
-                xc = x[y == c]
-                logits, pullback = vjp(lambda p, xc=xc: op.logits(p, xc), op.params)
+                batch = (x[y == c], y[y == c])
+                logits, pullback = vjp(lambda p, b=batch: op.outputs(p, b)[0], op.params)
                 cotangents = factors(logits.detach()).transpose(0, 1)  # (C', n_c, C)
                 pulled = vmap(pullback, chunk_size=chunk or classes)(cotangents)[0]
                 sums[c] += torch.cat([t.reshape(classes, -1) for t in pulled.values()], 1)
@@ -154,10 +174,12 @@ def quadratic_forms(op: CurvatureOperator, v: Tensor) -> tuple[float, float]:
     """(vᵀ G v, vᵀ (G0 + G1 + G2) v) from one forward pass with a jvp (module docstring)."""
     tangent = op._unflatten(v)
     total, classes, sums, counts = 0.0, None, None, None
-    with eval_mode(op.model):
-        for x, y in op._iter_batches():
-            classes = op._num_classes(x)
-            logits, jv = jvp(lambda p, x=x: op.logits(p, x), (op.params,), (tangent,))
+    with op.evaluating():
+        for batch in op._iter_batches():
+            (logits, jv, y) = jvp(
+                lambda p, b=batch: op.outputs(p, b), (op.params,), (tangent,), has_aux=True
+            )
+            classes = op._classes
             t = factor_product(logits, jv).detach()
             total += float((t.to(torch.float64) ** 2).sum())
             step = coefficients(t, y, classes).to(torch.float64)
@@ -238,8 +260,7 @@ def class_attribution(
     generator = torch.Generator().manual_seed(seed)
     operator = {"batch_size": batch_size, "dtype": dtype, "device": device}
     op = curvature_operator(model, data, "gradient_covariance", **operator)
-    x, _ = next(iter(op._iter_batches()))
-    classes = op._num_classes(x)
+    classes = num_classes(op)
     need = classes * classes * op.dim * torch.empty(0, dtype=op.dtype).element_size()
     if route == "auto":
         route = "gram" if need <= memory_budget else "lanczos"
@@ -323,7 +344,7 @@ def spectrum_attribution(result, op, model, data, **options) -> dict:
     """:func:`class_attribution` of a spectrum ``result`` of ``op`` (G or H of ``model`` on
     ``data``), its outliers from :func:`spectrum_outliers` (``outlier_source`` in the dict);
     ``options`` go to :func:`class_attribution` (``batch_size``, ``dtype``, ``device``, …)."""
-    classes = op._num_classes(next(iter(op._iter_batches()))[0])
+    classes = num_classes(op)
     tol = result.settings.get("deflation_tol") or 1e-4
     outliers, source = spectrum_outliers(result, op, classes, tol, options.get("seed", 0))
     return {**class_attribution(model, data, outliers, **options), "outlier_source": source}
