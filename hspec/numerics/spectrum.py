@@ -30,7 +30,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.stats
 import torch
 from torch import Tensor
 
@@ -234,6 +233,8 @@ def pointwise_band(
             f"band: needs n_vec ≥ 2 Lanczos runs to measure their spread, this result has {n_vec}"
         )
     if method == "t":
+        import scipy.stats  # here, not at import: 1.2 s of every hspec command's start
+
         half = scipy.stats.t.ppf((1 + level) / 2, n_vec - 1) * (
             curves.std(axis=0, ddof=1) / math.sqrt(n_vec)
         )
