@@ -16,8 +16,10 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import importlib
 import json
 import math
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -128,10 +130,23 @@ def _options_schema() -> dict:
     }
 
 
+def _jsonschema():
+    """jsonschema, imported without rfc3987_syntax: jsonschema imports it, when installed,
+    for the "iri" format, and it builds ~40 lark grammars at import (2 s of every ``hspec``
+    command's start); the schema uses no format. Later imports of rfc3987_syntax work."""
+    if "jsonschema" in sys.modules or "rfc3987_syntax" in sys.modules:
+        return importlib.import_module("jsonschema")
+    sys.modules["rfc3987_syntax"] = None  # an import of it now raises ImportError
+    try:
+        return importlib.import_module("jsonschema")
+    finally:
+        del sys.modules["rfc3987_syntax"]
+
+
 def read_spectrum_settings(path: str | Path) -> dict:
     """The JSON object of a --settings file, checked against the schema. Raises an
     HspecError naming the file and the key."""
-    import jsonschema
+    jsonschema = _jsonschema()
 
     try:
         values = json.loads(Path(path).read_text())

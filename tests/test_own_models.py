@@ -298,7 +298,19 @@ def test_tiny_transformer_hessian_equals_torch_func_hessian(tiny_lm):
     for hvp in HVP_MODES:
         op = curvature_operator(model, data, dtype=torch.float64, batch_size=3, hvp=hvp)
         assert rel(op.matmat(V), exact @ V) <= 1e-10, hvp
+        # the first pass found the layer_norm: later products compose it too
+        assert op._layer_norm is True and rel(op.matmat(V), exact @ V) <= 1e-10, hvp
     assert model.training, "the training flag is restored"
+
+
+def test_a_model_without_layer_norm_skips_its_composition(classifier):
+    model, data, full, dense = classifier
+    op = curvature_operator(model, data, dtype=torch.float64, hvp="reverse-over-forward")
+    assert op._layer_norm is None  # unknown before the first pass: composed, to be safe
+    V = vector(op.dim, k=2)
+    first, second = op.matmat(V), op.matmat(V)
+    assert op._layer_norm is False
+    assert rel(first, dense["hessian"] @ V) <= 1e-10 and rel(second, dense["hessian"] @ V) <= 1e-10
 
 
 @pytest.mark.parametrize("component", ["gradient_covariance", "prediction_hessian"])

@@ -221,6 +221,19 @@ class ComposedLayerNorm(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+class LayerNormSeen(TorchFunctionMode):
+    """While active, records in ``.seen`` whether ``torch.nn.functional.layer_norm`` ran:
+    the first pass over the data tells whether a product needs :class:`ComposedLayerNorm`,
+    whose Python dispatch of every operation costs ~10% of a product (measured on the
+    demo's MLP), for models without a LayerNorm for nothing."""
+
+    seen = False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.seen = self.seen or func is nn.functional.layer_norm
+        return func(*args, **(kwargs or {}))
+
+
 class _Forward(nn.Module):
     """``forward(model, batch)`` as one module holding the model, so that
     ``functional_call`` swaps the model's parameters for the user's forward as well."""
@@ -328,6 +341,9 @@ class CurvatureOperator(SymmetricOperator):
         self._batches = batches
         self._classes: int | None = None
         self._data_checked = False  # set by the first complete pass over the data
+        #: whether the forward calls layer_norm (None until the first complete pass: then
+        #: products compose it, as if it did)
+        self._layer_norm: bool | None = None
         self._count = 0  # examples counted by the loss over the split (first pass)
         self._notes: list = []  # per batch of the first pass: what _note returned
         #: the block's parameter names, in the order of the operator's vectors
@@ -367,7 +383,8 @@ class CurvatureOperator(SymmetricOperator):
         ``scaled_dot_product_attention`` (flash and memory-efficient attention have no
         double backward or forward-mode rule), for the duration; under
         ``hvp="reverse-over-forward"`` also :class:`ComposedLayerNorm`."""
-        layer_norm = ComposedLayerNorm() if self.hvp == "reverse-over-forward" else None
+        composed = self.hvp == "reverse-over-forward" and self._layer_norm is not False
+        layer_norm = ComposedLayerNorm() if composed else None
         with (
             eval_mode(self.model),
             float32_matmul(self.device, self.tf32),
@@ -435,11 +452,12 @@ class CurvatureOperator(SymmetricOperator):
             for batch in self._batches():
                 yield self._to_device(batch)
             return
-        count, notes = 0, []
+        count, notes, layer_norm = 0, [], LayerNormSeen()
         for i, batch in enumerate(self._batches()):
             batch = self._to_device(batch)
             with torch.no_grad():
-                output, target = self.outputs(self.params, batch)
+                with layer_norm:
+                    output, target = self.outputs(self.params, batch)
                 if i == 0:
                     self._check_deterministic(batch, output)
             self.loss.check(output, target)
@@ -448,6 +466,7 @@ class CurvatureOperator(SymmetricOperator):
             notes.append(self._note(output, target))
             yield batch
         self._count, self._notes = count, notes
+        self._layer_norm = layer_norm.seen
         self._data_checked = True
 
     def _check_deterministic(self, batch, output: Tensor) -> None:
