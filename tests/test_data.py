@@ -349,3 +349,31 @@ def test_fingerprint_names_the_subset() -> None:
     assert data.fingerprint(None) == "all"
     assert data.fingerprint(np.array([1, 2])) == data.fingerprint(np.array([1, 2], dtype=np.int32))
     assert data.fingerprint(np.array([1, 2])) != data.fingerprint(np.array([1, 3]))
+
+
+def test_digits_split_is_cached_in_the_data_directory_and_checked(tmp_path, monkeypatch):
+    from hspec.pipeline import data as hdata
+
+    fresh = hdata.load_split("digits", "train")
+    cached = hdata.load_split("digits", "train", tmp_path)  # computes, writes the cache
+    assert (tmp_path / "digits" / "train.npz").is_file()
+    for a, b in zip(fresh, cached):
+        assert torch.equal(a, b)
+
+    def no_sklearn(split):
+        raise AssertionError("the cache was not used")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(hdata, "_digits_from_sklearn", no_sklearn)
+        again = hdata.load_split("digits", "train", tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(fresh, again))
+    # a damaged cache (pixels changed, checksum kept) is recomputed and rewritten, never used
+    path = tmp_path / "digits" / "train.npz"
+    with np.load(path) as saved:
+        arrays = {k: saved[k] for k in saved.files}
+    arrays["images"] = arrays["images"] + 1
+    np.savez(path, **arrays)
+    healed = hdata.load_split("digits", "train", tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(fresh, healed))
+    with np.load(path) as saved:  # and the file holds scikit-learn's split again
+        assert np.array_equal(saved["images"], hdata._digits_from_sklearn("train")[0])
