@@ -585,18 +585,30 @@ class PredictionHessian(CurvatureOperator):
         return second_order_product(weighted_outputs, self.params, self.hvp)
 
 
+def _leading(out):
+    """``out`` (a tensor, or a dict or tuple of them) with a leading axis of one column, as
+    ``vmap`` over one column would give it."""
+    if isinstance(out, Tensor):
+        return out[None]
+    if isinstance(out, tuple):
+        return tuple(_leading(t) for t in out)
+    return {n: t[None] for n, t in out.items()}
+
+
 class ClassStructure(CurvatureOperator):
     """One part of G = G0 + G1 + G2 + G_within, the class/cross-class structure of
     :mod:`hspec.curvature.class_structure` (Papyan 2019, 2020), ``part`` one of
     :data:`~hspec.curvature.class_structure.CLASS_COMPONENTS`.
 
-    A product takes two passes over the data, O(p + one batch) memory whatever C is:
-    first a forward with a jvp per batch gives t_i = A_i J_i v, summed per class into the
-    C×C matrix S (and the class counts n_c), so batches may split classes; then M = S/n_c
-    and a second pass pulls the per-example cotangents A_iᵀ z_i back by one vjp per batch.
-    The second pass is a forward and a vjp for the between-class parts and a whole G v (the
-    jvp again, for t_i) for ``class_within``: a product costs about two G v passes at most
-    (a G v is one forward with a jvp and one vjp). Under ``distributed`` S, the counts and
+    A product takes two passes over the data, O(p + one batch) memory whatever C is
+    (``class_within`` also keeps the N·C numbers t_i of each column, far below p at the
+    paper's scale): first a forward with a jvp per batch gives t_i = A_i J_i v, summed per
+    class into the C×C matrix S (and the class counts n_c), so batches may split classes;
+    then M = S/n_c and a second pass pulls the per-example cotangents A_iᵀ z_i back by one
+    forward and one vjp per batch (``class_within``: z_i = t_i − M[y_i] from the kept t_i;
+    where a batch differs from the first pass's, as from a shuffling DataLoader, its t_i
+    by a jvp again). A product costs about a G v and one more forward (a G v is one
+    forward with a jvp and one vjp). Under ``distributed`` S, the counts and
     the result are all-reduced. ``compile`` and ``hvp`` do not apply. Cross-entropy on (N, C)
     logits only (the class means are of its factors); the first pass keeps the targets.
     """
@@ -626,28 +638,42 @@ class ClassStructure(CurvatureOperator):
         rows = torch.split(V, self._numels)
         tangents = {n: r.T.reshape(-1, *s) for n, r, s in zip(self.params, rows, self._shapes)}
         if V.shape[1] == 1:
-            out = fn({n: t[0] for n, t in tangents.items()}, *(a[0] for a in args))
-            return out[None] if isinstance(out, Tensor) else {n: t[None] for n, t in out.items()}
+            return _leading(fn({n: t[0] for n, t in tangents.items()}, *(a[0] for a in args)))
         return vmap(fn)(tangents, *args)
+
+    def _same_batch(self, first: Tensor, second: Tensor) -> bool:
+        """Whether the second pass sees the first pass's batch here (the same logits):
+        ``class_within`` then reuses its t_i; a DataLoader with shuffle=True gives other
+        batches, whose t_i the second pass computes again."""
+        tol = 10 * torch.finfo(self.dtype).eps ** 0.5
+        return first.shape == second.shape and not _differs(first, second.detach(), tol)
 
     def _flat_columns(self, products: Params) -> Tensor:
         k = next(iter(products.values())).shape[0]
         return torch.cat([p.reshape(k, -1) for p in products.values()], dim=1).T
 
-    def _sums(self, V: Tensor, blocks) -> tuple[Tensor, Tensor]:
-        """First pass: S (k, C, C) of the columns of V and the class counts (C,)."""
-        sums = None
+    def _sums(self, V: Tensor, blocks) -> tuple[Tensor, Tensor, list]:
+        """First pass: S (k, C, C) of the columns of V, the class counts (C,) and, for
+        ``class_within``, each batch's t_i = A_i J_i v (per block of columns: (k, n_b, C)),
+        which its second pass needs again (N·C numbers per column, far below p)."""
+        sums, kept = None, []
+        within = self.part == "class_within"
         for batch in self._iter_batches():
             classes = self._classes
             if sums is None:
                 sums = V.new_zeros(V.shape[1], classes, classes)
 
-            def batch_sums(tangent: Params, batch=batch, classes=classes) -> Tensor:
+            def batch_sums(tangent: Params, batch=batch, classes=classes):
                 out, jv, y = jvp(self._pair(batch), (self.params,), (tangent,), has_aux=True)
-                return coefficients(factor_product(out, jv), y, classes)
+                t = factor_product(out, jv)
+                return coefficients(t, y, classes), t, out
 
+            kept.append([])
             for columns in blocks:
-                sums[columns] += self._columns(batch_sums, V[:, columns])
+                coefficient, t, logits = self._columns(batch_sums, V[:, columns])
+                sums[columns] += coefficient
+                if within:
+                    kept[-1].append((t, logits[0]))
         if sums is None:  # C is unknown without a batch (also on a rank with an empty shard)
             where = "this rank's shard of the split" if self.distributed else "the split"
             raise HspecError(f"data: {where} has no examples")
@@ -655,35 +681,44 @@ class ClassStructure(CurvatureOperator):
         if self.distributed:
             dist.all_reduce(sums)
             dist.all_reduce(counts)
-        return sums, counts
+        return sums, counts, kept
 
-    def _pullbacks(self, V: Tensor, means: Tensor, blocks) -> Tensor:
-        """Second pass: Σ_i J_iᵀ A_iᵀ z_i for each column (z_i from ``means``, (k, C, C))."""
+    def _pullbacks(self, V: Tensor, means: Tensor, blocks, kept: list) -> Tensor:
+        """Second pass: Σ_i J_iᵀ A_iᵀ z_i for each column (z_i from ``means``, (k, C, C),
+        and for ``class_within`` from the first pass's t_i: z_i = t_i − M[y_i]), one forward
+        and one vjp per batch."""
         out = torch.zeros_like(V)
         within = self.part == "class_within"
         weights = means if within else class_coefficients(self.part, means)
-        for batch in self._iter_batches():
-            if within:
+        for b, batch in enumerate(self._iter_batches()):
+            f, pullback, y = vjp(self._pair(batch), self.params, has_aux=True)
+            for j, columns in enumerate(blocks):
+                if within and self._same_batch(kept[b][j][1], f):
+                    z = kept[b][j][0] - weights[columns][:, y]  # (k, n_b, C)
 
-                def product(tangent: Params, m: Tensor, batch=batch) -> Params:
-                    def logits_and_jv(params: Params) -> tuple[Tensor, tuple]:
-                        out, jv, y = jvp(self._pair(batch), (params,), (tangent,), has_aux=True)
-                        return out, (jv, y)
+                    def product(z: Tensor, f=f, pullback=pullback) -> Params:
+                        return pullback(factor_transpose_product(f, z))[0]
 
-                    f, pullback, (jv, y) = vjp(logits_and_jv, self.params, has_aux=True)
-                    z = factor_product(f, jv) - m[y]
-                    return pullback(factor_transpose_product(f, z))[0]
+                    products = vmap(product)(z) if len(columns) > 1 else _leading(product(z[0]))
+                elif within:  # another batch than the first pass's here: t_i again, by a jvp
 
-            else:
-                f, pullback, y = vjp(self._pair(batch), self.params, has_aux=True)
+                    def product(tangent: Params, m: Tensor, batch=batch) -> Params:
+                        def logits_and_jv(params: Params) -> tuple[Tensor, tuple]:
+                            out, jv, y = jvp(self._pair(batch), (params,), (tangent,), has_aux=True)
+                            return out, (jv, y)
 
-                def product(tangent: Params, m: Tensor, f=f, y=y, pullback=pullback) -> Params:
-                    return pullback(factor_transpose_product(f, m[y]))[0]
+                        f, pullback, (jv, y) = vjp(logits_and_jv, self.params, has_aux=True)
+                        z = factor_product(f, jv) - m[y]
+                        return pullback(factor_transpose_product(f, z))[0]
 
-            for columns in blocks:
-                out[:, columns] += self._flat_columns(
-                    self._columns(product, V[:, columns], weights[columns])
-                )
+                    products = self._columns(product, V[:, columns], weights[columns])
+                else:
+
+                    def product(tangent: Params, m: Tensor, f=f, y=y, pullback=pullback) -> Params:
+                        return pullback(factor_transpose_product(f, m[y]))[0]
+
+                    products = self._columns(product, V[:, columns], weights[columns])
+                out[:, columns] += self._flat_columns(products)
         if self.distributed:
             dist.all_reduce(out)
         return out
@@ -693,11 +728,11 @@ class ClassStructure(CurvatureOperator):
         blocks of ``block_size`` (memory grows with the block)."""
         blocks = torch.split(torch.arange(V.shape[1], device=V.device), self.block_size)
         with self.evaluating():
-            sums, counts = self._sums(V, blocks)
+            sums, counts, kept = self._sums(V, blocks)
             total = int(counts.sum())
             if total == 0:
                 raise HspecError("data: the split has no examples")
-            return self._pullbacks(V, class_means(sums, counts), blocks) / total
+            return self._pullbacks(V, class_means(sums, counts), blocks, kept) / total
 
 
 _OPERATORS = {
