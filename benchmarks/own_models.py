@@ -15,8 +15,9 @@ Three tables, CPU, float32 unless said otherwise:
    the seconds of one H v on the block against one H v on the whole model (median of
    repeats). A block product differentiates only through what the block influences, so
    it must not cost more than the full product.
-3. **The tiny transformer**: one H v, G v and R v (sequence cross-entropy, ignore index)
-   against one gradient, whole model and per block.
+3. **Causal LMs** (two blocks): one H v, G v and R v (sequence cross-entropy, ignore
+   index) against one gradient, whole model and per block, for the tiny one (width 32) and
+   H v for a wider one (width 128, 417k parameters).
 
     python benchmarks/own_models.py                      # writes results-cpu-own-models.*
     python benchmarks/own_models.py --repeats 3 --out /tmp/r.json --md /tmp/r.md
@@ -181,23 +182,43 @@ def gradient_seconds(model, loss_of: Callable[[], torch.Tensor], repeats: int) -
 
 
 def block_rows(model, data, loss, repeats: int, components=("hessian",), batch_size=None):
-    """One row per block (the whole model first): seconds per product and ratio to the
-    whole model's product."""
+    """One row per block (the whole model first): seconds per product (median) and ratio
+    to the whole model's product. The products are timed round-robin, one of each block in
+    turn per repeat, so that a shared machine's drifting load falls on all alike."""
     blocks = {"(whole model)": None} | layer_blocks(model)
-    rows, whole = [], {}
-    for name, params in blocks.items():
-        row = {"block": name}
-        for component in components:
-            op = curvature_operator(model, data, component, loss=loss, params=params,
-                                    batch_size=batch_size)  # fmt: skip
-            v = torch.randn(op.dim, generator=torch.Generator().manual_seed(0))
-            seconds = median_seconds(lambda: op.matvec(v), repeats)
-            whole.setdefault(component, seconds)
-            row["p"] = op.dim
-            row[f"{component} s"] = seconds
-            row[f"{component} ratio"] = seconds / whole[component]
-        rows.append(row)
+    rows = []
+    for component in components:
+        ops = {
+            name: curvature_operator(
+                model, data, component, loss=loss, params=params, batch_size=batch_size
+            )  # fmt: skip
+            for name, params in blocks.items()
+        }
+        vectors = {
+            name: torch.randn(op.dim, generator=torch.Generator().manual_seed(0))
+            for name, op in ops.items()
+        }
+        times = {name: [] for name in ops}
+        for name, op in ops.items():
+            op.matvec(vectors[name])  # warm-up (and the first pass's checks)
+        for _ in range(repeats):
+            for name, op in ops.items():
+                start = time.perf_counter()
+                op.matvec(vectors[name])
+                times[name].append(time.perf_counter() - start)
+        whole = statistics.median(times["(whole model)"])
+        for row, (name, op) in zip_rows(rows, ops):
+            seconds = statistics.median(times[name])
+            row.update({"p": op.dim, f"{component} s": seconds,
+                        f"{component} ratio": seconds / whole})  # fmt: skip
     return rows
+
+
+def zip_rows(rows: list, ops: dict):
+    """(row, (name, op)) per block, the rows made on the first component."""
+    if not rows:
+        rows.extend({"block": name} for name in ops)
+    return zip(rows, ops.items())
 
 
 def cnn_blocks(repeats: int) -> dict:
@@ -216,25 +237,25 @@ def cnn_blocks(repeats: int) -> dict:
     }
 
 
-def transformer_blocks(repeats: int) -> dict:
+def transformer_blocks(
+    repeats: int, width=32, context=8, vocab=16, components=("hessian", "gradient_covariance",
+                                                              "prediction_hessian"),
+) -> dict:  # fmt: skip
+    """Per-block rows of a causal LM of two blocks: the tiny one (27k parameters, every
+    component) and, at width 128 (417k), H alone: a block's product has a fixed dispatch
+    overhead, which the tiny model's 30 ms products show and the larger one's hide."""
     torch.manual_seed(0)
-    model = TinyCausalLM(vocab_size=16, context=8, width=32, heads=2, layers=2)
-    batch = synthetic_tokens(64, 8, 16, seed=0)
+    model = TinyCausalLM(vocab_size=vocab, context=context, width=width, heads=2, layers=2)
+    batch = synthetic_tokens(64, context, vocab, seed=0)
     inputs, targets = batch["input_ids"], batch["labels"]
     loss_of = lambda: nn.functional.cross_entropy(
         model(inputs).flatten(0, 1), targets.flatten(), ignore_index=-100
     )
     return {
-        "model": f"tiny causal LM ({sum(p.numel() for p in model.parameters()):,} params, "
-        f"{tuple(inputs.shape)} tokens)",
+        "model": f"causal LM, width {width} ({sum(p.numel() for p in model.parameters()):,} "
+        f"params, {tuple(inputs.shape)} tokens)",
         "gradient s": gradient_seconds(model, loss_of, repeats),
-        "rows": block_rows(
-            model,
-            (inputs, targets),
-            "cross_entropy",
-            repeats,
-            components=("hessian", "gradient_covariance", "prediction_hessian"),
-        ),  # fmt: skip
+        "rows": block_rows(model, (inputs, targets), "cross_entropy", repeats, components),
     }
 
 
@@ -300,7 +321,13 @@ def main(argv=None) -> dict:
             for dtype in (torch.float32, torch.float64)
             for case in cases(args.n, args.seed)
         ],
-        "blocks": [cnn_blocks(args.repeats), transformer_blocks(args.repeats)],
+        "blocks": [
+            cnn_blocks(args.repeats),
+            transformer_blocks(args.repeats),
+            transformer_blocks(
+                args.repeats, width=128, context=32, vocab=64, components=("hessian",)
+            ),
+        ],
     }
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     args.md.write_text(markdown(result))
