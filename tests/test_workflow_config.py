@@ -340,13 +340,13 @@ def test_download_and_subsample_run_in_a_folder_with_a_space_and_a_semicolon(tmp
 
 
 def test_the_spectra_target_plans_the_eq11_grid_for_every_selected_model(tmp_path):
-    """Demo: 4 models (full, 10, 20, 60 per class) x {train, test} x (H, G plain and
-    deflated, R plain) = 40 spectra, and no figure."""
+    """Demo: 3 models (10, 20, 60 per class) x {train, test} x (H, G plain and
+    deflated, R plain) = 30 spectra, and no figure."""
     config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     config["results"] = str(tmp_path / "out")
     result = snakemake(
         "spectra", "-n", "--quiet", "rules", "--configfile", write_config(tmp_path, **config)
     )
     counts = job_counts(result.stdout)
-    assert (counts["spectrum"], counts["select"], counts["spectra"]) == (40, 4, 1)
+    assert (counts["spectrum"], counts["select"], counts["spectra"]) == (30, 3, 1)
     assert "figure" not in counts
