@@ -15,22 +15,6 @@ from hspec.atomic import write_json
 from hspec.curvature.check import check
 from hspec.pipeline import devices, spectrum_job
 
-# the `hspec check` options passed on to spectral_density
-ESTIMATE_OPTIONS = (
-    "method",
-    "deflate",
-    "steps",
-    "bound_steps",
-    "margin",
-    "points",
-    "n_vec",
-    "iterations",
-    "deflation",
-    "reorth",
-    "k",
-    "seed",
-)
-
 
 def run(args) -> int:
     """One ``hspec check``: load, :func:`~hspec.curvature.check.check`, print, write
@@ -45,7 +29,7 @@ def run(args) -> int:
         batch_size=args.batch_size,
         device=device,
         progress=not args.quiet and sys.stderr.isatty(),
-        **{name: getattr(args, name) for name in ESTIMATE_OPTIONS},
+        **{name: getattr(args, name) for name in spectrum_job.ESTIMATE_OPTIONS},
     )
     report = {"model": str(args.model), "dataset": args.dataset, "split": args.split, **report}
     if args.json is not None:

@@ -139,22 +139,28 @@ def load(args, device):
     return model, metadata, inputs, targets, indices
 
 
+#: the job's options that go to :func:`spectral_density` as they are (``hspec check`` too)
+ESTIMATE_OPTIONS = (
+    "method",
+    "deflate",
+    "steps",
+    "bound_steps",
+    "margin",
+    "points",
+    "n_vec",
+    "iterations",
+    "deflation",
+    "reorth",
+    "k",
+    "seed",
+)
+
+
 def _estimate(args, op, checkpoint: Path, key: dict):
     """:func:`spectral_density` of ``op`` with the job's options, resumable from ``checkpoint``."""
     return spectral_density(
         op,
-        method=args.method,
-        deflate=args.deflate,
-        steps=args.steps,
-        bound_steps=args.bound_steps,
-        margin=args.margin,
-        points=args.points,
-        n_vec=args.n_vec,
-        iterations=args.iterations,
-        deflation=args.deflation,
-        reorth=args.reorth,
-        k=args.k,
-        seed=args.seed,
+        **{name: getattr(args, name) for name in ESTIMATE_OPTIONS},
         progress=not args.quiet and sys.stderr.isatty(),
         checkpoint=checkpoint,
         checkpoint_interval=args.checkpoint_interval,
