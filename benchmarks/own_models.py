@@ -242,8 +242,8 @@ def transformer_blocks(
                                                               "prediction_hessian"),
 ) -> dict:  # fmt: skip
     """Per-block rows of a causal LM of two blocks: the tiny one (27k parameters, every
-    component) and, at width 128 (417k), H alone: a block's product has a fixed dispatch
-    overhead, which the tiny model's 30 ms products show and the larger one's hide."""
+    component, 30-50 ms products, where per-operation overheads weigh) and, at width 128
+    (417k), H alone (where arithmetic does)."""
     torch.manual_seed(0)
     model = TinyCausalLM(vocab_size=vocab, context=context, width=width, heads=2, layers=2)
     batch = synthetic_tokens(64, context, vocab, seed=0)

@@ -85,7 +85,7 @@ def test_second_derivatives_of_the_loss_keep_float32_accuracy(hvp):
     logits, targets, u = saturated_logits(1e-6)
     _, _, product = textbook(logits, targets, u)
     hessian_product = second_order_product(
-        lambda params: cross_entropy(params["f"], targets), {"f": logits.float()}, hvp
+        lambda params, held: cross_entropy(params["f"], targets), {"f": logits.float()}, hvp
     )
     assert worst_row_error(hessian_product({"f": u.float()})["f"], product) <= 1e-6
 

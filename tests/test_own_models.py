@@ -95,6 +95,34 @@ def test_a_block_is_the_diagonal_block_of_the_dense_matrix(classifier, params, n
 
 
 @pytest.mark.parametrize(
+    "params, dual",
+    [
+        (r"body\.0\..*", ["body.2.bias", "body.2.weight", "frozen.bias", "frozen.weight"]),
+        (r"body\.2\..*", ["frozen.bias", "frozen.weight"]),
+        (None, ["frozen.bias", "frozen.weight"]),
+    ],
+)
+def test_held_parameters_downstream_of_the_block_are_dual_and_products_exact(
+    classifier, params, dual
+):
+    """BlockReach: the held parameters that meet the block's values, and only those (not
+    body.0 upstream of body.2), are dual with zero tangents in the forward-mode passes;
+    every mode's products stay the dense matrix's diagonal block."""
+    model, data, full, dense = classifier
+    for hvp in HVP_MODES:
+        for component in EQ4_COMPONENTS:
+            op = curvature_operator(
+                model, data, component, dtype=torch.float64, params=params, hvp=hvp
+            )
+            V = vector(op.dim, k=2)
+            got = op.matmat(V)
+            assert sorted(op._held[0]) == dual
+            assert all(torch.count_nonzero(t) == 0 for t in op._held[1].values())
+            block = diagonal_block(dense[component], full, op.param_names)
+            assert rel(got, block @ V) <= 1e-10, (hvp, component)
+
+
+@pytest.mark.parametrize(
     "params, culprit",
     [
         ("nothing.*", "params: the pattern 'nothing.*' matches no trainable parameter"),
@@ -328,6 +356,8 @@ def test_tiny_transformer_g_and_r_equal_dense_and_add_up(tiny_lm, component):
     )
     block = diagonal_block(dense[component], op, attention.param_names)
     assert rel(attention.matmat(V[: attention.dim]), block @ V[: attention.dim]) <= 1e-10
+    upstream = ("token.", "position.", "blocks.0.norm1.", "blocks.0.attention.")
+    assert set(attention._held[0]) == {n for n in op.params if not n.startswith(upstream)}
 
 
 def test_composed_layer_norm_is_layer_norm():

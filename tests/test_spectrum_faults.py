@@ -140,6 +140,41 @@ def test_the_same_model_resumes_its_checkpoint(runs, tmp_path, monkeypatch, capl
     assert resumed_attrs["hvp_count"] == fresh_attrs["hvp_count"]
 
 
+def test_an_interrupted_blocks_run_resumes_the_finished_blocks(runs, tmp_path, monkeypatch):
+    """``--blocks``: killed inside the second block, the rerun takes the first block's
+    spectrum from its checkpoint (no Lanczos run on it) and ends with the spectra of a
+    run that was never interrupted."""
+    blocks = ["--blocks", r"first=2\..*", r"last=6\..*"]
+    out = tmp_path / "b.zarr"
+    dims = {"first": 64 * 512 + 512, "last": 512 * 10 + 10}
+    lanczos = spectrum.fast_lanczos
+    with monkeypatch.context() as patch:  # dies at the first Lanczos run of the last block
+
+        def dies_in_last(op, *args, **kwargs):
+            if op.dim == dims["last"]:
+                raise Killed()
+            return lanczos(op, *args, **kwargs)
+
+        patch.setattr(spectrum, "fast_lanczos", dies_in_last)
+        with pytest.raises(Killed):
+            spectrum_cli(runs["a"], out, *blocks)
+    assert not out.exists() and (tmp_path / "b.zarr.first.rank0.ckpt").exists()
+    seen = []
+    monkeypatch.setattr(
+        spectrum, "fast_lanczos", lambda op, *a, **k: seen.append(op.dim) or lanczos(op, *a, **k)
+    )
+    assert spectrum_cli(runs["a"], out, *blocks) == 0
+    assert seen and set(seen) == {dims["last"]}, "the first block was resumed, not rerun"
+    assert not list(tmp_path.glob("*.ckpt"))
+    assert spectrum_cli(runs["a"], tmp_path / "fresh.zarr", *blocks) == 0
+    (resumed, _), (fresh, _) = map(store.read_blocks, (out, tmp_path / "fresh.zarr"))
+    assert list(resumed) == list(fresh) == ["first", "last"]
+    for name in fresh:
+        assert resumed[name][1]["param_names"] == fresh[name][1]["param_names"]
+        for array in store.SPECTRUM_ARRAYS:
+            assert np.array_equal(resumed[name][0][array], fresh[name][0][array]), (name, array)
+
+
 # 2. --out that hspec did not write ---------------------------------------------------------
 
 

@@ -42,7 +42,7 @@ import time
 import numpy as np
 import torch
 from torch import Tensor
-from torch.func import jvp, vjp, vmap
+from torch.func import vjp, vmap
 
 from hspec.curvature.class_structure import (
     BETWEEN_COMPONENTS,
@@ -176,9 +176,7 @@ def quadratic_forms(op: CurvatureOperator, v: Tensor) -> tuple[float, float]:
     total, classes, sums, counts = 0.0, None, None, None
     with op.evaluating():
         for batch in op._iter_batches():
-            (logits, jv, y) = jvp(
-                lambda p, b=batch: op.outputs(p, b), (op.params,), (tangent,), has_aux=True
-            )
+            logits, jv, y = op.outputs_jvp(op.params, batch, tangent)
             classes = op._classes
             t = factor_product(logits, jv).detach()
             total += float((t.to(torch.float64) ** 2).sum())

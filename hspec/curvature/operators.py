@@ -47,7 +47,9 @@ The average is over every example of the split: per-batch results are summed and
 by the number of examples, so the result does not depend on the batch size. The model is
 evaluated in eval mode (BatchNorm uses its running statistics, so the loss is a sum of
 per-example terms); parameters with ``requires_grad=False``, and with ``params=`` those
-outside the block (:mod:`hspec.curvature.blocks`), are held fixed and left out. A batch is
+outside the block (:mod:`hspec.curvature.blocks`), are held fixed and left out (in the
+forward-mode passes those downstream of the block are dual with zero tangents,
+:class:`BlockReach`, so that a block's product costs no more than the whole model's). A batch is
 any structure a ``forward(model, batch) -> (output, target)`` understands (by default an
 (inputs, targets) pair or a HuggingFace-style dict with ``"labels"``).
 Memory is O(p + one batch of activations). With ``distributed=True`` each rank of a
@@ -59,6 +61,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import torch
@@ -67,6 +70,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.data import DataLoader, Dataset
 
 from hspec import settings
@@ -114,15 +118,21 @@ Params = dict[str, Tensor]
 
 
 def second_order_product(
-    phi: Callable[[Params], Tensor], params: Params, mode: str
+    phi: Callable[[Params, Params], Tensor],
+    params: Params,
+    mode: str,
+    held: tuple[Params, Params] = ({}, {}),
 ) -> Callable[[Params], Params]:
-    """v ↦ ∇²φ(θ) v at θ = ``params`` for a scalar φ, in one of :data:`HVP_MODES` (see the
-    module docstring for their costs). What does not depend on v is done here, once."""
+    """v ↦ ∇²φ(θ) v at θ = ``params`` for a scalar φ(θ, h), in one of :data:`HVP_MODES`
+    (see the module docstring for their costs). What does not depend on v is done here,
+    once. ``held`` = (h, zero tangents): parameters φ depends on but is not differentiated
+    by; the forward-mode passes make them dual with zero tangents (see :class:`BlockReach`)."""
+    values, zeros = held
     if mode == "reverse-over-forward":
-        return lambda v: grad(lambda p: jvp(phi, (p,), (v,))[1])(params)
+        return lambda v: grad(lambda p: jvp(phi, (p, values), (v, zeros))[1])(params)
     if mode == "forward-over-reverse":
-        return lambda v: jvp(grad(phi), (params,), (v,))[1]
-    _, pullback = vjp(grad(phi), params)
+        return lambda v: jvp(grad(phi), (params, values), (v, zeros))[1]
+    _, pullback = vjp(lambda p: grad(phi)(p, values), params)
     return lambda v: pullback(v)[0]
 
 
@@ -232,6 +242,42 @@ class LayerNormSeen(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         self.seen = self.seen or func is nn.functional.layer_norm
         return func(*args, **(kwargs or {}))
+
+
+class BlockReach(TorchFunctionMode):
+    """While active, records in ``.met`` the names of the ``held`` parameters that an
+    operation takes together with a value depending on the ``block`` (a block parameter,
+    or the output of an operation on one): the parameters downstream of the block.
+
+    In forward mode these meet dual tensors. An operation on a dual tensor and a plain one
+    (a held parameter) runs, in torch 2.14, through the Python reference of
+    ``torch._refs`` (measured: ``x + c`` 3× the time of two duals, ``layer_norm`` 4×),
+    which made blocks near the input of a small transformer cost more per product than
+    the whole model. Dual with zero tangents (:meth:`CurvatureOperator._held_duals`) the
+    products of those parameters stay exact (their tangents are 0) and run in C++;
+    parameters upstream of the block stay plain, since only plain values meet them.
+    Values are tracked by ``id`` while they are alive (a weak reference drops the id)."""
+
+    def __init__(self, block: Iterable[Tensor], held: Mapping[str, Tensor]) -> None:
+        super().__init__()
+        self._held = {id(t): name for name, t in held.items()}
+        self.met: set[str] = set()
+        self._reached = {id(t) for t in block}  # alive as long as the operator
+
+    def _reach(self, t: Tensor) -> None:
+        if id(t) not in self._reached:
+            self._reached.add(id(t))
+            weakref.finalize(t, self._reached.discard, id(t))
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, Tensor)]
+        if any(id(t) in self._reached for t in inputs):
+            self.met.update(self._held[id(t)] for t in inputs if id(t) in self._held)
+            for t in tree_leaves(out):
+                if isinstance(t, Tensor):
+                    self._reach(t)
+        return out
 
 
 class _Forward(nn.Module):
@@ -346,6 +392,9 @@ class CurvatureOperator(SymmetricOperator):
         self._layer_norm: bool | None = None
         self._count = 0  # examples counted by the loss over the split (first pass)
         self._notes: list = []  # per batch of the first pass: what _note returned
+        #: the held parameters downstream of the block, and their zero tangents (set by the
+        #: first batch: :class:`BlockReach`)
+        self._held: tuple[Params, Params] = ({}, {})
         #: the block's parameter names, in the order of the operator's vectors
         self.param_names: list[str] = select_parameters(model, params)
         chosen = set(self.param_names)
@@ -355,6 +404,7 @@ class CurvatureOperator(SymmetricOperator):
         self.constants: Params = {
             _MODEL + n: self._cast(t) for n, t in {**held, **dict(model.named_buffers())}.items()
         }
+        self._held_names: list[str] = list(held)
         self._shapes = [p.shape for p in self.params.values()]
         self._numels = [p.numel() for p in self.params.values()]
         super().__init__(sum(self._numels), dtype=dtype, device=device)
@@ -402,13 +452,34 @@ class CurvatureOperator(SymmetricOperator):
     def _flatten(tangent: Params) -> Tensor:
         return torch.cat([t.reshape(-1) for t in tangent.values()])
 
+    def _held_parameters(self) -> Params:
+        """The held parameters (frozen, or outside the block), as the forward sees them."""
+        return {n: self.constants[_MODEL + n] for n in self._held_names}
+
+    def _held_duals(self, names: set[str]) -> tuple[Params, Params]:
+        """(values, zero tangents) of the held parameters ``names``, for the forward-mode
+        passes (:class:`BlockReach`)."""
+        values = {n: t for n, t in self._held_parameters().items() if n in names}
+        return values, {n: torch.zeros_like(t) for n, t in values.items()}
+
+    def outputs_jvp(self, params: Params, batch, tangent: Params) -> tuple[Tensor, Tensor, object]:
+        """(f, J_B v, target) of the batch at θ_B = ``params`` by one ``jvp`` (J_B the
+        Jacobian in the block's parameters), the held parameters downstream of the block
+        dual with zero tangents (:class:`BlockReach`)."""
+        values, zeros = self._held
+        return jvp(
+            lambda p, h: self.outputs(p, batch, h), (params, values), (tangent, zeros),
+            has_aux=True,
+        )  # fmt: skip
+
     # -- the model as a function of the block's parameters ---------------------------
-    def outputs(self, params: Params, batch) -> tuple[Tensor, object]:
+    def outputs(self, params: Params, batch, held: Params | None = None) -> tuple[Tensor, object]:
         """(f(batch; θ), target) with θ_B = ``params`` and every other parameter and buffer
-        fixed: the ``forward`` of the operator (default :func:`default_forward`), its output
-        replaced by ``.logits`` where it has them."""
-        swapped = {_MODEL + n: p for n, p in params.items()}
-        result = functional_call(self._module, {**swapped, **self.constants}, (batch,))
+        fixed (``held`` replaces some of those fixed values: the duals of
+        :meth:`_held_duals`): the ``forward`` of the operator (default
+        :func:`default_forward`), its output replaced by ``.logits`` where it has them."""
+        swapped = {_MODEL + n: p for n, p in {**(held or {}), **params}.items()}
+        result = functional_call(self._module, {**self.constants, **swapped}, (batch,))
         if not (isinstance(result, (tuple, list)) and len(result) == 2):
             raise HspecError(
                 f"forward: returned a {type(result).__name__}; it must return (output, target)"
@@ -455,10 +526,12 @@ class CurvatureOperator(SymmetricOperator):
         count, notes, layer_norm = 0, [], LayerNormSeen()
         for i, batch in enumerate(self._batches()):
             batch = self._to_device(batch)
+            reach = BlockReach(self.params.values(), self._held_parameters()) if i == 0 else None
             with torch.no_grad():
-                with layer_norm:
+                with layer_norm, reach or contextlib.nullcontext():
                     output, target = self.outputs(self.params, batch)
                 if i == 0:
+                    self._held = self._held_duals(reach.met)
                     self._check_deterministic(batch, output)
             self.loss.check(output, target)
             self._classes = output.shape[-1]
@@ -541,10 +614,10 @@ class Hessian(CurvatureOperator):
     """H v = Ave_i ∇²ℓ_i(θ) v (paper eq. 2–3): the second-order product of the batch loss."""
 
     def _batch_function(self, batch) -> Callable[[Params], Params]:
-        def total(params: Params) -> Tensor:
-            return self.loss.total(*self.outputs(params, batch))
+        def total(params: Params, held: Params) -> Tensor:
+            return self.loss.total(*self.outputs(params, batch, held))
 
-        return second_order_product(total, self.params, self.hvp)
+        return second_order_product(total, self.params, self.hvp, self._held)
 
 
 class GradientCovariance(CurvatureOperator):
@@ -557,12 +630,9 @@ class GradientCovariance(CurvatureOperator):
     gradient pass's 3, where a separate vjp and jvp would take 6."""
 
     def _batch_function(self, batch) -> Callable[[Params], Params]:
-        def f(params: Params) -> tuple[Tensor, object]:
-            return self.outputs(params, batch)
-
         def product(tangent: Params) -> Params:
             def outputs_and_jv(params: Params) -> tuple[Tensor, tuple]:
-                out, jv, target = jvp(f, (params,), (tangent,), has_aux=True)
+                out, jv, target = self.outputs_jvp(params, batch, tangent)
                 return out, (jv, target)
 
             out, pullback, (jv, target) = vjp(outputs_and_jv, self.params, has_aux=True)
@@ -579,10 +649,10 @@ class PredictionHessian(CurvatureOperator):
         with torch.no_grad():
             g = self.loss.output_gradient(*self.outputs(self.params, batch))
 
-        def weighted_outputs(params: Params) -> Tensor:
-            return (self.outputs(params, batch)[0] * g).sum()
+        def weighted_outputs(params: Params, held: Params) -> Tensor:
+            return (self.outputs(params, batch, held)[0] * g).sum()
 
-        return second_order_product(weighted_outputs, self.params, self.hvp)
+        return second_order_product(weighted_outputs, self.params, self.hvp, self._held)
 
 
 def _leading(out):
@@ -664,7 +734,7 @@ class ClassStructure(CurvatureOperator):
                 sums = V.new_zeros(V.shape[1], classes, classes)
 
             def batch_sums(tangent: Params, batch=batch, classes=classes):
-                out, jv, y = jvp(self._pair(batch), (self.params,), (tangent,), has_aux=True)
+                out, jv, y = self.outputs_jvp(self.params, batch, tangent)
                 t = factor_product(out, jv)
                 return coefficients(t, y, classes), t, out
 
@@ -704,7 +774,7 @@ class ClassStructure(CurvatureOperator):
 
                     def product(tangent: Params, m: Tensor, batch=batch) -> Params:
                         def logits_and_jv(params: Params) -> tuple[Tensor, tuple]:
-                            out, jv, y = jvp(self._pair(batch), (params,), (tangent,), has_aux=True)
+                            out, jv, y = self.outputs_jvp(params, batch, tangent)
                             return out, (jv, y)
 
                         f, pullback, (jv, y) = vjp(logits_and_jv, self.params, has_aux=True)
