@@ -544,6 +544,7 @@ def test_the_readme_section_runs_and_covers_each_feature():
         "layer_blocks",
         "forward=",
         "TinyCausalLM",
+        "GPT2LMHeadModel",
     ):
         assert feature in code, feature
     for block in blocks:
