@@ -251,7 +251,7 @@ class BlockReach(TorchFunctionMode):
 
     In forward mode these meet dual tensors. An operation on a dual tensor and a plain one
     (a held parameter) runs, in torch 2.14, through the Python reference of
-    ``torch._refs`` (measured: ``x + c`` 3× the time of two duals, ``layer_norm`` 4×),
+    ``torch._refs`` (measured: ``x + c`` and ``layer_norm`` 2.5–3× the time on two duals),
     which made blocks near the input of a small transformer cost more per product than
     the whole model. Dual with zero tangents (:meth:`CurvatureOperator._held_duals`) the
     products of those parameters stay exact (their tangents are 0) and run in C++;
